@@ -1,0 +1,269 @@
+//! Database access: connecting (TLS through rustls, Unix sockets), LISTEN connections whose
+//! notifications are actually delivered, migrations under an advisory lock, and the error type
+//! with its retryable/fatal classifier.
+
+use std::sync::{Arc, OnceLock};
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, Client, Notification};
+
+use crate::config::DbConfig;
+use crate::exit::{Classify, Exit};
+
+mod embedded {
+    refinery::embed_migrations!("../migrations");
+}
+
+/// Advisory lock key held while migrations run, so two concurrent `db migrate` runs serialize.
+/// (The bytes of "kickmigr".)
+const MIGRATION_LOCK: i64 = 0x6b69_636b_6d69_6772;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to the database {target}: {}", cause_line(.source))]
+    Connect {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("database error: {}", cause_line(.0))]
+    Query(#[from] tokio_postgres::Error),
+    #[error("migration failed: {0}")]
+    Migrate(String),
+}
+
+/// tokio-postgres errors print a generic top line ("db error"); the useful text is in the
+/// database error or the source. One line, for logs and for stderr.
+pub fn cause_line(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity().to_lowercase(), db.message());
+    }
+    match std::error::Error::source(e) {
+        Some(src) => format!("{e}: {src}"),
+        None => e.to_string(),
+    }
+}
+
+/// True for errors after which the same work may succeed on a fresh attempt or connection.
+pub fn is_transient(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => {
+            code == &SqlState::T_R_SERIALIZATION_FAILURE
+                || code == &SqlState::T_R_DEADLOCK_DETECTED
+                || code == &SqlState::ADMIN_SHUTDOWN
+                || code == &SqlState::CRASH_SHUTDOWN
+                || code == &SqlState::CANNOT_CONNECT_NOW
+                || code == &SqlState::TOO_MANY_CONNECTIONS
+                || code.code().starts_with("08")
+        }
+        // No SQLSTATE: an I/O or protocol failure of the connection itself.
+        None => true,
+    }
+}
+
+impl Classify for DbError {
+    fn exit(&self) -> Exit {
+        match self {
+            DbError::Connect { source, .. } => match source.code() {
+                Some(c)
+                    if c == &SqlState::INVALID_PASSWORD
+                        || c == &SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+                {
+                    Exit::NoPerm
+                }
+                Some(c) if c == &SqlState::INVALID_CATALOG_NAME => Exit::Config,
+                _ => Exit::Unavailable,
+            },
+            DbError::Query(e) if is_transient(e) => Exit::Unavailable,
+            DbError::Query(_) | DbError::Migrate(_) => Exit::Software,
+        }
+    }
+    fn is_retryable(&self) -> bool {
+        match self {
+            DbError::Connect { .. } => matches!(self.exit(), Exit::Unavailable),
+            DbError::Query(e) => is_transient(e),
+            DbError::Migrate(_) => false,
+        }
+    }
+}
+
+fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        crate::init_tls();
+        let roots =
+            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    });
+    tokio_postgres_rustls::MakeRustlsConnect::new((**config).clone())
+}
+
+/// Opens a connection and drives it on a spawned task. Notifications on this connection are
+/// dropped: use [`listen`] for LISTEN.
+pub async fn connect(cfg: &DbConfig) -> Result<Client, DbError> {
+    let (client, conn) = cfg
+        .pg
+        .connect(tls())
+        .await
+        .map_err(|source| DbError::Connect {
+            target: cfg.describe(),
+            source,
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %cause_line(&e), "database connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Opens a dedicated connection, LISTENs on `channels` (each LISTEN commits at once: autocommit)
+/// and forwards its notifications. The receiver yields `None` once the connection is gone: the
+/// caller reconnects, LISTENs again and re-scans the table, since notifications sent meanwhile
+/// are lost.
+pub async fn listen(
+    cfg: &DbConfig,
+    channels: &[&str],
+) -> Result<(Client, mpsc::UnboundedReceiver<Notification>), DbError> {
+    let (client, mut conn) = cfg
+        .pg
+        .connect(tls())
+        .await
+        .map_err(|source| DbError::Connect {
+            target: cfg.describe(),
+            source,
+        })?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        // `Connection`'s Future impl silently drops notifications; poll_message delivers them.
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(msg) = messages.next().await {
+            match msg {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if tx.send(n).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %cause_line(&e), "listen connection ended");
+                    break;
+                }
+            }
+        }
+    });
+    for ch in channels {
+        // Channel names are our constants, never user input.
+        client.batch_execute(&format!("LISTEN {ch}")).await?;
+    }
+    Ok((client, rx))
+}
+
+/// Applies pending migrations; returns the names of those applied now (empty: already current).
+/// Safe to run concurrently: the runs serialize on an advisory lock, and the second finds
+/// nothing to do.
+pub async fn migrate(cfg: &DbConfig) -> Result<Vec<String>, DbError> {
+    let mut client = connect(cfg).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let result = embedded::migrations::runner()
+        .set_grouped(true)
+        .run_async(&mut client)
+        .await;
+    // The lock is per session; release it explicitly so a pooled session could be reused.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    let report = result.map_err(|e| DbError::Migrate(e.to_string()))?;
+    Ok(report
+        .applied_migrations()
+        .iter()
+        .map(|m| format!("V{}__{}", m.version(), m.name()))
+        .collect())
+}
+
+/// One migration and whether it is applied.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MigrationState {
+    pub version: i64,
+    pub name: String,
+    pub applied_on: Option<String>,
+}
+
+/// Every migration this build knows, with whether and when each was applied.
+pub async fn migration_status(client: &Client) -> Result<Vec<MigrationState>, DbError> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    let mut applied = std::collections::HashMap::new();
+    if exists {
+        for row in client
+            .query(
+                "SELECT version::bigint, applied_on FROM refinery_schema_history",
+                &[],
+            )
+            .await?
+        {
+            applied.insert(row.get::<_, i64>(0), row.get::<_, Option<String>>(1));
+        }
+    }
+    Ok(embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| {
+            let version = i64::from(m.version());
+            MigrationState {
+                version,
+                name: m.name().to_owned(),
+                applied_on: applied.get(&version).cloned().flatten(),
+            }
+        })
+        .collect())
+}
+
+/// Queue depth and the age of the oldest pending staged row, from `v_pending_events`.
+pub async fn pending_events(client: &Client) -> Result<(i64, f64), DbError> {
+    let row = client
+        .query_one(
+            "SELECT pending, oldest_age_seconds FROM v_pending_events",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Deletes processed staged rows older than `age` in batches of 5,000, so no one transaction
+/// holds many row locks. Pending rows are never deleted; history is untouched.
+pub async fn prune_processed(client: &Client, age: std::time::Duration) -> Result<u64, DbError> {
+    let secs = age.as_secs_f64();
+    let mut total = 0;
+    loop {
+        let n = client
+            .execute(
+                "DELETE FROM raw_events WHERE id IN (
+                    SELECT id FROM raw_events
+                    WHERE processed_at IS NOT NULL AND processed_at < now() - make_interval(secs => $1)
+                    LIMIT 5000)",
+                &[&secs],
+            )
+            .await?;
+        total += n;
+        if n < 5000 {
+            return Ok(total);
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! A small Prometheus text-format toolkit: counters, gauges, labelled counters and histograms on
+//! atomics, and a minimal HTTP endpoint (`GET /metrics`) bound to `METRICS_ADDR`. Small on
+//! purpose: the services export a dozen series and need no metrics framework.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A gauge holding an f64.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn set(&self, v: f64) {
+        self.0.store(v.to_bits(), Ordering::Relaxed);
+    }
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// A counter per label value (e.g. outcome, event name, close code).
+#[derive(Debug, Default)]
+pub struct LabeledCounter(Mutex<BTreeMap<String, u64>>);
+
+impl LabeledCounter {
+    pub fn add(&self, label: &str, n: u64) {
+        let mut m = self.0.lock().unwrap();
+        match m.get_mut(label) {
+            Some(v) => *v += n,
+            None => {
+                m.insert(label.to_owned(), n);
+            }
+        }
+    }
+    pub fn get(&self, label: &str) -> u64 {
+        self.0.lock().unwrap().get(label).copied().unwrap_or(0)
+    }
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// Latency buckets in seconds, from 0.5 ms to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+    pub fn observe(&self, secs: f64) {
+        let secs = secs.max(0.0);
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            if secs <= *b {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.sum_micros
+            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// Builds the text exposition.
+#[derive(Debug, Default)]
+pub struct Text(String);
+
+impl Text {
+    pub fn counter(&mut self, name: &str, help: &str, v: u64) -> &mut Self {
+        let _ = writeln!(
+            self.0,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+        self
+    }
+    pub fn gauge(&mut self, name: &str, help: &str, v: f64) -> &mut Self {
+        let _ = writeln!(
+            self.0,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}"
+        );
+        self
+    }
+    pub fn labeled(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: &str,
+        label: &str,
+        values: &BTreeMap<String, u64>,
+    ) -> &mut Self {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (k, v) in values {
+            let k = k.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(self.0, "{name}{{{label}=\"{k}\"}} {v}");
+        }
+        self
+    }
+    pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) -> &mut Self {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (b, c) in h.bounds.iter().zip(&h.counts) {
+            let _ = writeln!(
+                self.0,
+                "{name}_bucket{{le=\"{b}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        let count = h.count();
+        let _ = writeln!(self.0, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            self.0,
+            "{name}_sum {}",
+            h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(self.0, "{name}_count {count}");
+        self
+    }
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.0)
+    }
+}
+
+/// Something that renders its metrics as Prometheus text.
+pub trait Render: Send + Sync + 'static {
+    fn render(&self) -> String;
+}
+
+/// Serves `GET /metrics` (and `/`) on `addr` until `shutdown`. Returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    source: Arc<dyn Render>,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+            };
+            let source = source.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let n = match tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    sock.read(&mut buf),
+                )
+                .await
+                {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let path = req.split_whitespace().nth(1).unwrap_or("/");
+                let (status, body) = if path == "/metrics" || path == "/" {
+                    ("200 OK", source.render())
+                } else {
+                    ("404 Not Found", "not found\n".to_owned())
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    Ok(local)
+}

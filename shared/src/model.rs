@@ -1,0 +1,99 @@
+//! Domain values stored in the database: statuses, event sources and the staged event names.
+//! Their string forms are the database contract (CHECK constraints in `migrations/`).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A streamer's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Online,
+    Offline,
+    Unknown,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Online => "online",
+            Status::Offline => "offline",
+            Status::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "online" => Ok(Status::Online),
+            "offline" => Ok(Status::Offline),
+            "unknown" => Ok(Status::Unknown),
+            other => Err(format!(
+                "'{other}' is not a status (online, offline, unknown)"
+            )),
+        }
+    }
+}
+
+/// Where a staged event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Realtime,
+    Api,
+    Webhook,
+    Admin,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Realtime => "realtime",
+            Source::Api => "api",
+            Source::Webhook => "webhook",
+            Source::Admin => "admin",
+        }
+    }
+}
+
+impl FromStr for Source {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "realtime" => Ok(Source::Realtime),
+            "api" => Ok(Source::Api),
+            "webhook" => Ok(Source::Webhook),
+            "admin" => Ok(Source::Admin),
+            other => Err(format!("'{other}' is not a source")),
+        }
+    }
+}
+
+/// `raw_events.event_name` values the writer understands. Realtime rows carry Kick's event name
+/// without the `App\Events\` prefix; API rows use the same names for "the API says live/offline";
+/// `StatusUnknown` is a collector-declared outage (socket down and API failing).
+pub mod event_name {
+    pub const STREAMER_IS_LIVE: &str = "StreamerIsLive";
+    pub const STOP_STREAM_BROADCAST: &str = "StopStreamBroadcast";
+    pub const STATUS_UNKNOWN: &str = "StatusUnknown";
+}
+
+/// NOTIFY channel names.
+pub mod channel {
+    /// Staged rows are waiting (payload empty: a doorbell).
+    pub const RAW_EVENTS: &str = "raw_events";
+    /// The set of streamers to watch changed.
+    pub const STREAMERS_CHANGED: &str = "streamers_changed";
+    /// A transition was applied; the payload is the username.
+    pub const STATUS_CHANGED: &str = "status_changed";
+}

@@ -1,0 +1,459 @@
+//! Applying staged events: claim a batch (`FOR UPDATE SKIP LOCKED`, in id order), lock the
+//! affected streamers in id order, decide every event with the pure transition, then write the
+//! streamers, the history and the outcomes, and NOTIFY `status_changed`: one transaction.
+//!
+//! Several writers may run at once. Per streamer, events must apply in id order, so an event is
+//! deferred (left pending, untouched) when an older pending event of the same streamer is held by
+//! another writer; it is applied on a later pass, after that writer commits.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kick_shared::model::{Source, Status, event_name};
+use tokio_postgres::{Client, Statement};
+
+use crate::transition::{self, Decision, Event, Outcome, PendingOffline, Rules, Signal, State};
+
+/// Prepared statements of one worker connection.
+#[derive(Debug)]
+pub struct Statements {
+    claim: Statement,
+    lock: Statement,
+    blockers: Statement,
+    update: Statement,
+    history: Statement,
+    mark: Statement,
+    notify: Statement,
+    due: Statement,
+}
+
+impl Statements {
+    pub async fn prepare(c: &Client) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            claim: c
+                .prepare(
+                    "SELECT id, source, event_name, kick_channel_id, kick_user_id, livestream_id, event_time, received_at
+                     FROM raw_events WHERE processed_at IS NULL
+                     ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                )
+                .await?,
+            lock: c.prepare(&format!("{STREAMER_COLUMNS} WHERE kick_channel_id = ANY($1) OR kick_user_id = ANY($2) ORDER BY id FOR UPDATE")).await?,
+            blockers: c
+                .prepare(
+                    "SELECT kick_channel_id, kick_user_id, min(id) FROM raw_events
+                     WHERE processed_at IS NULL AND id < $1 AND NOT (id = ANY($2))
+                       AND (kick_channel_id = ANY($3) OR kick_user_id = ANY($4))
+                     GROUP BY 1, 2",
+                )
+                .await?,
+            update: c
+                .prepare(
+                    "UPDATE streamers s SET
+                        status = u.status, livestream_id = u.livestream_id, last_observed_at = u.observed_at,
+                        status_source = u.source, pending_offline_at = u.pending_at,
+                        pending_offline_raw_id = u.pending_raw, pending_offline_source = u.pending_src,
+                        status_changed_at = coalesce(u.changed_at, s.status_changed_at),
+                        last_event_at = coalesce(u.event_at, s.last_event_at),
+                        live_started_at = coalesce(u.started_at, s.live_started_at),
+                        updated_at = now()
+                     FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::timestamptz[], $5::text[],
+                                 $6::timestamptz[], $7::bigint[], $8::text[], $9::timestamptz[],
+                                 $10::timestamptz[], $11::timestamptz[])
+                          AS u(id, status, livestream_id, observed_at, source, pending_at, pending_raw,
+                               pending_src, changed_at, event_at, started_at)
+                     WHERE s.id = u.id",
+                )
+                .await?,
+            history: c
+                .prepare(
+                    "INSERT INTO status_events
+                        (streamer_id, previous_status, new_status, occurred_at, livestream_id, source, raw_event_id)
+                     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[],
+                                          $6::text[], $7::bigint[])
+                     ON CONFLICT (raw_event_id) DO NOTHING",
+                )
+                .await?,
+            mark: c
+                .prepare(
+                    "UPDATE raw_events r SET processed_at = now(), outcome = u.outcome
+                     FROM unnest($1::bigint[], $2::text[]) AS u(id, outcome) WHERE r.id = u.id",
+                )
+                .await?,
+            notify: c.prepare("SELECT pg_notify('status_changed', u) FROM unnest($1::text[]) AS u").await?,
+            due: c
+                .prepare(&format!(
+                    "{STREAMER_COLUMNS} WHERE pending_offline_at IS NOT NULL
+                       AND pending_offline_at <= now() - make_interval(secs => $1)
+                     ORDER BY id LIMIT 500 FOR UPDATE SKIP LOCKED"
+                ))
+                .await?,
+        })
+    }
+}
+
+const STREAMER_COLUMNS: &str = "SELECT id, username, kick_user_id, kick_channel_id, status, livestream_id,
+    last_observed_at, status_source, pending_offline_at, pending_offline_raw_id, pending_offline_source
+    FROM streamers";
+
+/// A locked streamer and its state as the batch changes it.
+#[derive(Debug)]
+struct Streamer {
+    id: i64,
+    username: String,
+    user_id: i64,
+    channel_id: Option<i64>,
+    state: State,
+    dirty: bool,
+    changed_at: Option<DateTime<Utc>>,
+    event_at: Option<DateTime<Utc>>,
+    started_at: Option<DateTime<Utc>>,
+    notify: bool,
+}
+
+fn parse_source(s: Option<String>) -> Option<Source> {
+    s.and_then(|s| s.parse().ok())
+}
+
+impl Streamer {
+    fn from_row(r: &tokio_postgres::Row) -> Self {
+        let status: String = r.get(4);
+        let pending_at: Option<DateTime<Utc>> = r.get(8);
+        let pending_offline = match (pending_at, r.get::<_, Option<i64>>(9)) {
+            (Some(since), Some(raw_id)) => Some(PendingOffline {
+                since,
+                raw_id,
+                source: parse_source(r.get(10)).unwrap_or(Source::Realtime),
+            }),
+            _ => None,
+        };
+        Streamer {
+            id: r.get(0),
+            username: r.get(1),
+            user_id: r.get(2),
+            channel_id: r.get(3),
+            state: State {
+                status: status.parse().unwrap_or(Status::Unknown),
+                livestream_id: r.get(5),
+                observed_at: r.get(6),
+                source: parse_source(r.get(7)),
+                pending_offline,
+            },
+            dirty: false,
+            changed_at: None,
+            event_at: None,
+            started_at: None,
+            notify: false,
+        }
+    }
+}
+
+/// A claimed staged row.
+#[derive(Debug)]
+struct Staged {
+    id: i64,
+    channel_id: Option<i64>,
+    user_id: Option<i64>,
+    received_at: DateTime<Utc>,
+    event: Result<Event, String>,
+}
+
+fn decode_row(r: &tokio_postgres::Row) -> Staged {
+    let id: i64 = r.get(0);
+    let source: String = r.get(1);
+    let name: String = r.get(2);
+    let channel_id: Option<i64> = r.get(3);
+    let user_id: Option<i64> = r.get(4);
+    let livestream_id: Option<i64> = r.get(5);
+    let event_time: Option<DateTime<Utc>> = r.get(6);
+    let received_at: DateTime<Utc> = r.get(7);
+    let event = (|| {
+        let source: Source = source.parse()?;
+        let signal = match name.as_str() {
+            event_name::STREAMER_IS_LIVE => Signal::Live { livestream_id },
+            event_name::STOP_STREAM_BROADCAST => Signal::Offline { livestream_id },
+            event_name::STATUS_UNKNOWN => Signal::Unknown,
+            other => {
+                return Err(format!(
+                    "unknown event name '{}'",
+                    other.chars().take(60).collect::<String>()
+                ));
+            }
+        };
+        if channel_id.is_none() && user_id.is_none() {
+            return Err("neither kick_channel_id nor kick_user_id is set".into());
+        }
+        Ok(Event {
+            raw_id: id,
+            signal,
+            source,
+            observed_at: received_at,
+            occurred_at: event_time.unwrap_or(received_at),
+        })
+    })();
+    Staged {
+        id,
+        channel_id,
+        user_id,
+        received_at,
+        event,
+    }
+}
+
+/// What one batch did.
+#[derive(Debug, Default)]
+pub struct BatchReport {
+    pub claimed: usize,
+    pub deferred: usize,
+    /// Outcome label → count (`applied`, `duplicate`, `stale`, `ignored`, `error`, …).
+    pub outcomes: HashMap<&'static str, u64>,
+    /// Seconds from each applied row's observation to this commit.
+    pub latencies: Vec<f64>,
+}
+
+/// Settings of the apply step.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyConfig {
+    pub batch_size: i64,
+    pub rules: Rules,
+    /// Commit durably (`synchronous_commit = on`) instead of the default asynchronous commit.
+    pub synchronous_commit: bool,
+}
+
+/// One `status_events` row to insert.
+struct HistoryRow {
+    streamer_id: i64,
+    previous: Status,
+    new: Status,
+    occurred_at: DateTime<Utc>,
+    livestream_id: Option<i64>,
+    source: Source,
+    raw_event_id: i64,
+}
+
+/// Pending changes to write for the locked streamers.
+#[derive(Default)]
+struct Writes {
+    history: Vec<HistoryRow>,
+}
+
+/// Claims and applies one batch in one transaction.
+pub async fn apply_batch(
+    client: &mut Client,
+    st: &Statements,
+    cfg: &ApplyConfig,
+) -> Result<BatchReport, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    if !cfg.synchronous_commit {
+        // Safe: our input stays pending in raw_events until this commit is durable or lost together.
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .await?;
+    }
+    let rows = tx.query(&st.claim, &[&cfg.batch_size]).await?;
+    let mut report = BatchReport {
+        claimed: rows.len(),
+        ..Default::default()
+    };
+    if rows.is_empty() {
+        tx.commit().await?;
+        return Ok(report);
+    }
+    let staged: Vec<Staged> = rows.iter().map(decode_row).collect();
+    let chans: Vec<i64> = staged.iter().filter_map(|s| s.channel_id).collect();
+    let users: Vec<i64> = staged.iter().filter_map(|s| s.user_id).collect();
+    let mut streamers: Vec<Streamer> = tx
+        .query(&st.lock, &[&chans, &users])
+        .await?
+        .iter()
+        .map(Streamer::from_row)
+        .collect();
+    let mut by_channel = HashMap::new();
+    let mut by_user = HashMap::new();
+    for (i, s) in streamers.iter().enumerate() {
+        if let Some(c) = s.channel_id {
+            by_channel.insert(c, i);
+        }
+        by_user.insert(s.user_id, i);
+    }
+    let find = |s: &Staged| -> Option<usize> {
+        s.channel_id
+            .and_then(|c| by_channel.get(&c))
+            .or_else(|| s.user_id.and_then(|u| by_user.get(&u)))
+            .copied()
+    };
+
+    // Older pending events of our streamers held by another writer: defer ours after them.
+    let claimed_ids: Vec<i64> = staged.iter().map(|s| s.id).collect();
+    let max_id = *claimed_ids.iter().max().unwrap();
+    let mut blocked_after: HashMap<usize, i64> = HashMap::new();
+    for r in tx
+        .query(&st.blockers, &[&max_id, &claimed_ids, &chans, &users])
+        .await?
+    {
+        let (c, u, min_id): (Option<i64>, Option<i64>, i64) = (r.get(0), r.get(1), r.get(2));
+        let idx = c
+            .and_then(|c| by_channel.get(&c))
+            .or_else(|| u.and_then(|u| by_user.get(&u)))
+            .copied();
+        if let Some(i) = idx {
+            let e = blocked_after.entry(i).or_insert(min_id);
+            *e = (*e).min(min_id);
+        }
+    }
+
+    let mut writes = Writes::default();
+    let mut mark_ids = Vec::with_capacity(staged.len());
+    let mut mark_outcomes: Vec<String> = Vec::with_capacity(staged.len());
+    let mut applied_received = Vec::new();
+    for s in &staged {
+        let (label, outcome_text): (&'static str, String) = match (&s.event, find(s)) {
+            (Err(e), _) => ("error", format!("error: {e}")),
+            (Ok(_), None) => ("ignored", "ignored".into()),
+            (Ok(ev), Some(i)) => {
+                if blocked_after.get(&i).is_some_and(|min| *min < s.id) {
+                    report.deferred += 1;
+                    continue;
+                }
+                let streamer = &mut streamers[i];
+                let d: Decision = transition::decide(&streamer.state, ev, &cfg.rules);
+                record(streamer, &d, ev, &mut writes);
+                if d.outcome == Outcome::Applied {
+                    applied_received.push(s.received_at);
+                }
+                (d.outcome.as_str(), d.outcome.as_str().to_owned())
+            }
+        };
+        *report.outcomes.entry(label).or_default() += 1;
+        mark_ids.push(s.id);
+        mark_outcomes.push(outcome_text);
+    }
+    write_streamers(&tx, st, &streamers, &writes).await?;
+    tx.execute(&st.mark, &[&mark_ids, &mark_outcomes]).await?;
+    tx.commit().await?;
+    let now = Utc::now();
+    report.latencies = applied_received
+        .iter()
+        .map(|t| (now - *t).num_microseconds().unwrap_or(0) as f64 / 1e6)
+        .collect();
+    Ok(report)
+}
+
+fn record(streamer: &mut Streamer, d: &Decision, ev: &Event, writes: &mut Writes) {
+    if d.state == streamer.state {
+        return;
+    }
+    streamer.dirty = true;
+    streamer.event_at = Some(ev.occurred_at);
+    if let Some((prev, new)) = d.history {
+        streamer.changed_at = Some(ev.occurred_at);
+        streamer.notify = true;
+        if new == Status::Online {
+            streamer.started_at = Some(ev.occurred_at);
+        }
+        writes.history.push(HistoryRow {
+            streamer_id: streamer.id,
+            previous: prev,
+            new,
+            occurred_at: ev.occurred_at,
+            livestream_id: d.state.livestream_id,
+            source: ev.source,
+            raw_event_id: ev.raw_id,
+        });
+    }
+    streamer.state = d.state;
+}
+
+async fn write_streamers(
+    tx: &tokio_postgres::Transaction<'_>,
+    st: &Statements,
+    streamers: &[Streamer],
+    writes: &Writes,
+) -> Result<(), tokio_postgres::Error> {
+    let dirty: Vec<&Streamer> = streamers.iter().filter(|s| s.dirty).collect();
+    if !dirty.is_empty() {
+        let ids: Vec<i64> = dirty.iter().map(|s| s.id).collect();
+        let status: Vec<&str> = dirty.iter().map(|s| s.state.status.as_str()).collect();
+        let ls: Vec<Option<i64>> = dirty.iter().map(|s| s.state.livestream_id).collect();
+        let obs: Vec<Option<DateTime<Utc>>> = dirty.iter().map(|s| s.state.observed_at).collect();
+        let src: Vec<Option<&str>> = dirty
+            .iter()
+            .map(|s| s.state.source.map(Source::as_str))
+            .collect();
+        let p_at: Vec<Option<DateTime<Utc>>> = dirty
+            .iter()
+            .map(|s| s.state.pending_offline.map(|p| p.since))
+            .collect();
+        let p_raw: Vec<Option<i64>> = dirty
+            .iter()
+            .map(|s| s.state.pending_offline.map(|p| p.raw_id))
+            .collect();
+        let p_src: Vec<Option<&str>> = dirty
+            .iter()
+            .map(|s| s.state.pending_offline.map(|p| p.source.as_str()))
+            .collect();
+        let changed: Vec<Option<DateTime<Utc>>> = dirty.iter().map(|s| s.changed_at).collect();
+        let event_at: Vec<Option<DateTime<Utc>>> = dirty.iter().map(|s| s.event_at).collect();
+        let started: Vec<Option<DateTime<Utc>>> = dirty.iter().map(|s| s.started_at).collect();
+        tx.execute(
+            &st.update,
+            &[
+                &ids, &status, &ls, &obs, &src, &p_at, &p_raw, &p_src, &changed, &event_at,
+                &started,
+            ],
+        )
+        .await?;
+    }
+    if !writes.history.is_empty() {
+        let h = &writes.history;
+        let sid: Vec<i64> = h.iter().map(|r| r.streamer_id).collect();
+        let prev: Vec<&str> = h.iter().map(|r| r.previous.as_str()).collect();
+        let new: Vec<&str> = h.iter().map(|r| r.new.as_str()).collect();
+        let at: Vec<DateTime<Utc>> = h.iter().map(|r| r.occurred_at).collect();
+        let ls: Vec<Option<i64>> = h.iter().map(|r| r.livestream_id).collect();
+        let src: Vec<&str> = h.iter().map(|r| r.source.as_str()).collect();
+        let raw: Vec<i64> = h.iter().map(|r| r.raw_event_id).collect();
+        tx.execute(&st.history, &[&sid, &prev, &new, &at, &ls, &src, &raw])
+            .await?;
+    }
+    let names: Vec<&str> = streamers
+        .iter()
+        .filter(|s| s.notify)
+        .map(|s| s.username.as_str())
+        .collect();
+    if !names.is_empty() {
+        tx.query(&st.notify, &[&names]).await?;
+    }
+    Ok(())
+}
+
+/// Confirms offlines whose grace period has run out. Returns how many were confirmed.
+pub async fn confirm_due_offlines(
+    client: &mut Client,
+    st: &Statements,
+    grace: Duration,
+) -> Result<usize, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let rows = tx.query(&st.due, &[&grace.as_secs_f64()]).await?;
+    let mut streamers: Vec<Streamer> = rows.iter().map(Streamer::from_row).collect();
+    let mut writes = Writes::default();
+    for s in &mut streamers {
+        let Some(p) = s.state.pending_offline else {
+            continue;
+        };
+        if let Some(d) = transition::confirm_offline(&s.state) {
+            let ev = Event {
+                raw_id: p.raw_id,
+                signal: Signal::Offline {
+                    livestream_id: s.state.livestream_id,
+                },
+                source: p.source,
+                observed_at: s.state.observed_at.unwrap_or(p.since),
+                occurred_at: p.since,
+            };
+            record(s, &d, &ev, &mut writes);
+        }
+    }
+    write_streamers(&tx, st, &streamers, &writes).await?;
+    tx.commit().await?;
+    Ok(writes.history.len())
+}

@@ -1,0 +1,403 @@
+//! The status transition: a pure function from (current state, staged event) to a decision,
+//! written as one exhaustive `match (status, signal)` so that adding a status or a signal cannot
+//! compile until every combination has been thought about.
+//!
+//! Ordering rules, in order of precedence:
+//! - An event observed before the state's own observation is `stale` (it was delayed, e.g. by a
+//!   slower collector); it never wins.
+//! - Livestream ids order sessions: a live for a session not newer than the one that ended, or an
+//!   offline for a session older than the current one, is `stale`.
+//! - The official API lags Kick's realtime feed by seconds, so an API poll that contradicts a
+//!   realtime event observed less than [`Rules::api_lag_guard`] earlier is `stale`; the next
+//!   reconcile settles it.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kick_shared::model::{Source, Status};
+
+/// What a staged event says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// The streamer is live (realtime carries the livestream id; the official API does not).
+    Live { livestream_id: Option<i64> },
+    /// The streamer is offline.
+    Offline { livestream_id: Option<i64> },
+    /// The collector lost coverage (socket down and API failing): we do not know.
+    Unknown,
+}
+
+/// A staged event, as the transition sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    pub raw_id: i64,
+    pub signal: Signal,
+    pub source: Source,
+    /// When the collector observed it: the ordering key.
+    pub observed_at: DateTime<Utc>,
+    /// When it happened according to Kick (stream start for a live), else the observation.
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// An offline waiting out the grace period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingOffline {
+    pub since: DateTime<Utc>,
+    pub raw_id: i64,
+    pub source: Source,
+}
+
+/// A streamer's state as stored in `streamers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct State {
+    pub status: Status,
+    /// The current session, or the last one that ended.
+    pub livestream_id: Option<i64>,
+    pub observed_at: Option<DateTime<Utc>>,
+    pub source: Option<Source>,
+    pub pending_offline: Option<PendingOffline>,
+}
+
+impl State {
+    pub const NEW: State = State {
+        status: Status::Unknown,
+        livestream_id: None,
+        observed_at: None,
+        source: None,
+        pending_offline: None,
+    };
+}
+
+/// The `raw_events.outcome` of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The status changed; a history row is written.
+    Applied,
+    /// Same status and session: nothing to do.
+    Duplicate,
+    /// Older than what we already know.
+    Stale,
+    /// Online without a known session, now enriched with the livestream id (no history).
+    Enriched,
+    /// An offline waiting for the grace period.
+    Pending,
+    /// The same session came back within the grace period: not a new session.
+    Blip,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Stale => "stale",
+            Outcome::Enriched => "enriched",
+            Outcome::Pending => "pending",
+            Outcome::Blip => "blip",
+        }
+    }
+}
+
+/// Writer-wide settings the transition depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    /// `KICK_OFFLINE_GRACE`: zero means an offline applies at once.
+    pub offline_grace: Duration,
+    /// How long a realtime observation outranks a contradicting API poll.
+    pub api_lag_guard: Duration,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            offline_grace: Duration::ZERO,
+            api_lag_guard: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The decision for one event: the new state, the outcome and, for a transition, the history row
+/// `(previous, new)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub state: State,
+    pub outcome: Outcome,
+    pub history: Option<(Status, Status)>,
+}
+
+fn keep(state: &State, outcome: Outcome) -> Decision {
+    Decision {
+        state: *state,
+        outcome,
+        history: None,
+    }
+}
+
+/// An API poll contradicting a fresh realtime observation: API lag, not news.
+fn api_lags(state: &State, ev: &Event, rules: &Rules) -> bool {
+    ev.source == Source::Api
+        && state.source == Some(Source::Realtime)
+        && state.observed_at.is_some_and(|t| {
+            (ev.observed_at - t).to_std().unwrap_or_default() < rules.api_lag_guard
+        })
+}
+
+fn moved(state: &State, ev: &Event, status: Status, livestream_id: Option<i64>) -> Decision {
+    Decision {
+        state: State {
+            status,
+            livestream_id,
+            observed_at: Some(ev.observed_at),
+            source: Some(ev.source),
+            pending_offline: None,
+        },
+        outcome: Outcome::Applied,
+        history: Some((state.status, status)),
+    }
+}
+
+/// Decides what `ev` does to `state`.
+pub fn decide(state: &State, ev: &Event, rules: &Rules) -> Decision {
+    if state.observed_at.is_some_and(|t| ev.observed_at < t) {
+        return keep(state, Outcome::Stale);
+    }
+    let observed = |s: &State| State {
+        observed_at: Some(ev.observed_at),
+        ..*s
+    };
+    match (state.status, ev.signal) {
+        (Status::Online, Signal::Live { livestream_id }) => {
+            match (livestream_id, state.livestream_id) {
+                (Some(new), Some(cur)) if new < cur => keep(state, Outcome::Stale),
+                (Some(new), Some(cur)) if new > cur => moved(state, ev, Status::Online, Some(new)),
+                (Some(new), None) => Decision {
+                    state: State {
+                        livestream_id: Some(new),
+                        pending_offline: None,
+                        ..observed(state)
+                    },
+                    outcome: if state.pending_offline.is_some() {
+                        Outcome::Blip
+                    } else {
+                        Outcome::Enriched
+                    },
+                    history: None,
+                },
+                // The same session (or the API, which has no id) confirms we are online.
+                (_, _) if state.pending_offline.is_some() => Decision {
+                    state: State {
+                        pending_offline: None,
+                        ..observed(state)
+                    },
+                    outcome: Outcome::Blip,
+                    history: None,
+                },
+                (_, _) => keep(state, Outcome::Duplicate),
+            }
+        }
+        (Status::Online, Signal::Offline { livestream_id }) => {
+            if matches!((livestream_id, state.livestream_id), (Some(new), Some(cur)) if new < cur) {
+                return keep(state, Outcome::Stale);
+            }
+            if api_lags(state, ev, rules) {
+                return keep(state, Outcome::Stale);
+            }
+            if state.pending_offline.is_some() {
+                return keep(state, Outcome::Duplicate);
+            }
+            if !rules.offline_grace.is_zero() {
+                return Decision {
+                    state: State {
+                        pending_offline: Some(PendingOffline {
+                            since: ev.occurred_at,
+                            raw_id: ev.raw_id,
+                            source: ev.source,
+                        }),
+                        ..*state
+                    },
+                    outcome: Outcome::Pending,
+                    history: None,
+                };
+            }
+            moved(
+                state,
+                ev,
+                Status::Offline,
+                livestream_id.or(state.livestream_id),
+            )
+        }
+        (Status::Offline, Signal::Live { livestream_id }) => {
+            if matches!((livestream_id, state.livestream_id), (Some(new), Some(ended)) if new <= ended)
+            {
+                return keep(state, Outcome::Stale);
+            }
+            if api_lags(state, ev, rules) {
+                return keep(state, Outcome::Stale);
+            }
+            moved(state, ev, Status::Online, livestream_id)
+        }
+        (Status::Offline, Signal::Offline { .. }) => keep(state, Outcome::Duplicate),
+        (Status::Unknown, Signal::Live { livestream_id }) => {
+            moved(state, ev, Status::Online, livestream_id)
+        }
+        (Status::Unknown, Signal::Offline { livestream_id }) => moved(
+            state,
+            ev,
+            Status::Offline,
+            livestream_id.or(state.livestream_id),
+        ),
+        (Status::Unknown, Signal::Unknown) => keep(state, Outcome::Duplicate),
+        (Status::Online | Status::Offline, Signal::Unknown) => {
+            moved(state, ev, Status::Unknown, state.livestream_id)
+        }
+    }
+}
+
+/// Confirms a pending offline whose grace has run out: the transition it stood for.
+pub fn confirm_offline(state: &State) -> Option<Decision> {
+    let p = state.pending_offline?;
+    let new = State {
+        status: Status::Offline,
+        livestream_id: state.livestream_id,
+        observed_at: state.observed_at,
+        source: Some(p.source),
+        pending_offline: None,
+    };
+    Some(Decision {
+        state: new,
+        outcome: Outcome::Applied,
+        history: Some((state.status, Status::Offline)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Outcome::*;
+    use Status::*;
+    use chrono::TimeZone;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap()
+    }
+
+    fn st(status: Status, ls: Option<i64>, at: i64, src: Source) -> State {
+        State {
+            status,
+            livestream_id: ls,
+            observed_at: Some(t(at)),
+            source: Some(src),
+            pending_offline: None,
+        }
+    }
+
+    fn ev(signal: Signal, at: i64, src: Source) -> Event {
+        Event {
+            raw_id: 99,
+            signal,
+            source: src,
+            observed_at: t(at),
+            occurred_at: t(at),
+        }
+    }
+
+    const RT: Source = Source::Realtime;
+    const API: Source = Source::Api;
+
+    fn live(ls: i64) -> Signal {
+        Signal::Live {
+            livestream_id: Some(ls),
+        }
+    }
+    fn off(ls: i64) -> Signal {
+        Signal::Offline {
+            livestream_id: Some(ls),
+        }
+    }
+    const API_LIVE: Signal = Signal::Live {
+        livestream_id: None,
+    };
+    const API_OFF: Signal = Signal::Offline {
+        livestream_id: None,
+    };
+
+    /// (name, state, event, expected outcome, expected status, expected livestream, history?)
+    #[test]
+    fn transition_table() {
+        let rules = Rules::default();
+        #[rustfmt::skip]
+        let table: Vec<(&str, State, Event, Outcome, Status, Option<i64>, bool)> = vec![
+            ("new streamer goes live", State::NEW, ev(live(10), 0, RT), Applied, Online, Some(10), true),
+            ("new streamer is offline", State::NEW, ev(API_OFF, 0, API), Applied, Offline, None, true),
+            ("unknown stays unknown", State::NEW, ev(Signal::Unknown, 0, RT), Duplicate, Unknown, None, false),
+            ("offline goes live", st(Offline, Some(9), 0, RT), ev(live(10), 1, RT), Applied, Online, Some(10), true),
+            ("online goes offline", st(Online, Some(10), 0, RT), ev(off(10), 1, RT), Applied, Offline, Some(10), true),
+            ("duplicate live", st(Online, Some(10), 0, RT), ev(live(10), 1, RT), Duplicate, Online, Some(10), false),
+            ("duplicate offline", st(Offline, Some(10), 0, RT), ev(off(10), 1, RT), Duplicate, Offline, Some(10), false),
+            ("older event is stale", st(Offline, Some(10), 5, RT), ev(live(11), 4, RT), Stale, Offline, Some(10), false),
+            ("replayed live of ended session", st(Offline, Some(10), 0, RT), ev(live(10), 1, RT), Stale, Offline, Some(10), false),
+            ("offline for older session", st(Online, Some(11), 0, RT), ev(off(10), 1, RT), Stale, Online, Some(11), false),
+            ("new session while online (missed offline)", st(Online, Some(10), 0, RT), ev(live(11), 1, RT), Applied, Online, Some(11), true),
+            ("older session's live while online", st(Online, Some(11), 0, RT), ev(live(10), 1, RT), Stale, Online, Some(11), false),
+            ("api live enriched by realtime id", st(Online, None, 0, API), ev(live(10), 1, RT), Enriched, Online, Some(10), false),
+            ("api confirms online", st(Online, Some(10), 0, RT), ev(API_LIVE, 100, API), Duplicate, Online, Some(10), false),
+            ("api offline after the lag guard", st(Online, Some(10), 0, RT), ev(API_OFF, 100, API), Applied, Offline, Some(10), true),
+            ("api offline inside the lag guard", st(Online, Some(10), 0, RT), ev(API_OFF, 5, API), Stale, Online, Some(10), false),
+            ("api live inside the lag guard", st(Offline, Some(10), 0, RT), ev(API_LIVE, 5, API), Stale, Offline, Some(10), false),
+            ("api live after an api offline", st(Offline, Some(10), 0, API), ev(API_LIVE, 5, API), Applied, Online, None, true),
+            ("outage from online", st(Online, Some(10), 0, RT), ev(Signal::Unknown, 1, RT), Applied, Unknown, Some(10), true),
+            ("outage from offline", st(Offline, Some(10), 0, RT), ev(Signal::Unknown, 1, RT), Applied, Unknown, Some(10), true),
+            ("unknown resolved live", st(Unknown, Some(10), 0, RT), ev(live(11), 1, RT), Applied, Online, Some(11), true),
+            ("unknown resolved offline", st(Unknown, Some(10), 0, RT), ev(API_OFF, 1, API), Applied, Offline, Some(10), true),
+            ("same instant is not stale", st(Online, Some(10), 1, RT), ev(off(10), 1, RT), Applied, Offline, Some(10), true),
+        ];
+        for (name, state, event, outcome, status, ls, history) in table {
+            let d = decide(&state, &event, &rules);
+            assert_eq!(d.outcome, outcome, "{name}: outcome");
+            assert_eq!(d.state.status, status, "{name}: status");
+            assert_eq!(d.state.livestream_id, ls, "{name}: livestream");
+            assert_eq!(d.history.is_some(), history, "{name}: history");
+            if let Some((prev, new)) = d.history {
+                assert_eq!((prev, new), (state.status, status), "{name}: history row");
+            }
+            if outcome == Stale || outcome == Duplicate {
+                assert_eq!(d.state, state, "{name}: a no-op leaves the state untouched");
+            }
+        }
+    }
+
+    #[test]
+    fn offline_grace_pending_blip_and_confirm() {
+        let rules = Rules {
+            offline_grace: Duration::from_secs(60),
+            ..Rules::default()
+        };
+        let online = st(Online, Some(10), 0, RT);
+        let d = decide(&online, &ev(off(10), 1, RT), &rules);
+        assert_eq!(
+            (d.outcome, d.state.status, d.history),
+            (Pending, Online, None)
+        );
+        let pending = d.state;
+        assert_eq!(pending.pending_offline.unwrap().raw_id, 99);
+        // A second offline while pending is a duplicate.
+        assert_eq!(
+            decide(&pending, &ev(off(10), 2, RT), &rules).outcome,
+            Duplicate
+        );
+        // The same session comes back: a blip, no history, pending cleared.
+        let d = decide(&pending, &ev(live(10), 3, RT), &rules);
+        assert_eq!((d.outcome, d.state.status, d.history), (Blip, Online, None));
+        assert!(d.state.pending_offline.is_none());
+        // A new session after a pending offline is a real transition (new session).
+        let d = decide(&pending, &ev(live(11), 3, RT), &rules);
+        assert_eq!((d.outcome, d.state.livestream_id), (Applied, Some(11)));
+        // The grace runs out: confirmed offline with its history row.
+        let c = confirm_offline(&pending).unwrap();
+        assert_eq!(
+            (c.state.status, c.history),
+            (Offline, Some((Online, Offline)))
+        );
+        assert!(confirm_offline(&online).is_none());
+    }
+}
