@@ -422,6 +422,12 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// `COLLECTOR_ID` (default `hostname:pid`).
     pub collector_id: Option<String>,
+    /// `KICK_SILENCE_GRACE` (default 20 s): a socket silent for the protocol's ping interval plus
+    /// this long is dead and reconnected.
+    pub silence_grace: Duration,
+    /// `KICK_TERMINAL_RETRY` (default 5 min): the wait after a terminal close code (Pusher
+    /// 4000–4099, Centrifugo 3500–3999 and 4500–4999) before starting again from negotiation.
+    pub terminal_retry: Duration,
 }
 
 impl Config {
@@ -511,6 +517,8 @@ impl Config {
             writer_poll_interval,
             metrics_addr,
             collector_id: src.get("COLLECTOR_ID").map(|s| s.trim().to_owned()),
+            silence_grace: src.duration("KICK_SILENCE_GRACE", Duration::from_secs(20))?,
+            terminal_retry: src.duration("KICK_TERMINAL_RETRY", Duration::from_secs(300))?,
         })
     }
 }
@@ -564,6 +572,8 @@ mod tests {
             ("KICK_RAW_RETENTION", "7y"),
             ("WRITER_POLL_INTERVAL", "1ms"),
             ("METRICS_ADDR", "everywhere"),
+            ("KICK_SILENCE_GRACE", "-"),
+            ("KICK_TERMINAL_RETRY", "forever"),
         ];
         for (var, value) in cases {
             let mut src = base();

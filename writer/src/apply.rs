@@ -56,12 +56,13 @@ impl Statements {
                         status_changed_at = coalesce(u.changed_at, s.status_changed_at),
                         last_event_at = coalesce(u.event_at, s.last_event_at),
                         live_started_at = coalesce(u.started_at, s.live_started_at),
+                        kick_channel_id = coalesce(s.kick_channel_id, u.learned_channel),
                         updated_at = now()
                      FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::timestamptz[], $5::text[],
                                  $6::timestamptz[], $7::bigint[], $8::text[], $9::timestamptz[],
-                                 $10::timestamptz[], $11::timestamptz[])
+                                 $10::timestamptz[], $11::timestamptz[], $12::bigint[])
                           AS u(id, status, livestream_id, observed_at, source, pending_at, pending_raw,
-                               pending_src, changed_at, event_at, started_at)
+                               pending_src, changed_at, event_at, started_at, learned_channel)
                      WHERE s.id = u.id",
                 )
                 .await?,
@@ -108,6 +109,8 @@ struct Streamer {
     changed_at: Option<DateTime<Utc>>,
     event_at: Option<DateTime<Utc>>,
     started_at: Option<DateTime<Utc>>,
+    /// A realtime channel id learned from an event that also names the user (API rows).
+    learned_channel: Option<i64>,
     notify: bool,
 }
 
@@ -143,6 +146,7 @@ impl Streamer {
             changed_at: None,
             event_at: None,
             started_at: None,
+            learned_channel: None,
             notify: false,
         }
     }
@@ -315,6 +319,14 @@ pub async fn apply_batch(
                     continue;
                 }
                 let streamer = &mut streamers[i];
+                if let Some(c) = s.channel_id
+                    && streamer.channel_id.is_none()
+                    && !by_channel.contains_key(&c)
+                {
+                    streamer.channel_id = Some(c);
+                    streamer.learned_channel = Some(c);
+                    streamer.dirty = true;
+                }
                 let d: Decision = transition::decide(&streamer.state, ev, &cfg.rules);
                 record(streamer, &d, ev, &mut writes);
                 if d.outcome == Outcome::Applied {
@@ -394,11 +406,12 @@ async fn write_streamers(
         let changed: Vec<Option<DateTime<Utc>>> = dirty.iter().map(|s| s.changed_at).collect();
         let event_at: Vec<Option<DateTime<Utc>>> = dirty.iter().map(|s| s.event_at).collect();
         let started: Vec<Option<DateTime<Utc>>> = dirty.iter().map(|s| s.started_at).collect();
+        let learned: Vec<Option<i64>> = dirty.iter().map(|s| s.learned_channel).collect();
         tx.execute(
             &st.update,
             &[
                 &ids, &status, &ls, &obs, &src, &p_at, &p_raw, &p_src, &changed, &event_at,
-                &started,
+                &started, &learned,
             ],
         )
         .await?;

@@ -30,7 +30,10 @@ pub fn routes() -> Router<Arc<Sim>> {
         .route("/public/v1/livestreams", get(livestreams))
         .route("/public/v1/users", get(users))
         .route("/public/v1/public-key", get(public_key))
-        .route("/public/v1/events/subscriptions", get(list_subs).post(create_subs).delete(delete_subs))
+        .route(
+            "/public/v1/events/subscriptions",
+            get(list_subs).post(create_subs).delete(delete_subs),
+        )
         .route("/api/v1/realtime/connection", post(negotiate))
         .route("/api/v1/realtime/auth/connection", post(guest_token))
 }
@@ -41,16 +44,31 @@ fn error(status: StatusCode, message: &str) -> Response {
 
 fn new_token(prefix: &str) -> String {
     let bytes: [u8; 24] = rand::random();
-    format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
 }
 
 fn issue(sim: &Sim, refresh: bool) -> Value {
     let access = new_token("sim_at_");
     let mut tokens = sim.tokens.lock().unwrap();
-    tokens.insert(access.clone(), TokenInfo { expires: Instant::now() + sim.opts.token_ttl, refresh: false });
+    tokens.insert(
+        access.clone(),
+        TokenInfo {
+            expires: Instant::now() + sim.opts.token_ttl,
+            refresh: false,
+        },
+    );
     if refresh {
         let rt = new_token("sim_rt_");
-        tokens.insert(rt.clone(), TokenInfo { expires: Instant::now() + Duration::from_secs(30 * 86400), refresh: true });
+        tokens.insert(
+            rt.clone(),
+            TokenInfo {
+                expires: Instant::now() + Duration::from_secs(30 * 86400),
+                refresh: true,
+            },
+        );
         json!({"access_token": access, "token_type": "Bearer", "refresh_token": rt, "expires_in": sim.opts.token_ttl.as_secs(), "scope": ""})
     } else {
         json!({"access_token": access, "token_type": "Bearer", "expires_in": sim.opts.token_ttl.as_secs()})
@@ -64,17 +82,32 @@ async fn token(State(sim): S, Form(form): Form<HashMap<String, String>>) -> Resp
         Some("client_credentials") if creds_ok => Json(issue(&sim, false)).into_response(),
         Some("refresh_token") if creds_ok => {
             let rt = form.get("refresh_token").cloned().unwrap_or_default();
-            let valid = sim.tokens.lock().unwrap().remove(&rt).is_some_and(|t| t.refresh && t.expires > Instant::now());
+            let valid = sim
+                .tokens
+                .lock()
+                .unwrap()
+                .remove(&rt)
+                .is_some_and(|t| t.refresh && t.expires > Instant::now());
             if valid {
                 Json(issue(&sim, true)).into_response()
             } else {
-                (StatusCode::UNAUTHORIZED, Json(json!({"error": "Invalid refresh token"}))).into_response()
+                (
+                    StatusCode::UNAUTHORIZED,
+                    Json(json!({"error": "Invalid refresh token"})),
+                )
+                    .into_response()
             }
         }
-        Some("client_credentials" | "refresh_token") => {
-            (StatusCode::UNAUTHORIZED, Json(json!({"error": "Invalid client"}))).into_response()
-        }
-        _ => (StatusCode::BAD_REQUEST, Json(json!({"error": "Invalid request"}))).into_response(),
+        Some("client_credentials" | "refresh_token") => (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "Invalid client"})),
+        )
+            .into_response(),
+        _ => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "Invalid request"})),
+        )
+            .into_response(),
     }
 }
 
@@ -95,13 +128,24 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Checks the app token and any injected REST fault.
+#[allow(clippy::result_large_err)] // a handler's early return: it is a response either way
 fn authorize(sim: &Sim, headers: &HeaderMap) -> Result<(), Response> {
     sim.api_requests.fetch_add(1, Ordering::Relaxed);
     match sim.rest_fault() {
         Some(RestFault::RateLimited { retry_after }) => {
-            return Err((StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, retry_after.to_string())], Json(json!({"message": "Too Many Requests"}))).into_response());
+            return Err((
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, retry_after.to_string())],
+                Json(json!({"message": "Too Many Requests"})),
+            )
+                .into_response());
         }
-        Some(RestFault::ServerError) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")),
+        Some(RestFault::ServerError) => {
+            return Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal Server Error",
+            ));
+        }
         Some(RestFault::Html) => {
             return Err((
                 StatusCode::OK,
@@ -113,23 +157,38 @@ fn authorize(sim: &Sim, headers: &HeaderMap) -> Result<(), Response> {
         None => {}
     }
     let valid = bearer(headers).is_some_and(|t| {
-        sim.tokens.lock().unwrap().get(&t).is_some_and(|i| !i.refresh && i.expires > Instant::now())
+        sim.tokens
+            .lock()
+            .unwrap()
+            .get(&t)
+            .is_some_and(|i| !i.refresh && i.expires > Instant::now())
     });
-    if valid { Ok(()) } else { Err(error(StatusCode::UNAUTHORIZED, "Unauthorized")) }
+    if valid {
+        Ok(())
+    } else {
+        Err(error(StatusCode::UNAUTHORIZED, "Unauthorized"))
+    }
 }
 
 async fn introspect(State(sim): S, headers: HeaderMap) -> Response {
     let token = bearer(&headers).unwrap_or_default();
     let info = sim.tokens.lock().unwrap().get(&token).map(|t| t.expires);
     let active = info.is_some_and(|e| e > Instant::now());
-    let exp = info.map(|e| chrono::Utc::now().timestamp() + e.saturating_duration_since(Instant::now()).as_secs() as i64);
+    let exp = info.map(|e| {
+        chrono::Utc::now().timestamp()
+            + e.saturating_duration_since(Instant::now()).as_secs() as i64
+    });
     Json(json!({"data": {"active": active, "client_id": sim.opts.client_id, "token_type": "app", "scope": "", "exp": exp.unwrap_or(0)}, "message": "OK"}))
         .into_response()
 }
 
 /// Repeated query parameters (`?slug=a&slug=b`).
 fn multi(raw: &Option<String>, key: &str) -> Vec<String> {
-    url_pairs(raw.as_deref().unwrap_or("")).into_iter().filter(|(k, _)| k == key).map(|(_, v)| v).collect()
+    url_pairs(raw.as_deref().unwrap_or(""))
+        .into_iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v)
+        .collect()
 }
 
 fn url_pairs(q: &str) -> Vec<(String, String)> {
@@ -150,7 +209,10 @@ fn decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                    16,
+                ) {
                     Ok(b) => {
                         out.push(b);
                         i += 2;
@@ -199,7 +261,10 @@ async fn channels(State(sim): S, headers: HeaderMap, RawQuery(raw): RawQuery) ->
         return error(StatusCode::BAD_REQUEST, "too many values: at most 50");
     }
     if !slugs.is_empty() && !ids.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "use either slug or broadcaster_user_id");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "use either slug or broadcaster_user_id",
+        );
     }
     let w = sim.world.lock().unwrap();
     let mut out = Vec::new();
@@ -207,11 +272,18 @@ async fn channels(State(sim): S, headers: HeaderMap, RawQuery(raw): RawQuery) ->
         match w.by_slug.get(&slug.to_lowercase()) {
             Some(i) => out.push(channel_item(&w.streamers[*i])),
             // Kick fails the whole request on one unknown slug.
-            None => return error(StatusCode::BAD_REQUEST, "Invalid request: channel not found"),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid request: channel not found",
+                );
+            }
         }
     }
     for id in &ids {
-        let Ok(id) = id.parse::<i64>() else { return error(StatusCode::BAD_REQUEST, "Invalid request") };
+        let Ok(id) = id.parse::<i64>() else {
+            return error(StatusCode::BAD_REQUEST, "Invalid request");
+        };
         if let Some(i) = w.by_user.get(&id) {
             out.push(channel_item(&w.streamers[*i]));
         }
@@ -227,12 +299,22 @@ async fn livestreams(State(sim): S, headers: HeaderMap, RawQuery(raw): RawQuery)
     if ids.len() > 50 {
         return error(StatusCode::BAD_REQUEST, "too many values: at most 50");
     }
-    let limit: usize = multi(&raw, "limit").first().and_then(|l| l.parse().ok()).unwrap_or(25).clamp(1, 100);
+    let limit: usize = multi(&raw, "limit")
+        .first()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(25)
+        .clamp(1, 100);
     let w = sim.world.lock().unwrap();
     let pick: Vec<&Streamer> = if ids.is_empty() {
         w.streamers.iter().filter(|s| s.live).take(limit).collect()
     } else {
-        ids.iter().filter_map(|id| id.parse::<i64>().ok()).filter_map(|id| w.by_user.get(&id)).map(|i| &w.streamers[*i]).filter(|s| s.live).take(limit).collect()
+        ids.iter()
+            .filter_map(|id| id.parse::<i64>().ok())
+            .filter_map(|id| w.by_user.get(&id))
+            .map(|i| &w.streamers[*i])
+            .filter(|s| s.live)
+            .take(limit)
+            .collect()
     };
     let out: Vec<Value> = pick
         .iter()
@@ -294,11 +376,19 @@ async fn create_subs(State(sim): S, headers: HeaderMap, Json(body): Json<Value>)
         return r;
     }
     let Some(user) = body.get("broadcaster_user_id").and_then(Value::as_i64) else {
-        return error(StatusCode::BAD_REQUEST, "broadcaster_user_id is required with an app token");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "broadcaster_user_id is required with an app token",
+        );
     };
     let mut out = Vec::new();
     let mut subs = sim.subscriptions.lock().unwrap();
-    for e in body.get("events").and_then(Value::as_array).cloned().unwrap_or_default() {
+    for e in body
+        .get("events")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+    {
         let id = format!("01SIM{:021}", subs.len() + 1);
         let now = api_time(chrono::Utc::now());
         subs.push(json!({"app_id": sim.opts.client_id, "broadcaster_user_id": user, "created_at": now, "event": e["name"], "id": id, "method": "webhook", "updated_at": now, "version": e["version"]}));
@@ -312,7 +402,10 @@ async fn delete_subs(State(sim): S, headers: HeaderMap, RawQuery(raw): RawQuery)
         return r;
     }
     let ids = multi(&raw, "id");
-    sim.subscriptions.lock().unwrap().retain(|s| !ids.iter().any(|id| s["id"] == *id));
+    sim.subscriptions
+        .lock()
+        .unwrap()
+        .retain(|s| !ids.iter().any(|id| s["id"] == *id));
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -332,7 +425,11 @@ async fn negotiate(State(sim): S, headers: HeaderMap, body: Option<Json<Value>>)
         .as_ref()
         .and_then(|b| b.0.pointer("/capabilities/accepted_providers"))
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|p| p["provider"].as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["provider"].as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_else(|| vec!["centrifugo".into(), "pusher".into()]);
     let base = sim.base_url.lock().unwrap().replace("http://", "ws://");
     let connections: Vec<Value> = sim
@@ -354,10 +451,14 @@ pub fn guest_jwt(sim: &Sim, client_id: &str) -> String {
     let now = chrono::Utc::now().timestamp();
     let exp = now + sim.opts.guest_token_ttl.as_secs() as i64;
     let header = b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = b64.encode(json!({"sub": format!("guest:{client_id}"), "iat": now, "exp": exp}).to_string());
+    let payload = b64
+        .encode(json!({"sub": format!("guest:{client_id}"), "iat": now, "exp": exp}).to_string());
     let sig: [u8; 32] = rand::random();
     let jwt = format!("{header}.{payload}.{}", b64.encode(sig));
-    sim.guest_tokens.lock().unwrap().insert(jwt.clone(), Instant::now() + sim.opts.guest_token_ttl);
+    sim.guest_tokens
+        .lock()
+        .unwrap()
+        .insert(jwt.clone(), Instant::now() + sim.opts.guest_token_ttl);
     jwt
 }
 
@@ -365,7 +466,10 @@ async fn guest_token(State(sim): S, headers: HeaderMap, body: Option<Json<Value>
     if !origin_ok(&headers) || headers.get(header::ORIGIN).is_none() {
         return error(StatusCode::FORBIDDEN, "Forbidden");
     }
-    let client = body.as_ref().and_then(|b| b.0["client_id"].as_str().map(str::to_owned)).unwrap_or_default();
+    let client = body
+        .as_ref()
+        .and_then(|b| b.0["client_id"].as_str().map(str::to_owned))
+        .unwrap_or_default();
     if client.is_empty() {
         return error(StatusCode::BAD_REQUEST, "client_id is required");
     }

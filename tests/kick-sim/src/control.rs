@@ -43,7 +43,11 @@ async fn streamers(State(sim): S) -> Response {
 fn set(sim: &Sim, slug: &str, live: bool) -> Response {
     let idx = sim.world.lock().unwrap().by_slug.get(slug).copied();
     match idx {
-        None => (StatusCode::NOT_FOUND, Json(json!({"error": "no such streamer"}))).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such streamer"})),
+        )
+            .into_response(),
         Some(i) => {
             let changed = sim.set_live(i, live);
             let w = sim.world.lock().unwrap();
@@ -72,14 +76,23 @@ struct Flap {
 
 async fn flap(State(sim): S, Json(f): Json<Flap>) -> Response {
     if !(f.rate > 0.0 && f.rate <= 100_000.0) {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": "rate must be in (0, 100000]"}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "rate must be in (0, 100000]"})),
+        )
+            .into_response();
     }
     let token = CancellationToken::new();
     if let Some(old) = sim.flapping.lock().unwrap().replace(token.clone()) {
         old.cancel();
     }
-    let n = f.streamers.unwrap_or(usize::MAX).min(sim.world.lock().unwrap().streamers.len());
-    let until = f.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let n = f
+        .streamers
+        .unwrap_or(usize::MAX)
+        .min(sim.world.lock().unwrap().streamers.len());
+    let until = f
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
     tokio::spawn(async move {
         let start = Instant::now();
         let mut done: u64 = 0;
@@ -121,7 +134,11 @@ struct Drop {
 }
 
 async fn drop_sockets(State(sim): S, Json(d): Json<Drop>) -> Response {
-    let n = sim.to_sockets(d.transport, d.fraction.unwrap_or(1.0), &Out::Close(d.code, d.reason));
+    let n = sim.to_sockets(
+        d.transport,
+        d.fraction.unwrap_or(1.0),
+        &Out::Close(d.code, d.reason),
+    );
     Json(json!({"dropped": n})).into_response()
 }
 
@@ -152,8 +169,34 @@ async fn malformed(State(sim): S, Json(m): Json<Malformed>) -> Response {
             let pad = "x".repeat(2 << 20);
             json!({"event": "App\\Events\\FollowersUpdated", "data": json!({"pad": pad}).to_string(), "channel": "channel.1"}).to_string().into()
         }
-        "bad-live" => json!({"event": "App\\Events\\StreamerIsLive", "data": "[]", "channel": "channel.1"}).to_string().into(),
-        _ => return (StatusCode::BAD_REQUEST, Json(json!({"error": "unknown kind"}))).into_response(),
+        "bad-live" => {
+            // A StreamerIsLive without ids, in each transport's envelope.
+            let pusher = json!({"event": "App\\Events\\StreamerIsLive", "data": "[]", "channel": "channel.1"});
+            let centrifugo = json!({"push": {"channel": "channel.1", "pub": {"data": {"event": "App\\Events\\StreamerIsLive", "data": "[]"}}}});
+            let mut n = 0;
+            if m.transport != Some(Transport::Centrifugo) {
+                n += sim.to_sockets(
+                    Some(Transport::Pusher),
+                    1.0,
+                    &Out::Text(pusher.to_string().into()),
+                );
+            }
+            if m.transport != Some(Transport::Pusher) {
+                n += sim.to_sockets(
+                    Some(Transport::Centrifugo),
+                    1.0,
+                    &Out::Text(centrifugo.to_string().into()),
+                );
+            }
+            return Json(json!({"sent": n})).into_response();
+        }
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "unknown kind"})),
+            )
+                .into_response();
+        }
     };
     let n = sim.to_sockets(m.transport, 1.0, &Out::Text(text));
     Json(json!({"sent": n})).into_response()
@@ -178,13 +221,22 @@ fn default_retry_after() -> u64 {
 
 async fn rest_fault(State(sim): S, Json(r): Json<Rest>) -> Response {
     let fault = match r.mode.as_str() {
-        "429" => Some(RestFault::RateLimited { retry_after: r.retry_after }),
+        "429" => Some(RestFault::RateLimited {
+            retry_after: r.retry_after,
+        }),
         "500" => Some(RestFault::ServerError),
         "html" => Some(RestFault::Html),
         "normal" => None,
-        _ => return (StatusCode::BAD_REQUEST, Json(json!({"error": "mode is 429, 500, html or normal"}))).into_response(),
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "mode is 429, 500, html or normal"})),
+            )
+                .into_response();
+        }
     };
-    *sim.rest_fault.lock().unwrap() = fault.map(|f| (f, Instant::now() + Duration::from_secs_f64(r.seconds)));
+    *sim.rest_fault.lock().unwrap() =
+        fault.map(|f| (f, Instant::now() + Duration::from_secs_f64(r.seconds)));
     Json(json!({"mode": r.mode, "seconds": r.seconds})).into_response()
 }
 
@@ -240,12 +292,17 @@ pub async fn noise(sim: Arc<Sim>, shutdown: CancellationToken) {
                 (s.channel_id, s.followers, s.slug.clone())
             };
             let ch = format!("channel.{channel_id}");
-            if done % 2 == 0 {
+            if done.is_multiple_of(2) {
                 let data = json!({"followersCount": followers, "channel_id": channel_id, "username": null, "created_at": chrono::Utc::now().timestamp(), "followed": true});
                 sim.publish(&ch, "App\\Events\\FollowersUpdated", &data.to_string());
             } else {
-                let data = json!({"user_ids": [75609757], "username": slug, "channel_id": channel_id});
-                sim.publish(&ch, "App\\Events\\ChannelSubscriptionEvent", &data.to_string());
+                let data =
+                    json!({"user_ids": [75609757], "username": slug, "channel_id": channel_id});
+                sim.publish(
+                    &ch,
+                    "App\\Events\\ChannelSubscriptionEvent",
+                    &data.to_string(),
+                );
             }
         }
     }

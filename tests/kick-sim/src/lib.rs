@@ -149,9 +149,17 @@ impl Sim {
     pub fn set_live(&self, idx: usize, live: bool) -> bool {
         let (name, data, channel, slug, ls) = {
             let mut w = self.world.lock().unwrap();
-            let Some((name, data)) = w.set_live(idx, live) else { return false };
+            let Some((name, data)) = w.set_live(idx, live) else {
+                return false;
+            };
             let s = &w.streamers[idx];
-            (name, data, format!("channel.{}", s.channel_id), s.slug.clone(), s.livestream_id)
+            (
+                name,
+                data,
+                format!("channel.{}", s.channel_id),
+                s.slug.clone(),
+                s.livestream_id,
+            )
         };
         let at_us = chrono::Utc::now().timestamp_micros();
         self.publish(&channel, name, &data);
@@ -160,20 +168,32 @@ impl Sim {
         if p.len() >= PUBLISHED_CAP {
             p.drain(..PUBLISHED_CAP / 2);
         }
-        p.push(Published { seq, at_us, channel, event: name.into(), slug, live, livestream_id: ls });
+        p.push(Published {
+            seq,
+            at_us,
+            channel,
+            event: name.into(),
+            slug,
+            live,
+            livestream_id: ls,
+        });
         true
     }
 
     /// Publishes one Kick event on a feed to every subscribed socket, in each socket's protocol.
     pub fn publish(&self, channel: &str, event: &str, data: &str) {
         let pusher: Arc<str> =
-            serde_json::json!({"event": event, "data": data, "channel": channel}).to_string().into();
+            serde_json::json!({"event": event, "data": data, "channel": channel})
+                .to_string()
+                .into();
         let centrifugo: Arc<str> =
             serde_json::json!({"push": {"channel": channel, "pub": {"data": {"event": event, "data": data}}}})
                 .to_string()
                 .into();
         let sockets = self.sockets.lock().unwrap();
-        let Some(ids) = sockets.by_channel.get(channel) else { return };
+        let Some(ids) = sockets.by_channel.get(channel) else {
+            return;
+        };
         for id in ids {
             if let Some(s) = sockets.map.get(id) {
                 let text = match s.transport {
@@ -193,7 +213,14 @@ impl Sim {
         let mut s = self.sockets.lock().unwrap();
         s.next += 1;
         let id = s.next;
-        s.map.insert(id, SocketEntry { transport, tx, subs: HashSet::new() });
+        s.map.insert(
+            id,
+            SocketEntry {
+                transport,
+                tx,
+                subs: HashSet::new(),
+            },
+        );
         (id, rx)
     }
 
@@ -213,9 +240,14 @@ impl Sim {
 
     pub(crate) fn subscribe(&self, id: u64, channel: &str) -> bool {
         let mut s = self.sockets.lock().unwrap();
-        let Some(e) = s.map.get_mut(&id) else { return false };
+        let Some(e) = s.map.get_mut(&id) else {
+            return false;
+        };
         let new = e.subs.insert(channel.to_owned());
-        s.by_channel.entry(channel.to_owned()).or_default().insert(id);
+        s.by_channel
+            .entry(channel.to_owned())
+            .or_default()
+            .insert(id);
         new
     }
 
@@ -238,7 +270,9 @@ impl Sim {
                 continue;
             }
             // Deterministic spread: every k-th socket for a fraction.
-            if fraction < 1.0 && (i as f64 * fraction).floor() == ((i + 1) as f64 * fraction).floor() {
+            if fraction < 1.0
+                && (i as f64 * fraction).floor() == ((i + 1) as f64 * fraction).floor()
+            {
                 continue;
             }
             if e.tx.try_send(out.clone()).is_ok() {
@@ -280,7 +314,10 @@ impl SimHandle {
     }
     /// `KICK_PUSHER_URL` for this simulator.
     pub fn pusher_url(&self) -> String {
-        format!("ws://{}/app/{}?protocol=7&client=js&version=8.4.0&flash=false", self.addr, self.sim.opts.pusher_key)
+        format!(
+            "ws://{}/app/{}?protocol=7&client=js&version=8.4.0&flash=false",
+            self.addr, self.sim.opts.pusher_key
+        )
     }
     /// The `KICK_*` variables that point kick-monitor at this simulator.
     pub fn env(&self) -> Vec<(String, String)> {
@@ -290,7 +327,10 @@ impl SimHandle {
             ("KICK_WEB_URL".into(), self.url()),
             ("KICK_PUSHER_URL".into(), self.pusher_url()),
             ("KICK_CLIENT_ID".into(), self.sim.opts.client_id.clone()),
-            ("KICK_CLIENT_SECRET".into(), self.sim.opts.client_secret.clone()),
+            (
+                "KICK_CLIENT_SECRET".into(),
+                self.sim.opts.client_secret.clone(),
+            ),
         ]
     }
 }
@@ -302,7 +342,10 @@ impl Drop for SimHandle {
 }
 
 pub fn router(sim: Arc<Sim>) -> Router {
-    api::routes().merge(ws::routes()).merge(control::routes()).with_state(sim)
+    api::routes()
+        .merge(ws::routes())
+        .merge(control::routes())
+        .with_state(sim)
 }
 
 /// Starts the simulator on `addr` (port 0 picks a free port).
@@ -315,10 +358,16 @@ pub async fn start(addr: SocketAddr, opts: Options) -> std::io::Result<SimHandle
     let app = router(sim.clone());
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
     });
     if sim.opts.noise_rate > 0.0 {
         tokio::spawn(control::noise(sim.clone(), shutdown.clone()));
     }
-    Ok(SimHandle { addr, sim, shutdown })
+    Ok(SimHandle {
+        addr,
+        sim,
+        shutdown,
+    })
 }

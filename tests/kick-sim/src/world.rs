@@ -55,7 +55,10 @@ pub fn api_time(t: DateTime<Utc>) -> String {
 
 impl World {
     pub fn generate(n: usize) -> Self {
-        let mut w = World { next_livestream: 74_000_000, ..Default::default() };
+        let mut w = World {
+            next_livestream: 74_000_000,
+            ..Default::default()
+        };
         for i in 0..n {
             w.add(Streamer {
                 slug: format!("streamer{i}"),

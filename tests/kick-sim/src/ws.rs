@@ -14,34 +14,49 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 
 use crate::{Out, Sim, Transport};
 
 pub fn routes() -> Router<Arc<Sim>> {
-    Router::new().route("/connection/websocket", get(centrifugo)).route("/app/{key}", get(pusher))
+    Router::new()
+        .route("/connection/websocket", get(centrifugo))
+        .route("/app/{key}", get(pusher))
 }
 
-async fn centrifugo(State(sim): State<Arc<Sim>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+async fn centrifugo(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     if !crate::api::origin_ok(&headers) {
         return (StatusCode::FORBIDDEN, "Forbidden").into_response();
     }
-    ws.max_message_size(1 << 20).on_upgrade(move |socket| centrifugo_session(socket, sim))
+    ws.max_message_size(1 << 20)
+        .on_upgrade(move |socket| centrifugo_session(socket, sim))
 }
 
-async fn pusher(State(sim): State<Arc<Sim>>, Path(key): Path<String>, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(1 << 20).on_upgrade(move |socket| pusher_session(socket, sim, key))
+async fn pusher(
+    State(sim): State<Arc<Sim>>,
+    Path(key): Path<String>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.max_message_size(1 << 20)
+        .on_upgrade(move |socket| pusher_session(socket, sim, key))
 }
 
 fn close(code: u16, reason: &str) -> Message {
-    Message::Close(Some(CloseFrame { code, reason: reason.into() }))
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
 }
 
 async fn centrifugo_session(socket: WebSocket, sim: Arc<Sim>) {
@@ -177,7 +192,11 @@ fn check_token(sim: &Sim, token: Option<&str>) -> Result<u64, TokenError> {
     let tokens = sim.guest_tokens.lock().unwrap();
     let exp = tokens.get(token).ok_or(TokenError::Invalid)?;
     let left = exp.saturating_duration_since(Instant::now());
-    if left.is_zero() { Err(TokenError::Expired) } else { Ok(left.as_secs()) }
+    if left.is_zero() {
+        Err(TokenError::Expired)
+    } else {
+        Ok(left.as_secs())
+    }
 }
 
 fn pusher_frame(event: &str, data: &str, channel: Option<&str>) -> Message {
@@ -198,9 +217,22 @@ async fn pusher_session(socket: WebSocket, sim: Arc<Sim>, key: String) {
     }
     let (id, mut rx) = sim.register_socket(Transport::Pusher);
     let activity = sim.opts.activity_timeout;
-    let socket_id = format!("{}.{}", rand::random::<u32>() % 1_000_000, rand::random::<u32>() % 10_000_000);
-    let established = json!({"socket_id": socket_id, "activity_timeout": activity.as_secs()}).to_string();
-    if tx.send(pusher_frame("pusher:connection_established", &established, None)).await.is_err() {
+    let socket_id = format!(
+        "{}.{}",
+        rand::random::<u32>() % 1_000_000,
+        rand::random::<u32>() % 10_000_000
+    );
+    let established =
+        json!({"socket_id": socket_id, "activity_timeout": activity.as_secs()}).to_string();
+    if tx
+        .send(pusher_frame(
+            "pusher:connection_established",
+            &established,
+            None,
+        ))
+        .await
+        .is_err()
+    {
         sim.unregister_socket(id);
         return;
     }

@@ -1,0 +1,151 @@
+//! The collector's Prometheus metrics: sockets by state, subscriptions, frames by event, rows
+//! staged, reconcile differences, reconnects by close code, and frame → staged latency.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use kick_shared::metrics::{
+    Counter, Gauge, Histogram, LATENCY_BUCKETS, LabeledCounter, Render, Text,
+};
+
+#[derive(Debug)]
+pub struct CollectorMetrics {
+    pub sockets_total: AtomicUsize,
+    pub sockets_up: AtomicUsize,
+    pub subscriptions: AtomicUsize,
+    pub frames: LabeledCounter,
+    pub malformed: LabeledCounter,
+    pub reconnects: LabeledCounter,
+    pub staged: Counter,
+    pub duplicates: Counter,
+    pub dropped: Counter,
+    pub db_errors: Counter,
+    pub buffered: Gauge,
+    pub reconcile_runs: Counter,
+    pub reconcile_failures: Counter,
+    pub reconcile_differences: Counter,
+    pub rate_limited: Counter,
+    pub stage_latency: Histogram,
+}
+
+impl Default for CollectorMetrics {
+    fn default() -> Self {
+        Self {
+            sockets_total: AtomicUsize::new(0),
+            sockets_up: AtomicUsize::new(0),
+            subscriptions: AtomicUsize::new(0),
+            frames: LabeledCounter::default(),
+            malformed: LabeledCounter::default(),
+            reconnects: LabeledCounter::default(),
+            staged: Counter::default(),
+            duplicates: Counter::default(),
+            dropped: Counter::default(),
+            db_errors: Counter::default(),
+            buffered: Gauge::default(),
+            reconcile_runs: Counter::default(),
+            reconcile_failures: Counter::default(),
+            reconcile_differences: Counter::default(),
+            rate_limited: Counter::default(),
+            stage_latency: Histogram::new(LATENCY_BUCKETS),
+        }
+    }
+}
+
+impl Render for CollectorMetrics {
+    fn render(&self) -> String {
+        let total = self.sockets_total.load(Ordering::Relaxed);
+        let up = self.sockets_up.load(Ordering::Relaxed);
+        Text::default()
+            .gauge(
+                "kick_collector_sockets",
+                "Realtime sockets (shards).",
+                total as f64,
+            )
+            .gauge(
+                "kick_collector_sockets_up",
+                "Sockets connected and subscribed.",
+                up as f64,
+            )
+            .gauge(
+                "kick_collector_sockets_down",
+                "Sockets connecting or waiting to reconnect.",
+                (total - up.min(total)) as f64,
+            )
+            .gauge(
+                "kick_collector_subscriptions",
+                "Channel subscriptions confirmed.",
+                self.subscriptions.load(Ordering::Relaxed) as f64,
+            )
+            .labeled(
+                "kick_collector_frames_total",
+                "Realtime events received, by event name.",
+                "counter",
+                "event",
+                &self.frames.snapshot(),
+            )
+            .labeled(
+                "kick_collector_malformed_frames_total",
+                "Frames that could not be decoded, by kind.",
+                "counter",
+                "kind",
+                &self.malformed.snapshot(),
+            )
+            .labeled(
+                "kick_collector_reconnects_total",
+                "Socket reconnects, by close code or cause.",
+                "counter",
+                "code",
+                &self.reconnects.snapshot(),
+            )
+            .counter(
+                "kick_collector_rows_staged_total",
+                "Rows inserted into raw_events.",
+                self.staged.get(),
+            )
+            .counter(
+                "kick_collector_rows_deduplicated_total",
+                "Rows already staged (same dedupe key).",
+                self.duplicates.get(),
+            )
+            .counter(
+                "kick_collector_events_refused_total",
+                "Events refused because the staging buffer was full.",
+                self.dropped.get(),
+            )
+            .counter(
+                "kick_collector_db_errors_total",
+                "Staging failures (the batch is retried).",
+                self.db_errors.get(),
+            )
+            .gauge(
+                "kick_collector_buffered_events",
+                "Events waiting for the database.",
+                self.buffered.get(),
+            )
+            .counter(
+                "kick_collector_reconcile_runs_total",
+                "REST reconciliations run.",
+                self.reconcile_runs.get(),
+            )
+            .counter(
+                "kick_collector_reconcile_failures_total",
+                "REST reconciliations that failed.",
+                self.reconcile_failures.get(),
+            )
+            .counter(
+                "kick_collector_reconcile_differences_total",
+                "Statuses the REST API contradicted (staged as source=api).",
+                self.reconcile_differences.get(),
+            )
+            .counter(
+                "kick_collector_rate_limited_total",
+                "Kick API 429 answers.",
+                self.rate_limited.get(),
+            )
+            .histogram(
+                "kick_collector_stage_latency_seconds",
+                "Frame received to staged row committed.",
+                &self.stage_latency,
+            )
+            .finish()
+    }
+}
