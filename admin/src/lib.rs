@@ -9,8 +9,13 @@ use clap::{Parser, Subcommand};
 use kick_shared::config::Config;
 use kick_shared::exit::{EXIT_CODES_HELP, Exit};
 
+mod config_cmd;
 pub mod db;
+mod status;
+pub mod streamers;
 mod table;
+
+pub use config_cmd::ConfigCommand;
 
 #[derive(Debug, Parser)]
 #[command(name = "kick-admin", version = kick_shared::VERSION, about = "Operate kick-monitor: database, streamers, config and status.", after_help = EXIT_CODES_HELP)]
@@ -24,6 +29,33 @@ pub enum Command {
     /// Database schema and housekeeping.
     #[command(subcommand)]
     Db(db::DbCommand),
+    /// Streamers to watch.
+    #[command(subcommand)]
+    Streamers(streamers::StreamersCommand),
+    /// Settings stored in the database (secrets encrypted).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Health of the whole system; exit 69 when a component is down or stale.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
+}
+
+/// A status word, coloured on a terminal unless `NO_COLOR` is set.
+pub fn paint_status(s: &str) -> String {
+    use std::io::IsTerminal;
+    if std::env::var_os("NO_COLOR").is_some() || !std::io::stdout().is_terminal() {
+        return s.to_owned();
+    }
+    let code = match s {
+        "online" => "32",
+        "offline" => "90",
+        _ => "33",
+    };
+    format!("\x1b[{code}m{s}\x1b[0m")
 }
 
 /// Maps a clap error to the contract: help and version exit 0, usage errors 64.
@@ -39,12 +71,28 @@ pub fn usage_exit(e: &clap::Error) -> ExitCode {
 
 /// Runs one command with configuration from `.env` and the environment.
 pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
-    let config = Config::from_env()?;
+    if let Command::Completions { .. } = cli.command {
+        // Needs no configuration.
+        return run_with(
+            cli,
+            &Config::from_source(&kick_shared::config::Source::from_pairs([
+                ("DATABASE_HOST", "/"),
+                ("DATABASE_NAME", "-"),
+            ]))?,
+        )
+        .await;
+    }
+    let needs_db_settings = matches!(cli.command, Command::Streamers(_));
+    let mut config = Config::from_env()?;
     kick_shared::logging::init(&kick_shared::config::LogConfig {
         // A CLI talks to a person: warnings and errors only, as text on stderr, unless asked.
         level: std::env::var("LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
         format: kick_shared::config::LogFormat::Text,
     });
+    if needs_db_settings {
+        // Kick credentials may be stored in the config table (`config set KICK_CLIENT_SECRET`).
+        config = kick_shared::config::load_with_db().await?;
+    }
     run_with(cli, &config).await
 }
 
@@ -52,5 +100,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
 pub async fn run_with(cli: Cli, config: &Config) -> anyhow::Result<Exit> {
     match cli.command {
         Command::Db(cmd) => db::run(cmd, config).await.context("db"),
+        Command::Streamers(cmd) => streamers::run(cmd, config).await.context("streamers"),
+        Command::Config(cmd) => config_cmd::run(cmd, config).await.context("config"),
+        Command::Status { json } => status::run(json, config).await.context("status"),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "kick-admin",
+                &mut std::io::stdout(),
+            );
+            Ok(Exit::Ok)
+        }
     }
 }

@@ -224,3 +224,384 @@ async fn prune_deletes_only_old_processed_rows() {
         .collect();
     assert_eq!(left, ["new", "pending"]);
 }
+
+mod with_kick {
+    //! Commands that talk to Kick, against kick-sim.
+
+    use super::*;
+    use serde_json::{Value, json};
+
+    struct Env {
+        sim: kick_sim::SimHandle,
+        env: Vec<(String, String)>,
+        db: kick_testkit::TestDb,
+    }
+
+    async fn setup(streamers: usize) -> Env {
+        let sim = kick_sim::start(
+            "127.0.0.1:0".parse().unwrap(),
+            kick_sim::Options {
+                streamers,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let db = kick_testkit::fresh_db().await;
+        let mut env = db.env();
+        env.extend(sim.env());
+        Env { sim, env, db }
+    }
+
+    async fn run(env: &[(String, String)], args: &[&str]) -> (i32, String, String) {
+        let env = env.to_vec();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            admin(&env, &a)
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn count(db: &kick_testkit::TestDb, sql: &str) -> i64 {
+        db.client().await.query_one(sql, &[]).await.unwrap().get(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streamers_add_list_show_history_remove() {
+        let e = setup(5).await;
+        // streamer3 is live: its channel id comes from the livestreams endpoint.
+        reqwest::Client::new()
+            .post(format!("{}/control/streamers/streamer3/live", e.sim.url()))
+            .send()
+            .await
+            .unwrap();
+        let (code, out, err) = run(&e.env, &["streamers", "add", "streamer1", "STREAMER3"]).await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(
+            out.contains("added streamer1 (user 1000007, channel id not known yet)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("added streamer3 (user 1000021, channel 2000039)"),
+            "{out}"
+        );
+        let (code, out, _) = run(&e.env, &["streamers", "add", "streamer1"]).await;
+        assert_eq!(code, 0);
+        assert!(out.contains("already added"), "{out}");
+        let (code, out, _) = run(
+            &e.env,
+            &[
+                "streamers",
+                "add",
+                "streamer2",
+                "--channel-id",
+                "2000026",
+                "--json",
+            ],
+        )
+        .await;
+        assert_eq!(code, 0);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["streamers"][0]["kick_channel_id"], 2000026);
+        assert_eq!(v["streamers"][0]["display_name"], "Streamer2");
+        let (code, out, _) = run(&e.env, &["streamers", "list", "--json"]).await;
+        assert_eq!(code, 0);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["streamers"].as_array().unwrap().len(), 3);
+        let (code, out, _) = run(&e.env, &["streamers", "list"]).await;
+        assert_eq!(code, 0);
+        assert!(out.starts_with("USERNAME"), "{out}");
+        assert_eq!(out.lines().count(), 4);
+        let (code, out, _) = run(&e.env, &["streamers", "list", "--status", "online"]).await;
+        assert_eq!(
+            (code, out.lines().count()),
+            (0, 1),
+            "nothing online yet: {out}"
+        );
+        let (code, _, err) = run(&e.env, &["streamers", "list", "--status", "sideways"]).await;
+        assert_eq!(code, 64, "{err}");
+        // History, as the writer would record it.
+        let c = e.db.client().await;
+        c.batch_execute(
+            "INSERT INTO status_events (streamer_id, previous_status, new_status, occurred_at, source, raw_event_id)
+             SELECT id, 'unknown', 'online', now(), 'realtime', 1 FROM streamers WHERE username = 'streamer3'",
+        )
+        .await
+        .unwrap();
+        let (code, out, _) = run(&e.env, &["streamers", "history", "streamer3", "--json"]).await;
+        assert_eq!(code, 0);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["history"][0]["new_status"], "online");
+        let (code, out, _) = run(&e.env, &["streamers", "show", "streamer3"]).await;
+        assert_eq!(code, 0);
+        assert!(out.contains("kick_channel_id  2000039"), "{out}");
+        assert_eq!(run(&e.env, &["streamers", "show", "nobody"]).await.0, 66);
+        assert_eq!(
+            run(&e.env, &["streamers", "disable", "streamer1"]).await.0,
+            0
+        );
+        assert_eq!(
+            count(&e.db, "SELECT count(*) FROM streamers WHERE NOT enabled").await,
+            1
+        );
+        assert_eq!(
+            run(&e.env, &["streamers", "enable", "streamer1"]).await.0,
+            0
+        );
+        // Removing an unknown name among known ones changes nothing.
+        assert_eq!(
+            run(&e.env, &["streamers", "remove", "streamer1", "ghost"])
+                .await
+                .0,
+            66
+        );
+        assert_eq!(count(&e.db, "SELECT count(*) FROM streamers").await, 3);
+        assert_eq!(
+            run(&e.env, &["streamers", "remove", "streamer1"]).await.0,
+            0
+        );
+        assert_eq!(count(&e.db, "SELECT count(*) FROM streamers").await, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_input_gives_one_line_and_writes_nothing() {
+        let e = setup(3).await;
+        let long = "a".repeat(1000);
+        for (name, code) in [
+            ("", 65),
+            (long.as_str(), 65),
+            ("o'brien", 65),
+            ("x\"y", 65),
+            ("a;DROP TABLE streamers", 65),
+            ("ünïcödé", 65),
+            ("nosuchstreamer", 66),
+        ] {
+            let (got, out, err) = run(&e.env, &["streamers", "add", "streamer0", name]).await;
+            assert_eq!(got, code, "{name:?}: {out}{err}");
+            assert_eq!(err.trim().lines().count(), 1, "{name:?}: one line: {err}");
+            assert!(err.len() < 300, "{err}");
+        }
+        assert_eq!(
+            count(&e.db, "SELECT count(*) FROM streamers").await,
+            0,
+            "nothing written"
+        );
+        // Kick misbehaving: 429 → 75, 500 → 69, an HTML challenge → 69, bad credentials → 77.
+        let http = reqwest::Client::new();
+        for (mode, code) in [("429", 75), ("500", 69), ("html", 69)] {
+            http.post(format!("{}/control/rest", e.sim.url()))
+                .json(&json!({"mode": mode, "seconds": 30}))
+                .send()
+                .await
+                .unwrap();
+            let (got, _, err) = run(&e.env, &["streamers", "add", "streamer0"]).await;
+            assert_eq!(got, code, "{mode}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+        }
+        http.post(format!("{}/control/rest", e.sim.url()))
+            .json(&json!({"mode": "normal"}))
+            .send()
+            .await
+            .unwrap();
+        let mut bad = e.env.clone();
+        bad.push(("KICK_CLIENT_SECRET".into(), "wrong".into()));
+        let (got, _, err) = run(&bad, &["streamers", "add", "streamer0"]).await;
+        assert_eq!(got, 77, "{err}");
+        // Kick unreachable.
+        let mut gone = e.env.clone();
+        gone.push(("KICK_API_URL".into(), "http://127.0.0.1:9".into()));
+        gone.push(("KICK_AUTH_URL".into(), "http://127.0.0.1:9".into()));
+        let (got, _, err) = run(&gone, &["streamers", "add", "streamer0"]).await;
+        assert_eq!(got, 69, "{err}");
+        // Database down.
+        let mut nodb = e.env.clone();
+        nodb.push(("DATABASE_PORT".into(), "1".into()));
+        let (got, _, err) = run(&nodb, &["streamers", "list"]).await;
+        assert_eq!(got, 69, "{err}");
+        assert_eq!(
+            count(&e.db, "SELECT count(*) FROM streamers").await,
+            0,
+            "still nothing written"
+        );
+        assert!(!err.contains("sim-secret"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn import_thousands_with_summary() {
+        let e = setup(1200).await;
+        let dir = std::env::temp_dir().join(format!("kick-import-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("names.txt");
+        let mut text = String::from("# my list\n");
+        for i in 0..1100 {
+            text.push_str(&format!("streamer{i}\n"));
+        }
+        text.push_str("ghost1\nstreamer5 # duplicate\n");
+        std::fs::write(&file, text).unwrap();
+        let (code, out, err) = run(&e.env, &["streamers", "import", file.to_str().unwrap()]).await;
+        assert_eq!(code, 66, "one name is unknown: {out}{err}");
+        assert!(
+            out.contains("1100 added") && out.contains("not found: ghost1"),
+            "{out}"
+        );
+        assert_eq!(count(&e.db, "SELECT count(*) FROM streamers").await, 1100);
+        let (code, out, _) = run(
+            &e.env,
+            &["streamers", "import", file.to_str().unwrap(), "--json"],
+        )
+        .await;
+        assert_eq!(code, 66);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (v["added"].as_i64(), v["existing"].as_i64()),
+            (Some(0), Some(1100))
+        );
+        // A file with an invalid line is refused whole.
+        std::fs::write(&file, "streamer1200\nbad name\n").unwrap();
+        let (code, _, err) = run(&e.env, &["streamers", "import", file.to_str().unwrap()]).await;
+        assert_eq!(code, 65, "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        assert_eq!(
+            run(&e.env, &["streamers", "import", "/nonexistent/file"])
+                .await
+                .0,
+            66
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn config_secrets_are_encrypted_and_need_the_key() {
+        let e = setup(1).await;
+        let dir = std::env::temp_dir().join(format!("kick-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key");
+        let _ = std::fs::remove_file(&key);
+        let mut env = e.env.clone();
+        env.push(("KICK_CONFIG_KEY_FILE".into(), key.display().to_string()));
+        assert_eq!(run(&env, &["config", "keygen"]).await.0, 0);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            run(&env, &["config", "keygen"]).await.0,
+            64,
+            "no silent overwrite"
+        );
+        assert_eq!(
+            run(
+                &env,
+                &[
+                    "config",
+                    "set",
+                    "KICK_CLIENT_SECRET",
+                    "sim-secret",
+                    "--secret"
+                ]
+            )
+            .await
+            .0,
+            0
+        );
+        assert_eq!(
+            run(&env, &["config", "set", "KICK_RECONCILE_INTERVAL", "60s"])
+                .await
+                .0,
+            0
+        );
+        let stored: String =
+            e.db.client()
+                .await
+                .query_one(
+                    "SELECT value FROM config WHERE key = 'KICK_CLIENT_SECRET'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+        assert!(
+            !stored.contains("sim-secret") && stored.starts_with("v1:"),
+            "{stored}"
+        );
+        let (code, out, _) = run(&env, &["config", "get", "KICK_CLIENT_SECRET"]).await;
+        assert_eq!((code, out.trim()), (0, "sim-secret"));
+        let (code, out, _) = run(&env, &["config", "list"]).await;
+        assert_eq!(code, 0);
+        assert!(
+            out.contains("********") && !out.contains("sim-secret") && out.contains("60s"),
+            "{out}"
+        );
+        let (_, out, _) = run(&env, &["config", "list", "--json"]).await;
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["config"].as_array().unwrap().len(), 2);
+        // The stored secret is used by `streamers add` when the environment has none.
+        let env_no_secret: Vec<(String, String)> = env
+            .iter()
+            .filter(|(k, _)| k != "KICK_CLIENT_SECRET")
+            .cloned()
+            .collect();
+        let (code, out, err) = run(&env_no_secret, &["streamers", "add", "streamer0"]).await;
+        assert_eq!(code, 0, "{out}{err}");
+        // Wrong key → 77; no key → 77; both with a clear one-line message.
+        let other = dir.join("other");
+        let mut env2 = e.env.clone();
+        env2.push(("KICK_CONFIG_KEY_FILE".into(), other.display().to_string()));
+        assert_eq!(run(&env2, &["config", "keygen"]).await.0, 0);
+        let (code, _, err) = run(&env2, &["config", "get", "KICK_CLIENT_SECRET"]).await;
+        assert_eq!(code, 77, "{err}");
+        assert!(err.contains("wrong config key"), "{err}");
+        let (code, _, err) = run(&e.env, &["config", "get", "KICK_CLIENT_SECRET"]).await;
+        assert_eq!(code, 77, "{err}");
+        assert_eq!(run(&env, &["config", "set", "bad key", "x"]).await.0, 65);
+        assert_eq!(
+            run(&env, &["config", "unset", "KICK_RECONCILE_INTERVAL"])
+                .await
+                .0,
+            0
+        );
+        assert_eq!(
+            run(&env, &["config", "unset", "KICK_RECONCILE_INTERVAL"])
+                .await
+                .0,
+            66
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_is_a_monitoring_check() {
+        let e = setup(1).await;
+        // No collector has ever run: unhealthy.
+        let (code, out, _) = run(&e.env, &["status", "--json"]).await;
+        assert_eq!(code, 69, "{out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["healthy"], false);
+        let c = e.db.client().await;
+        c.batch_execute(
+            "INSERT INTO collectors (id, host, pid, started_at, heartbeat_at, sockets, sockets_up, subscriptions, transport, version)
+             VALUES ('h:1', 'h', 1, now(), now(), 2, 2, 150, 'centrifugo', '0.1.0')",
+        )
+        .await
+        .unwrap();
+        let (code, out, _) = run(&e.env, &["status"]).await;
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains("health:    ok") && out.contains("centrifugo"),
+            "{out}"
+        );
+        // A stuck queue is a problem.
+        c.batch_execute("INSERT INTO raw_events (source, event_name, dedupe_key, received_at) VALUES ('api', 'x', 'old', now() - interval '5 minutes')")
+            .await
+            .unwrap();
+        let (code, out, _) = run(&e.env, &["status", "--json"]).await;
+        assert_eq!(code, 69);
+        assert!(out.contains("queue stuck"), "{out}");
+        let (code, out, _) = run(&e.env, &["completions", "bash"]).await;
+        assert_eq!(code, 0);
+        assert!(out.contains("kick-admin"));
+    }
+}

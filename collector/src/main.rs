@@ -31,6 +31,11 @@ async fn main() -> ExitCode {
         Err(e) => return kick_shared::exit::report("kick-collector", &e.into()),
     };
     kick_shared::logging::init(&config.log);
+    // Now that logs go somewhere: add the settings stored in the database's config table.
+    let config = match kick_shared::config::load_with_db().await {
+        Ok(c) => c,
+        Err(e) => return kick_shared::exit::report("kick-collector", &e),
+    };
     let shutdown = kick_shared::shutdown::on_signals();
     match kick_collector::run(config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

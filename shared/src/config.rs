@@ -523,6 +523,95 @@ impl Config {
     }
 }
 
+/// Settings the services also read from the `config` table (set with `kick-admin config set`).
+/// Precedence: environment (and `.env`) > database > default. Database and logging settings are
+/// not among them: they are needed before the database can be read.
+pub const DB_SETTINGS: &[&str] = &[
+    "KICK_CLIENT_ID",
+    "KICK_CLIENT_SECRET",
+    "KICK_API_URL",
+    "KICK_AUTH_URL",
+    "KICK_WEB_URL",
+    "KICK_REALTIME_TRANSPORT",
+    "KICK_PUSHER_URL",
+    "KICK_CHANNELS_PER_CONNECTION",
+    "KICK_RECONCILE_INTERVAL",
+    "KICK_OFFLINE_GRACE",
+    "KICK_RAW_RETENTION",
+    "KICK_SILENCE_GRACE",
+    "KICK_TERMINAL_RETRY",
+    "WRITER_POLL_INTERVAL",
+    "BATCH_SIZE",
+];
+
+impl Source {
+    /// Adds values from the `config` table where the environment has none. `decrypt` turns a
+    /// stored secret into its plaintext.
+    pub fn merge_db<E>(
+        &mut self,
+        rows: &[(String, String, bool)],
+        mut decrypt: impl FnMut(&str, &str) -> Result<String, E>,
+    ) -> Result<Vec<String>, E> {
+        let mut applied = Vec::new();
+        for (key, value, encrypted) in rows {
+            if !DB_SETTINGS.contains(&key.as_str()) || self.get(key).is_some() {
+                continue;
+            }
+            let v = if *encrypted {
+                decrypt(key, value)?
+            } else {
+                value.clone()
+            };
+            self.vars.insert(key.clone(), v);
+            applied.push(key.clone());
+        }
+        Ok(applied)
+    }
+}
+
+/// Loads `.env` and the environment, then settings from the `config` table (see
+/// [`DB_SETTINGS`]). When the database cannot be reached the environment alone is used: the
+/// services retry the database themselves and must not fail to start because of it.
+pub async fn load_with_db() -> anyhow::Result<Config> {
+    let mut src = Source::from_env()?;
+    let base = Config::from_source(&src)?;
+    let client = match crate::db::connect(&base.database).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "config table not read: database unavailable; using the environment only");
+            return Ok(base);
+        }
+    };
+    let rows = match client
+        .query("SELECT key, value, encrypted FROM config", &[])
+        .await
+    {
+        Ok(rows) => rows,
+        // Not migrated yet: nothing stored.
+        Err(_) => return Ok(base),
+    };
+    let rows: Vec<(String, String, bool)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let mut key: Option<crate::crypto::ConfigKey> = None;
+    let applied = src.merge_db(&rows, |k, v| {
+        if key.is_none() {
+            key = Some(crate::crypto::ConfigKey::load(
+                base.config_key_file.as_deref(),
+            )?);
+        }
+        key.as_ref()
+            .unwrap()
+            .decrypt(k, v)
+            .map(|s| s.expose_secret().to_owned())
+    })?;
+    if !applied.is_empty() {
+        tracing::info!(settings = ?applied, "settings read from the config table");
+    }
+    Ok(Config::from_source(&src)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

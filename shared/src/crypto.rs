@@ -35,8 +35,9 @@ pub enum CryptoError {
 impl Classify for CryptoError {
     fn exit(&self) -> Exit {
         match self {
-            CryptoError::NoKey => Exit::Config,
-            CryptoError::KeyUnreadable { .. }
+            // A missing key is a permission problem for the operator: exit 77, as a wrong key.
+            CryptoError::NoKey
+            | CryptoError::KeyUnreadable { .. }
             | CryptoError::KeyInvalid { .. }
             | CryptoError::Decrypt { .. } => Exit::NoPerm,
             CryptoError::Format { .. } => Exit::DataErr,

@@ -94,6 +94,14 @@ pub struct Livestream {
     pub started_at: Option<String>,
 }
 
+/// A user from `GET /public/v1/users`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct User {
+    pub user_id: i64,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
 /// RFC 3339 in any offset ("…Z" on the wire, "+11:00" in Kick's docs).
 pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)
@@ -328,6 +336,16 @@ impl ApiClient {
             }
         }
         Ok((found, unknown))
+    }
+
+    /// Users by id (display names), batched at 50.
+    pub async fn users_by_ids(&self, ids: &[i64]) -> Result<Vec<User>, ApiError> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(BATCH) {
+            let q: Vec<_> = chunk.iter().map(|id| ("id", id.to_string())).collect();
+            out.extend(self.get::<Vec<User>>("/public/v1/users", &q).await?);
+        }
+        Ok(out)
     }
 
     /// Live streams of these broadcasters (offline ones are simply absent), batched at 50.
