@@ -35,7 +35,10 @@ pub async fn socket_down(
     let ctx = ctx.clone();
     let chans: Vec<i64> = channels.iter().copied().collect();
     tokio::spawn(async move {
-        if crate::reconcile::run(&ctx, Some(&chans)).await.is_err() {
+        if crate::reconcile::run(&ctx, crate::reconcile::Scope::Channels(chans.clone()))
+            .await
+            .is_err()
+        {
             let key = format!("{}:{gap_id}", ctx.collector_id);
             match crate::reconcile::mark_unknown(&ctx, &chans, &key).await {
                 Ok(n) if n > 0 => tracing::warn!(

@@ -285,7 +285,7 @@ pub async fn run_with_metrics(
     {
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            let _ = reconcile::run(&ctx, None).await;
+            let _ = reconcile::run(&ctx, reconcile::Scope::All).await;
         });
     }
 
@@ -343,7 +343,7 @@ pub async fn run_with_metrics(
             last_reconcile = Instant::now();
             let ctx = ctx.clone();
             tokio::spawn(async move {
-                let _ = reconcile::run(&ctx, None).await;
+                let _ = reconcile::run(&ctx, reconcile::Scope::All).await;
             });
         }
         if last_heartbeat.elapsed() >= Duration::from_secs(10) {

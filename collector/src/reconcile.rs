@@ -7,11 +7,12 @@
 //! (and the `streamers_changed` trigger makes us subscribe).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use kick_shared::kick::api::ApiError;
-use kick_shared::model::{Source, event_name};
+use kick_shared::model::{API_RECHECK, Source, event_name};
 use serde_json::json;
 
 use crate::Ctx;
@@ -23,20 +24,33 @@ struct Stored {
     user_id: i64,
     channel_id: Option<i64>,
     status: String,
-    changed_at: Option<DateTime<Utc>>,
 }
 
-async fn load(ctx: &Ctx, channels: Option<&[i64]>) -> anyhow::Result<Vec<Stored>> {
+/// Which streamers a reconciliation covers.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    All,
+    /// One socket's channels (after its reconnect).
+    Channels(Vec<i64>),
+    /// Streamers the API contradicted, checked again.
+    Users(Vec<i64>),
+}
+
+async fn load(ctx: &Ctx, scope: &Scope) -> anyhow::Result<Vec<Stored>> {
     let c = ctx.db().await?;
-    const Q: &str = "SELECT kick_user_id, kick_channel_id, status, status_changed_at FROM streamers WHERE enabled";
-    let rows = match channels {
-        None => c.query(&format!("{Q} ORDER BY id"), &[]).await?,
-        Some(ch) => {
+    const Q: &str = "SELECT kick_user_id, kick_channel_id, status FROM streamers WHERE enabled";
+    let rows = match scope {
+        Scope::All => c.query(&format!("{Q} ORDER BY id"), &[]).await?,
+        Scope::Channels(ch) => {
             c.query(
                 &format!("{Q} AND kick_channel_id = ANY($1) ORDER BY id"),
-                &[&ch],
+                &[ch],
             )
             .await?
+        }
+        Scope::Users(u) => {
+            c.query(&format!("{Q} AND kick_user_id = ANY($1) ORDER BY id"), &[u])
+                .await?
         }
     };
     Ok(rows
@@ -45,7 +59,6 @@ async fn load(ctx: &Ctx, channels: Option<&[i64]>) -> anyhow::Result<Vec<Stored>
             user_id: r.get(0),
             channel_id: r.get(1),
             status: r.get(2),
-            changed_at: r.get(3),
         })
         .collect())
 }
@@ -87,30 +100,51 @@ fn ms(t: Option<DateTime<Utc>>) -> i64 {
     t.map_or(0, |t| t.timestamp_millis())
 }
 
-/// Reconciles the given channels (or every enabled streamer). Returns how many statuses the API
-/// contradicted (each staged as one row).
-pub async fn run(ctx: &Ctx, channels: Option<&[i64]>) -> anyhow::Result<usize> {
+/// Reconciles `scope`. Returns how many statuses the API contradicted (each staged as one row).
+///
+/// The API lags the realtime feed, and the writer ignores an API answer that contradicts a
+/// realtime event less than `API_LAG_GUARD` old. So every contradicted streamer is checked
+/// again after `API_RECHECK`: if the API still disagrees then, it wins.
+pub async fn run(ctx: &Arc<Ctx>, scope: Scope) -> anyhow::Result<usize> {
     let started = Instant::now();
     ctx.metrics.reconcile_runs.inc();
-    let result = run_inner(ctx, channels).await;
+    let result = run_inner(ctx, &scope).await;
     match &result {
-        Ok(n) => tracing::debug!(
-            differences = n,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "reconciled"
-        ),
+        Ok(differing) => {
+            tracing::debug!(
+                differences = differing.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "reconciled"
+            );
+            if !differing.is_empty() && !matches!(scope, Scope::Users(_)) {
+                let ctx = ctx.clone();
+                let users = differing.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep(API_RECHECK) => {}
+                        _ = ctx.shutdown.cancelled() => return,
+                    }
+                    // The re-check itself is not re-checked: if the API still disagrees, it wins.
+                    ctx.metrics.reconcile_runs.inc();
+                    if let Err(e) = run_inner(&ctx, &Scope::Users(users)).await {
+                        ctx.metrics.reconcile_failures.inc();
+                        tracing::warn!(error = %format!("{e:#}"), "reconciliation re-check failed");
+                    }
+                });
+            }
+        }
         Err(e) => {
             ctx.metrics.reconcile_failures.inc();
             tracing::warn!(error = %format!("{e:#}"), "reconciliation failed");
         }
     }
-    result
+    result.map(|d| d.len())
 }
 
-async fn run_inner(ctx: &Ctx, channels: Option<&[i64]>) -> anyhow::Result<usize> {
-    let stored = load(ctx, channels).await?;
+async fn run_inner(ctx: &Ctx, scope: &Scope) -> anyhow::Result<Vec<i64>> {
+    let stored = load(ctx, scope).await?;
     if stored.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let ids: Vec<i64> = stored.iter().map(|s| s.user_id).collect();
     let api = with_retry(ctx, || ctx.api.channels_by_ids(&ids)).await?;
@@ -141,7 +175,10 @@ async fn run_inner(ctx: &Ctx, channels: Option<&[i64]>) -> anyhow::Result<usize>
         }
     };
     let now = Utc::now();
-    let mut differences = 0;
+    // Keys are unique per run: an answer the writer refused (API lag) must not block the
+    // same answer in a later run.
+    let run_ms = now.timestamp_millis();
+    let mut differing = Vec::new();
     for ch in &api {
         let Some(s) = by_user.get(&ch.broadcaster_user_id) else {
             continue;
@@ -156,28 +193,22 @@ async fn run_inner(ctx: &Ctx, channels: Option<&[i64]>) -> anyhow::Result<usize>
             continue;
         }
         let start = ch.start_time();
-        let (name, key) = if live {
-            (
-                event_name::STREAMER_IS_LIVE,
-                format!("api:{}:live:{}:{}", s.user_id, ms(start), ms(s.changed_at)),
-            )
+        let name = if live {
+            event_name::STREAMER_IS_LIVE
         } else {
-            (
-                event_name::STOP_STREAM_BROADCAST,
-                format!(
-                    "api:{}:offline:{}:{}",
-                    s.user_id,
-                    s.status,
-                    ms(s.changed_at)
-                ),
-            )
+            event_name::STOP_STREAM_BROADCAST
         };
         let key = match (differs, learned_channel) {
             (false, Some(c)) => format!("api:{}:channel:{c}", s.user_id),
-            _ => key,
+            _ => format!(
+                "api:{}:{}:{}:{run_ms}",
+                s.user_id,
+                if live { "live" } else { "offline" },
+                ms(start)
+            ),
         };
         if differs {
-            differences += 1;
+            differing.push(s.user_id);
         }
         ctx.stager.stage(Staged {
             source: Source::Api,
@@ -193,14 +224,16 @@ async fn run_inner(ctx: &Ctx, channels: Option<&[i64]>) -> anyhow::Result<usize>
             arrived: Instant::now(),
         });
     }
-    ctx.metrics.reconcile_differences.add(differences as u64);
-    Ok(differences)
+    ctx.metrics
+        .reconcile_differences
+        .add(differing.len() as u64);
+    Ok(differing)
 }
 
 /// While a socket is down and the API also fails, its streamers' status is unknown — never
 /// offline. Stages one `StatusUnknown` row per streamer not already unknown.
 pub async fn mark_unknown(ctx: &Ctx, channels: &[i64], gap_key: &str) -> anyhow::Result<usize> {
-    let stored = load(ctx, Some(channels)).await?;
+    let stored = load(ctx, &Scope::Channels(channels.to_vec())).await?;
     let now = Utc::now();
     let mut n = 0;
     for s in stored.iter().filter(|s| s.status != "unknown") {

@@ -346,7 +346,9 @@ fn became_up(
         let chans: Vec<i64> = channels.iter().copied().collect();
         let gap = down_since.take();
         tokio::spawn(async move {
-            let found = crate::reconcile::run(&ctx, Some(&chans)).await.ok();
+            let found = crate::reconcile::run(&ctx, crate::reconcile::Scope::Channels(chans))
+                .await
+                .ok();
             if let Some((_, gap_id)) = gap {
                 crate::gaps::socket_up(&ctx, gap_id, found).await;
             }

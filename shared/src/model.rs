@@ -97,3 +97,12 @@ pub mod channel {
     /// A transition was applied; the payload is the username.
     pub const STATUS_CHANGED: &str = "status_changed";
 }
+
+/// How long a realtime observation outranks a contradicting answer of the official API, which
+/// lags Kick's realtime feed by seconds. The writer calls such an API answer `stale`; the
+/// collector therefore checks every difference again after [`API_RECHECK`], when the API has
+/// caught up (or still disagrees, and then wins).
+pub const API_LAG_GUARD: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// When the collector re-checks statuses the API contradicted (see [`API_LAG_GUARD`]).
+pub const API_RECHECK: std::time::Duration = std::time::Duration::from_secs(12);

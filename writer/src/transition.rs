@@ -8,8 +8,8 @@
 //! - Livestream ids order sessions: a live for a session not newer than the one that ended, or an
 //!   offline for a session older than the current one, is `stale`.
 //! - The official API lags Kick's realtime feed by seconds, so an API poll that contradicts a
-//!   realtime event observed less than [`Rules::api_lag_guard`] earlier is `stale`; the next
-//!   reconcile settles it.
+//!   realtime event observed less than [`Rules::api_lag_guard`] earlier is `stale`; the collector
+//!   checks such differences again once the API has caught up.
 
 use std::time::Duration;
 
@@ -111,7 +111,7 @@ impl Default for Rules {
     fn default() -> Self {
         Rules {
             offline_grace: Duration::ZERO,
-            api_lag_guard: Duration::from_secs(30),
+            api_lag_guard: kick_shared::model::API_LAG_GUARD,
         }
     }
 }

@@ -282,6 +282,22 @@ impl Sim {
         n
     }
 
+    /// Every streamer's slug and whether it is live: the truth tests compare against.
+    pub fn truth(&self) -> HashMap<String, bool> {
+        self.world
+            .lock()
+            .unwrap()
+            .streamers
+            .iter()
+            .map(|s| (s.slug.clone(), s.live))
+            .collect()
+    }
+
+    /// Number of streamers in the world.
+    pub fn streamer_count(&self) -> usize {
+        self.world.lock().unwrap().streamers.len()
+    }
+
     pub fn socket_count(&self) -> (usize, usize) {
         let s = self.sockets.lock().unwrap();
         (s.map.len(), s.map.values().map(|e| e.subs.len()).sum())

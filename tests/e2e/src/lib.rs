@@ -1,0 +1,299 @@
+//! The whole system as users run it: the real `kick-collector` and `kick-writer` binaries as
+//! child processes, kick-sim on loopback and a throwaway PostgreSQL. Used by the fault-injection
+//! tests and by `kick-bench`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kick_sim::{Options, SimHandle};
+use kick_testkit::{Cluster, TestDb};
+use serde_json::Value;
+
+/// Where the workspace's binaries are: next to the running test or bench executable.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap();
+    // Test executables live in target/<profile>/deps.
+    if dir.ends_with("deps") {
+        dir.parent().unwrap().to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// A running service process.
+#[derive(Debug)]
+pub struct Service {
+    pub name: &'static str,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Service {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    /// SIGKILL: no clean-up of any kind.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+    /// Resident set size now and at its peak, in KiB (from /proc).
+    pub fn rss_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The system under test.
+#[derive(Debug)]
+pub struct Stack {
+    pub cluster: &'static Cluster,
+    pub db: TestDb,
+    pub sim: SimHandle,
+    pub env: Vec<(String, String)>,
+    pub dir: PathBuf,
+    pub http: reqwest::Client,
+}
+
+impl Stack {
+    /// A private cluster (tests may restart it), a migrated database holding every simulated
+    /// streamer, and kick-sim with `opts`. `extra` settings go to both services.
+    pub async fn start(opts: Options, extra: &[(&str, &str)]) -> Stack {
+        kick_shared::init_tls();
+        let cluster: &'static Cluster = Box::leak(Box::new(Cluster::start().with_template()));
+        let db = cluster.fresh_db().await;
+        let streamers = opts.streamers as i64;
+        let sim = kick_sim::start("127.0.0.1:0".parse().unwrap(), opts)
+            .await
+            .unwrap();
+        // The simulator's streamers (its numbering), as `kick-admin streamers import` would add them.
+        db.client()
+            .await
+            .execute(
+                "INSERT INTO streamers (username, kick_user_id, kick_channel_id, display_name)
+                 SELECT 'streamer' || i, 1000000 + 7 * i, 2000000 + 13 * i, 'Streamer' || i
+                 FROM generate_series(0::bigint, $1::bigint - 1) AS i",
+                &[&streamers],
+            )
+            .await
+            .unwrap();
+        let mut env = db.env();
+        env.extend(sim.env());
+        env.push(("LOG_FORMAT".into(), "json".into()));
+        env.push(("LOG_LEVEL".into(), "info".into()));
+        for (k, v) in extra {
+            env.retain(|(ek, _)| ek != k);
+            env.push(((*k).into(), (*v).into()));
+        }
+        let dir = std::env::temp_dir().join(format!("kick-e2e-{}-{}", std::process::id(), db.name));
+        std::fs::create_dir_all(&dir).unwrap();
+        Stack {
+            cluster,
+            db,
+            sim,
+            env,
+            dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Starts `kick-collector` or `kick-writer`, logging to a file in the stack's directory.
+    pub fn spawn(&self, name: &'static str, extra: &[(&str, &str)]) -> Service {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = self.dir.join(format!("{name}-{n}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(bin_dir().join(name));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .current_dir(&self.dir);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {name} from {}: {e} (build the workspace binaries first)",
+                    bin_dir().display()
+                )
+            });
+        Service { name, child, log }
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        self.db.client().await
+    }
+
+    pub async fn control(&self, path: &str, body: Value) -> Value {
+        self.http
+            .post(format!("{}{path}", self.sim.url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The simulator's truth: slug → live.
+    pub fn truth(&self) -> HashMap<String, bool> {
+        self.sim.sim.truth()
+    }
+
+    /// Streamers whose stored status differs from the truth.
+    pub async fn mismatches(&self) -> Vec<(String, String, bool)> {
+        let truth = self.truth();
+        let c = match kick_shared::db::connect(&self.db.config).await {
+            Ok(c) => c,
+            Err(_) => return vec![("<database>".into(), "unreachable".into(), false)],
+        };
+        let rows = match c.query("SELECT username, status FROM streamers", &[]).await {
+            Ok(r) => r,
+            Err(_) => return vec![("<database>".into(), "error".into(), false)],
+        };
+        rows.iter()
+            .filter_map(|r| {
+                let (u, s): (String, String) = (r.get(0), r.get(1));
+                let live = *truth.get(&u)?;
+                let want = if live { "online" } else { "offline" };
+                (s != want).then_some((u, s, live))
+            })
+            .collect()
+    }
+
+    /// Waits until the database equals the truth; returns how long it took.
+    pub async fn converge(&self, timeout: Duration) -> Result<Duration, String> {
+        let t0 = Instant::now();
+        loop {
+            let m = self.mismatches().await;
+            if m.is_empty() {
+                return Ok(t0.elapsed());
+            }
+            if t0.elapsed() > timeout {
+                return Err(format!(
+                    "{} streamers differ from kick-sim, e.g. {:?}",
+                    m.len(),
+                    &m[..m.len().min(5)]
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every collector socket is subscribed (from the heartbeat row).
+    pub async fn wait_subscribed(
+        &self,
+        channels: i64,
+        timeout: Duration,
+    ) -> Result<Duration, String> {
+        let t0 = Instant::now();
+        loop {
+            let (_, subs) = self.sim.sim.socket_count();
+            if subs as i64 >= channels {
+                return Ok(t0.elapsed());
+            }
+            if t0.elapsed() > timeout {
+                return Err(format!(
+                    "only {subs}/{channels} subscriptions after {timeout:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// History invariants: each staged row produced at most one history row, no staged row is
+    /// left pending, and consecutive history rows of a streamer chain (new → previous).
+    pub async fn check_history(&self) -> Result<(), String> {
+        let c = self.client().await;
+        let dup: i64 = c
+            .query_one("SELECT count(*) FROM (SELECT raw_event_id FROM status_events GROUP BY 1 HAVING count(*) > 1) d", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if dup > 0 {
+            return Err(format!(
+                "{dup} staged rows produced more than one history row"
+            ));
+        }
+        let pending: i64 = c
+            .query_one(
+                "SELECT count(*) FROM raw_events WHERE processed_at IS NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if pending > 0 {
+            return Err(format!("{pending} staged rows still pending"));
+        }
+        let broken: i64 = c
+            .query_one(
+                "SELECT count(*) FROM (
+                   SELECT previous_status, lag(new_status) OVER (PARTITION BY streamer_id ORDER BY id) AS before
+                   FROM status_events) h
+                 WHERE before IS NOT NULL AND before <> previous_status",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if broken > 0 {
+            return Err(format!(
+                "{broken} history rows do not follow the previous one"
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn log_tail(&self, svc: &Service) -> String {
+        let text = std::fs::read_to_string(&svc.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}

@@ -1,0 +1,167 @@
+//! Fault injection on the full pipeline: the real binaries, a few hundred streamers flapping in
+//! kick-sim, and one fault at a time — kill -9 the collector, kill -9 the writer, restart
+//! PostgreSQL, drop every socket with each close-code class, the API answering 429 and 500.
+//! After each, once everything is back: the database equals kick-sim's truth, every staged row is
+//! processed, no staged row produced two history rows, and each streamer's history chains.
+
+use std::time::Duration;
+
+use kick_e2e::{Service, Stack};
+use kick_sim::Options;
+use serde_json::json;
+
+const STREAMERS: usize = 300;
+
+fn opts() -> Options {
+    Options {
+        streamers: STREAMERS,
+        ping_interval: Duration::from_secs(1),
+        activity_timeout: Duration::from_secs(2),
+        noise_rate: 20.0,
+        ..Options::default()
+    }
+}
+
+const SETTINGS: &[(&str, &str)] = &[
+    ("KICK_SILENCE_GRACE", "1s"),
+    ("KICK_TERMINAL_RETRY", "2s"),
+    ("KICK_RECONCILE_INTERVAL", "5s"),
+    ("KICK_CHANNELS_PER_CONNECTION", "50"),
+    ("WRITER_POLL_INTERVAL", "200ms"),
+];
+
+async fn running(transport: &str) -> (Stack, Service, Service) {
+    let mut settings = SETTINGS.to_vec();
+    settings.push(("KICK_REALTIME_TRANSPORT", transport));
+    let stack = Stack::start(opts(), &settings).await;
+    let writer = stack.spawn("kick-writer", &[]);
+    let collector = stack.spawn("kick-collector", &[]);
+    stack
+        .wait_subscribed(STREAMERS as i64, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
+    stack.converge(Duration::from_secs(30)).await.unwrap();
+    stack.control("/control/flap", json!({"rate": 40})).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    (stack, writer, collector)
+}
+
+/// Stops the flapping and checks the final state.
+async fn settle(stack: &Stack, services: &mut [&mut Service]) {
+    stack.control("/control/flap/stop", json!({})).await;
+    let took = stack.converge(Duration::from_secs(40)).await;
+    let logs: Vec<String> = services
+        .iter()
+        .map(|s| format!("--- {}\n{}", s.name, stack.log_tail(s)))
+        .collect();
+    let took = took.unwrap_or_else(|e| panic!("{e}\n{}", logs.join("\n")));
+    // Let the writer finish the rows staged by the last reconcile, then check the history.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stack
+        .check_history()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs.join("\n")));
+    for s in services.iter_mut() {
+        assert!(s.is_running(), "{} died\n{}", s.name, stack.log_tail(s));
+        assert_eq!(
+            s.terminate(),
+            Some(0),
+            "{} exits cleanly on SIGTERM",
+            s.name
+        );
+    }
+    eprintln!("converged {took:?} after the fault");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_the_collector() {
+    let (stack, mut writer, mut collector) = running("centrifugo").await;
+    collector.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut collector = stack.spawn("kick-collector", &[]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    settle(&stack, &mut [&mut writer, &mut collector]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_the_writer() {
+    let (stack, mut writer, mut collector) = running("pusher").await;
+    writer.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pending: i64 = stack
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM raw_events WHERE processed_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        pending > 0,
+        "events staged while the writer was dead wait in raw_events"
+    );
+    let mut writer = stack.spawn("kick-writer", &[]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle(&stack, &mut [&mut writer, &mut collector]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_postgresql() {
+    let (stack, mut writer, mut collector) = running("centrifugo").await;
+    stack.cluster.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.cluster.start_again();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    settle(&stack, &mut [&mut writer, &mut collector]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_every_socket_with_each_close_code_class() {
+    for (transport, codes) in [
+        ("pusher", &[4200u16, 4100, 4001][..]),
+        ("centrifugo", &[3001u16, 4000, 3500, 4500][..]),
+    ] {
+        let (stack, mut writer, mut collector) = running(transport).await;
+        for code in codes {
+            let v = stack
+                .control(
+                    "/control/sockets/drop",
+                    json!({"code": code, "reason": "e2e"}),
+                )
+                .await;
+            assert_eq!(v["dropped"], 6, "{transport} {code}");
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            stack
+                .wait_subscribed(STREAMERS as i64, Duration::from_secs(30))
+                .await
+                .unwrap();
+        }
+        settle(&stack, &mut [&mut writer, &mut collector]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_answers_429_then_500_for_a_while() {
+    let (stack, mut writer, mut collector) = running("centrifugo").await;
+    stack
+        .control(
+            "/control/rest",
+            json!({"mode": "429", "seconds": 6, "retry_after": 1}),
+        )
+        .await;
+    // A socket drop while the API is failing: coverage falls back to the API, which fails too.
+    stack
+        .control("/control/sockets/drop", json!({"code": 3001}))
+        .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stack
+        .control("/control/rest", json!({"mode": "500", "seconds": 6}))
+        .await;
+    stack
+        .control("/control/sockets/drop", json!({"code": 3001}))
+        .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    settle(&stack, &mut [&mut writer, &mut collector]).await;
+}
