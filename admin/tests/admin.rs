@@ -605,3 +605,98 @@ mod with_kick {
         assert!(out.contains("kick-admin"));
     }
 }
+
+#[tokio::test]
+async fn service_roles_have_least_privilege() {
+    let db = kick_testkit::fresh_db().await;
+    let env = db.env();
+    let out = tokio::task::spawn_blocking(move || admin(&env, &["db", "roles"]))
+        .await
+        .unwrap();
+    assert_eq!(out.0, 0, "{out:?}");
+    // Idempotent.
+    let env = db.env();
+    assert_eq!(
+        tokio::task::spawn_blocking(move || admin(&env, &["db", "roles"]))
+            .await
+            .unwrap()
+            .0,
+        0
+    );
+    let owner = db.client().await;
+    owner
+        .batch_execute(
+            "INSERT INTO streamers (username, kick_user_id, kick_channel_id) VALUES ('a', 1, 11);
+             INSERT INTO config (key, value, encrypted) VALUES ('KICK_CLIENT_SECRET', 'v1:ciphertext', true),
+                                                           ('KICK_RECONCILE_INTERVAL', '60s', false);",
+        )
+        .await
+        .unwrap();
+    let as_role = |role: &str| {
+        let mut cfg = db.config.clone();
+        cfg.pg.user(role);
+        cfg
+    };
+    let denied = |r: Result<u64, tokio_postgres::Error>| {
+        let e = r.expect_err("must be denied");
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{e}"
+        );
+    };
+    let collector = kick_shared::db::connect(&as_role("kick_collector"))
+        .await
+        .unwrap();
+    // Allowed: read streamers, stage events, heartbeat, plaintext settings.
+    collector
+        .query("SELECT id, kick_channel_id, status FROM streamers", &[])
+        .await
+        .unwrap();
+    collector
+        .execute("INSERT INTO raw_events (source, event_name, kick_channel_id, dedupe_key) VALUES ('realtime', 'StreamerIsLive', 11, 'k') ON CONFLICT (dedupe_key) DO NOTHING", &[])
+        .await
+        .unwrap();
+    collector
+        .execute(
+            "INSERT INTO collectors (id, host, pid, started_at, heartbeat_at, transport, version) VALUES ('c', 'h', 1, now(), now(), 'x', 'y')
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let plain = collector
+        .query("SELECT key FROM v_config_plain", &[])
+        .await
+        .unwrap();
+    assert_eq!(plain.len(), 1, "only the plaintext setting is visible");
+    // Denied: changing statuses, reading secrets, touching history.
+    denied(
+        collector
+            .execute("UPDATE streamers SET status = 'online'", &[])
+            .await,
+    );
+    denied(collector.execute("SELECT value FROM config", &[]).await);
+    denied(collector.execute("DELETE FROM raw_events", &[]).await);
+    denied(collector.execute("INSERT INTO status_events (streamer_id, previous_status, new_status, occurred_at, source) SELECT id, 'unknown', 'online', now(), 'x' FROM streamers", &[]).await);
+    let writer = kick_shared::db::connect(&as_role("kick_writer"))
+        .await
+        .unwrap();
+    writer
+        .execute(
+            "UPDATE streamers SET status = 'online' WHERE username = 'a'",
+            &[],
+        )
+        .await
+        .unwrap();
+    writer
+        .execute(
+            "UPDATE raw_events SET processed_at = now(), outcome = 'applied'",
+            &[],
+        )
+        .await
+        .unwrap();
+    denied(writer.execute("SELECT value FROM config", &[]).await);
+    denied(writer.execute("DELETE FROM streamers", &[]).await);
+    denied(writer.execute("INSERT INTO raw_events (source, event_name, dedupe_key) VALUES ('admin', 'x', 'y')", &[]).await);
+}

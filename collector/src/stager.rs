@@ -166,12 +166,14 @@ async fn run(
             }
             Err(e) => {
                 metrics.db_errors.inc();
-                tracing::warn!(error = %db::cause_line(&e), buffered = pending.len(), "staging insert failed, will retry");
-                if !db::is_transient(&e) {
-                    // A row the database refuses (should not happen): drop only this batch's
-                    // offending rows would need row-by-row insertion; log them and move on.
-                    tracing::error!(rows = n, first_key = %pending[0].dedupe_key, "staged rows rejected by the database");
-                    pending.drain(..n);
+                if db::is_transient(&e) {
+                    tracing::warn!(error = %db::cause_line(&e), buffered = pending.len(), "staging insert failed, will retry");
+                } else {
+                    // Not a passing fault (e.g. permission denied): an operator must act. The
+                    // batch is kept and retried; nothing is dropped.
+                    tracing::error!(error = %db::cause_line(&e), buffered = pending.len(), retry_in_ms = backoff.as_millis() as u64, "staging insert refused by the database");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
                 client = None;
             }

@@ -587,8 +587,15 @@ pub async fn load_with_db() -> anyhow::Result<Config> {
         .await
     {
         Ok(rows) => rows,
-        // Not migrated yet: nothing stored.
-        Err(_) => return Ok(base),
+        // The service roles (see `kick-admin db roles`) may read only the plaintext settings.
+        Err(_) => match client
+            .query("SELECT key, value, encrypted FROM v_config_plain", &[])
+            .await
+        {
+            Ok(rows) => rows,
+            // Not migrated yet: nothing stored.
+            Err(_) => return Ok(base),
+        },
     };
     let rows: Vec<(String, String, bool)> = rows
         .iter()

@@ -66,6 +66,7 @@ pub async fn run_with_metrics(
     let mut ready_sent = false;
     let mut backoff = Duration::from_millis(200);
     let mut last_prune = Instant::now() - Duration::from_secs(3600);
+    let mut failures: u32 = 0;
     while !shutdown.is_cancelled() {
         let session = Session::open(&cfg).await;
         let mut session = match session {
@@ -136,10 +137,26 @@ pub async fn run_with_metrics(
         .await;
         if let Err(e) = result {
             metrics.db_reconnects.inc();
-            tracing::warn!(error = %format!("{e:#}"), "writer session ended, reconnecting");
+            let transient = e.chain().any(|c| {
+                c.downcast_ref::<db::DbError>()
+                    .is_some_and(kick_shared::exit::Classify::is_retryable)
+                    || c.downcast_ref::<tokio_postgres::Error>()
+                        .is_some_and(db::is_transient)
+            }) || e.to_string().contains("listen connection lost");
+            let wait = if transient {
+                tracing::warn!(error = %format!("{e:#}"), "writer session ended, reconnecting");
+                failures = 0;
+                Duration::from_millis(100)
+            } else {
+                // E.g. permission denied or a missing table: retrying at once cannot help.
+                failures += 1;
+                let wait = Duration::from_millis(500 * (1 << failures.min(6)));
+                tracing::error!(error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "writer cannot apply events; an operator must act");
+                wait
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     }

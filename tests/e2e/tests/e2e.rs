@@ -165,3 +165,41 @@ async fn api_answers_429_then_500_for_a_while() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     settle(&stack, &mut [&mut writer, &mut collector]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_run_under_least_privilege_roles() {
+    let stack = Stack::start(opts(), SETTINGS).await;
+    let mut cmd = std::process::Command::new(kick_e2e::bin_dir().join("kick-admin"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in &stack.env {
+        cmd.env(k, v);
+    }
+    let out = cmd.args(["db", "roles"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut writer = stack.spawn("kick-writer", &[("DATABASE_USER", "kick_writer")]);
+    let mut collector = stack.spawn("kick-collector", &[("DATABASE_USER", "kick_collector")]);
+    stack
+        .wait_subscribed(STREAMERS as i64, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
+    stack.control("/control/flap", json!({"rate": 40})).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stack
+        .control("/control/sockets/drop", json!({"code": 3001}))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle(&stack, &mut [&mut writer, &mut collector]).await;
+    let gaps: i64 = stack
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM coverage_gaps", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(gaps >= 1, "the collector role records coverage gaps");
+}

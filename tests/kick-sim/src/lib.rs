@@ -293,6 +293,11 @@ impl Sim {
             .collect()
     }
 
+    /// Whether streamer `idx` is live.
+    pub fn truth_of(&self, idx: usize) -> bool {
+        self.world.lock().unwrap().streamers[idx].live
+    }
+
     /// Number of streamers in the world.
     pub fn streamer_count(&self) -> usize {
         self.world.lock().unwrap().streamers.len()

@@ -1,2 +1,508 @@
-//! placeholder, replaced below
-fn main() {}
+//! `kick-bench`: benchmarks of the whole pipeline on this machine, printed as tables.
+//! Run through `./scripts/bench` (release build); every figure in BENCHMARKS.md comes from here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use kick_e2e::Stack;
+use kick_sim::Options;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kick-bench",
+    about = "Benchmarks of kick-monitor (run via ./scripts/bench)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Everything below with the default sizes.
+    All,
+    /// Writer drain rate over N staged events.
+    Drain {
+        #[arg(long, default_value_t = 100_000)]
+        events: i64,
+    },
+    /// Staged-row commit → streamers commit latency at a steady rate.
+    WriterLatency {
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// kick-sim publish → streamers row committed, through collector and writer processes.
+    Pipeline {
+        #[arg(long, default_value_t = 10_000)]
+        streamers: usize,
+        #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+        rates: Vec<u64>,
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+    },
+    /// RSS of collector and writer, time to all subscribed, at several sizes.
+    Rss {
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,50000")]
+        streamers: Vec<usize>,
+    },
+    /// All sockets dropped while streamers change: time until every status is right again.
+    Recovery {
+        #[arg(long, default_value_t = 10_000)]
+        streamers: usize,
+    },
+    /// Long run with flapping: RSS at start and end.
+    Soak {
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+        #[arg(long, default_value_t = 10_000)]
+        streamers: usize,
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+    },
+    /// kick-sim at scale: streamers, sockets and published events per second.
+    SimScale {
+        #[arg(long, default_value_t = 50_000)]
+        streamers: usize,
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn summary(mut v: Vec<f64>) -> String {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    format!(
+        "n={} p50={:.2} ms p99={:.2} ms max={:.2} ms",
+        v.len(),
+        pct(&v, 0.5) * 1e3,
+        pct(&v, 0.99) * 1e3,
+        v.last().copied().unwrap_or(f64::NAN) * 1e3
+    )
+}
+
+fn sim_opts(streamers: usize) -> Options {
+    Options {
+        streamers,
+        ..Options::default()
+    }
+}
+
+const QUIET: &[(&str, &str)] = &[("LOG_LEVEL", "warn")];
+
+async fn drain(events: i64) {
+    let stack = Stack::start(sim_opts(0), &[]).await;
+    let c = stack.client().await;
+    let streamers: i64 = 10_000;
+    c.execute(
+        "INSERT INTO streamers (username, kick_user_id, kick_channel_id)
+         SELECT 'streamer' || i, 1000000 + 7 * i, 2000000 + 13 * i FROM generate_series(0::bigint, $1::bigint - 1) i",
+        &[&streamers],
+    )
+    .await
+    .unwrap();
+    // Alternating live/offline per streamer with increasing sessions: every event is a transition.
+    c.execute(
+        "INSERT INTO raw_events (source, event_name, kick_channel_id, livestream_id, dedupe_key, received_at)
+         SELECT 'realtime', CASE WHEN (n / $2) % 2 = 0 THEN 'StreamerIsLive' ELSE 'StopStreamBroadcast' END,
+                2000000 + 13 * (n % $2), 1000 + n / $2 / 2, 'bench:' || n,
+                now() - interval '1 hour' + n * interval '1 microsecond'
+         FROM generate_series(0::bigint, $1::bigint - 1) n",
+        &[&events, &streamers],
+    )
+    .await
+    .unwrap();
+    c.batch_execute("VACUUM ANALYZE raw_events; CHECKPOINT")
+        .await
+        .unwrap();
+    for batch in ["100", "500"] {
+        c.batch_execute("UPDATE raw_events SET processed_at = NULL, outcome = NULL; DELETE FROM status_events;
+                         UPDATE streamers SET status = 'unknown', livestream_id = NULL, last_observed_at = NULL, status_source = NULL;
+                         VACUUM ANALYZE raw_events; CHECKPOINT")
+            .await
+            .unwrap();
+        let t0 = Instant::now();
+        let mut w = stack.spawn(
+            "kick-writer",
+            &[("BATCH_SIZE", batch), ("LOG_LEVEL", "warn")],
+        );
+        loop {
+            let pending: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM raw_events WHERE processed_at IS NULL",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if pending == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let wall = t0.elapsed();
+        let span: f64 = c
+            .query_one("SELECT extract(epoch FROM max(processed_at) - min(processed_at))::float8 FROM raw_events", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let history: i64 = c
+            .query_one("SELECT count(*) FROM status_events", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let (_, hwm) = w.rss_kib();
+        w.terminate();
+        println!(
+            "| writer drain | {events} staged events, 10,000 streamers, BATCH_SIZE={batch} | {:.0} events/s (first→last batch {:.2} s; wall incl. start {:.2} s); {history} history rows; writer peak RSS {:.1} MB |",
+            events as f64 / span.max(1e-9),
+            span,
+            wall.as_secs_f64(),
+            hwm as f64 / 1024.0
+        );
+    }
+}
+
+async fn writer_latency(rate: u64, seconds: u64) {
+    let stack = Stack::start(sim_opts(0), &[]).await;
+    let c = stack.client().await;
+    let streamers: i64 = 10_000;
+    c.execute(
+        "INSERT INTO streamers (username, kick_user_id, kick_channel_id)
+         SELECT 'streamer' || i, 1000000 + 7 * i, 2000000 + 13 * i FROM generate_series(0::bigint, $1::bigint - 1) i",
+        &[&streamers],
+    )
+    .await
+    .unwrap();
+    let mut w = stack.spawn("kick-writer", QUIET);
+    let (_l, mut changed) = kick_shared::db::listen(&stack.db.config, &["status_changed"])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let committed: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let lat: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let (c2, l2) = (committed.clone(), lat.clone());
+    let listener = tokio::spawn(async move {
+        while let Some(n) = changed.recv().await {
+            let now = Instant::now();
+            if let Some(t) = c2.lock().await.remove(n.payload()) {
+                l2.lock().await.push(now.duration_since(t).as_secs_f64());
+            }
+        }
+    });
+    // A producer like the collector: every 2 ms, the due rows in one durable transaction + NOTIFY.
+    let producer = kick_shared::db::connect(&stack.db.config).await.unwrap();
+    let stmt = producer
+        .prepare(
+            "INSERT INTO raw_events (source, event_name, kick_channel_id, livestream_id, dedupe_key)
+             SELECT 'realtime', 'StreamerIsLive', 2000000 + 13 * s, 5000 + s, 'wl:' || s FROM unnest($1::bigint[]) s",
+        )
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let total = rate * seconds;
+    let mut sent: u64 = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    while sent < total {
+        tick.tick().await;
+        let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+        if due <= sent {
+            continue;
+        }
+        let ids: Vec<i64> = (sent..due).map(|i| i as i64 % streamers).collect();
+        sent = due;
+        producer.batch_execute("BEGIN").await.unwrap();
+        producer.execute(&stmt, &[&ids]).await.unwrap();
+        producer
+            .batch_execute("NOTIFY raw_events; COMMIT")
+            .await
+            .unwrap();
+        let now = Instant::now();
+        let mut m = committed.lock().await;
+        for id in ids {
+            m.insert(format!("streamer{id}"), now);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    listener.abort();
+    let v = lat.lock().await.clone();
+    let (_, hwm) = w.rss_kib();
+    w.terminate();
+    println!(
+        "| writer latency | {rate} events/s for {seconds} s, staged commit ack → status_changed received | {} ; writer peak RSS {:.1} MB |",
+        summary(v),
+        hwm as f64 / 1024.0
+    );
+}
+
+/// Flips streamers round-robin at `rate` for `seconds`, measuring publish → status_changed.
+async fn measure_pipeline(stack: &Stack, rate: u64, seconds: u64, offset: usize) -> Vec<f64> {
+    let (_l, mut changed) = kick_shared::db::listen(&stack.db.config, &["status_changed"])
+        .await
+        .unwrap();
+    let published: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let lat: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let (p2, l2) = (published.clone(), lat.clone());
+    let listener = tokio::spawn(async move {
+        while let Some(n) = changed.recv().await {
+            let now = Instant::now();
+            if let Some(t) = p2.lock().await.remove(n.payload()) {
+                l2.lock().await.push(now.duration_since(t).as_secs_f64());
+            }
+        }
+    });
+    let sim = stack.sim.sim.clone();
+    let n = sim.streamer_count();
+    let total = rate * seconds;
+    let start = Instant::now();
+    let mut sent: u64 = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    while sent < total {
+        tick.tick().await;
+        let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+        while sent < due {
+            let i = (offset + sent as usize) % n;
+            let live = !sim.truth_of(i);
+            let t = Instant::now();
+            sim.set_live(i, live);
+            published.lock().await.insert(format!("streamer{i}"), t);
+            sent += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    listener.abort();
+    lat.lock().await.clone()
+}
+
+async fn pipeline(streamers: usize, rates: &[u64], seconds: u64) {
+    let stack = Stack::start(sim_opts(streamers), QUIET).await;
+    let mut w = stack.spawn("kick-writer", &[]);
+    let mut c = stack.spawn("kick-collector", &[]);
+    let sub = stack
+        .wait_subscribed(streamers as i64, Duration::from_secs(120))
+        .await
+        .unwrap();
+    stack.converge(Duration::from_secs(120)).await.unwrap();
+    let mut offset = 0;
+    for rate in rates {
+        let v = measure_pipeline(&stack, *rate, seconds, offset).await;
+        offset += (*rate * seconds) as usize;
+        let (crss, chwm) = c.rss_kib();
+        let (wrss, whwm) = w.rss_kib();
+        println!(
+            "| pipeline latency | {streamers} streamers, {rate} events/s for {seconds} s, kick-sim publish → status_changed (collector durable commit + writer commit) | {} ; RSS collector {:.1} MB (peak {:.1}), writer {:.1} MB (peak {:.1}); all subscribed in {:.2} s |",
+            summary(v),
+            crss as f64 / 1024.0,
+            chwm as f64 / 1024.0,
+            wrss as f64 / 1024.0,
+            whwm as f64 / 1024.0,
+            sub.as_secs_f64()
+        );
+    }
+    stack.converge(Duration::from_secs(60)).await.unwrap();
+    stack.check_history().await.unwrap();
+    c.terminate();
+    w.terminate();
+}
+
+async fn rss(sizes: &[usize]) {
+    for &n in sizes {
+        let stack = Stack::start(sim_opts(n), QUIET).await;
+        let mut w = stack.spawn("kick-writer", &[]);
+        let t0 = Instant::now();
+        let mut c = stack.spawn("kick-collector", &[]);
+        stack
+            .wait_subscribed(n as i64, Duration::from_secs(300))
+            .await
+            .unwrap();
+        let sub = t0.elapsed();
+        stack.converge(Duration::from_secs(300)).await.unwrap();
+        let converged = t0.elapsed();
+        // Steady flapping for a while, then read RSS.
+        let rate = 100;
+        let _ = measure_pipeline(&stack, rate, 20, 0).await;
+        let (crss, chwm) = c.rss_kib();
+        let (wrss, whwm) = w.rss_kib();
+        let sockets = stack.sim.sim.socket_count().0;
+        println!(
+            "| RSS | {n} streamers ({sockets} sockets), after 20 s at {rate} flips/s | collector {:.1} MB (peak {:.1}), writer {:.1} MB (peak {:.1}), together {:.1} MB; all subscribed {:.2} s, all statuses known {:.2} s after start |",
+            crss as f64 / 1024.0,
+            chwm as f64 / 1024.0,
+            wrss as f64 / 1024.0,
+            whwm as f64 / 1024.0,
+            (crss + wrss) as f64 / 1024.0,
+            sub.as_secs_f64(),
+            converged.as_secs_f64()
+        );
+        c.terminate();
+        w.terminate();
+    }
+}
+
+async fn recovery(streamers: usize) {
+    let stack = Stack::start(sim_opts(streamers), QUIET).await;
+    let mut w = stack.spawn("kick-writer", &[]);
+    let mut c = stack.spawn("kick-collector", &[]);
+    stack
+        .wait_subscribed(streamers as i64, Duration::from_secs(120))
+        .await
+        .unwrap();
+    stack.converge(Duration::from_secs(120)).await.unwrap();
+    // Settle past the API lag guard so that reconciliation can win at once.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    for (code, label) in [(3001u16, "Centrifugo 3001 (reconnect with backoff)")] {
+        let t0 = Instant::now();
+        stack
+            .control("/control/sockets/drop", json!({"code": code}))
+            .await;
+        // While the sockets are down, 500 streamers change.
+        let sim = stack.sim.sim.clone();
+        for i in 0..500.min(streamers) {
+            let idx = (i * 17) % streamers;
+            sim.set_live(idx, !sim.truth_of(idx));
+        }
+        let took = stack.converge(Duration::from_secs(120)).await.unwrap();
+        let _ = t0;
+        println!(
+            "| recovery | {streamers} streamers, every socket dropped with {label}, 500 statuses changed while down | all statuses correct again {:.2} s after the drop |",
+            took.as_secs_f64()
+        );
+    }
+    c.terminate();
+    w.terminate();
+}
+
+async fn soak(minutes: u64, streamers: usize, rate: u64) {
+    let stack = Stack::start(sim_opts(streamers), QUIET).await;
+    let mut w = stack.spawn("kick-writer", &[]);
+    let mut c = stack.spawn("kick-collector", &[]);
+    stack
+        .wait_subscribed(streamers as i64, Duration::from_secs(120))
+        .await
+        .unwrap();
+    stack.converge(Duration::from_secs(120)).await.unwrap();
+    let _ = measure_pipeline(&stack, rate, 30, 0).await;
+    let (c0, _) = c.rss_kib();
+    let (w0, _) = w.rss_kib();
+    let mut samples = Vec::new();
+    let mut offset = 30 * rate as usize;
+    let end = Instant::now() + Duration::from_secs(minutes * 60);
+    let mut lat = Vec::new();
+    while Instant::now() < end {
+        lat.extend(measure_pipeline(&stack, rate, 60, offset).await);
+        offset += 60 * rate as usize;
+        samples.push((c.rss_kib().0, w.rss_kib().0));
+    }
+    let (c1, chwm) = c.rss_kib();
+    let (w1, whwm) = w.rss_kib();
+    stack.converge(Duration::from_secs(60)).await.unwrap();
+    stack.check_history().await.unwrap();
+    let trace: Vec<String> = samples
+        .iter()
+        .map(|(c, w)| format!("{:.1}/{:.1}", *c as f64 / 1024.0, *w as f64 / 1024.0))
+        .collect();
+    println!(
+        "| soak | {minutes} min, {streamers} streamers, {rate} flips/s | collector RSS {:.1} → {:.1} MB (peak {:.1}), writer {:.1} → {:.1} MB (peak {:.1}); latency {}; per-minute collector/writer MB: {} |",
+        c0 as f64 / 1024.0,
+        c1 as f64 / 1024.0,
+        chwm as f64 / 1024.0,
+        w0 as f64 / 1024.0,
+        w1 as f64 / 1024.0,
+        whwm as f64 / 1024.0,
+        summary(lat),
+        trace.join(" ")
+    );
+    c.terminate();
+    w.terminate();
+}
+
+async fn sim_scale(streamers: usize, rate: u64, seconds: u64) {
+    let stack = Stack::start(sim_opts(streamers), QUIET).await;
+    let mut w = stack.spawn("kick-writer", &[]);
+    let mut c = stack.spawn("kick-collector", &[]);
+    let sub = stack
+        .wait_subscribed(streamers as i64, Duration::from_secs(300))
+        .await
+        .unwrap();
+    let (sockets, subs) = stack.sim.sim.socket_count();
+    stack.converge(Duration::from_secs(300)).await.unwrap();
+    let client = stack.client().await;
+    let before: i64 = client
+        .query_one(
+            "SELECT count(*) FROM raw_events WHERE source = 'realtime'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let t0 = Instant::now();
+    let v = measure_pipeline(&stack, rate, seconds, 0).await;
+    let elapsed = t0.elapsed().as_secs_f64() - 2.0;
+    let after: i64 = client
+        .query_one(
+            "SELECT count(*) FROM raw_events WHERE source = 'realtime'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    println!(
+        "| kick-sim scale | {streamers} streamers, {sockets} concurrent sockets, {subs} subscriptions (all in {:.2} s), {rate} events/s for {seconds} s | published {:.0} events/s; {} staged by the collector ({:.0}/s); latency {} |",
+        sub.as_secs_f64(),
+        (rate * seconds) as f64 / elapsed,
+        after - before,
+        (after - before) as f64 / elapsed,
+        summary(v)
+    );
+    c.terminate();
+    w.terminate();
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    println!("| benchmark | setup | result |\n|---|---|---|");
+    match cli.cmd {
+        Cmd::All => {
+            drain(100_000).await;
+            writer_latency(1000, 10).await;
+            pipeline(10_000, &[100, 1000], 15).await;
+            rss(&[1000, 10_000, 50_000]).await;
+            recovery(10_000).await;
+            sim_scale(50_000, 5000, 10).await;
+        }
+        Cmd::Drain { events } => drain(events).await,
+        Cmd::WriterLatency { rate, seconds } => writer_latency(rate, seconds).await,
+        Cmd::Pipeline {
+            streamers,
+            rates,
+            seconds,
+        } => pipeline(streamers, &rates, seconds).await,
+        Cmd::Rss { streamers } => rss(&streamers).await,
+        Cmd::Recovery { streamers } => recovery(streamers).await,
+        Cmd::Soak {
+            minutes,
+            streamers,
+            rate,
+        } => soak(minutes, streamers, rate).await,
+        Cmd::SimScale {
+            streamers,
+            rate,
+            seconds,
+        } => sim_scale(streamers, rate, seconds).await,
+    }
+}
