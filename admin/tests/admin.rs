@@ -105,9 +105,13 @@ fn migrate_creates_schema_is_idempotent_and_concurrent_safe() {
     let t2 = std::thread::spawn(move || admin(&e2, &["db", "migrate"]));
     let (r1, r2) = (t1.join().unwrap(), t2.join().unwrap());
     assert_eq!((r1.0, r2.0), (0, 0), "{r1:?} {r2:?}");
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations"))
+        .unwrap()
+        .count();
     assert_eq!(
         c.psql("mig_b", "SELECT count(*) FROM refinery_schema_history"),
-        "1"
+        files.to_string(),
+        "every migration applied exactly once"
     );
     let applied = [r1.1, r2.1]
         .iter()

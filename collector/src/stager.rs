@@ -185,7 +185,7 @@ async fn connect(
     db: &DbConfig,
 ) -> Result<(tokio_postgres::Client, tokio_postgres::Statement), db::DbError> {
     let c = db::connect(db).await?;
-    c.batch_execute("SET application_name = 'kick-collector'; SET synchronous_commit = on")
+    c.batch_execute("SET application_name = 'kick-collector'; SET synchronous_commit = on; SET plan_cache_mode = force_generic_plan")
         .await?;
     let stmt = c.prepare(INSERT).await?;
     Ok((c, stmt))

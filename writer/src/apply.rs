@@ -247,6 +247,7 @@ pub async fn apply_batch(
     st: &Statements,
     cfg: &ApplyConfig,
 ) -> Result<BatchReport, tokio_postgres::Error> {
+    let t_start = std::time::Instant::now();
     let tx = client.transaction().await?;
     if !cfg.synchronous_commit {
         // Safe: our input stays pending in raw_events until this commit is durable or lost together.
@@ -262,6 +263,7 @@ pub async fn apply_batch(
         tx.commit().await?;
         return Ok(report);
     }
+    let t_claim = t_start.elapsed();
     let staged: Vec<Staged> = rows.iter().map(decode_row).collect();
     let chans: Vec<i64> = staged.iter().filter_map(|s| s.channel_id).collect();
     let users: Vec<i64> = staged.iter().filter_map(|s| s.user_id).collect();
@@ -271,6 +273,7 @@ pub async fn apply_batch(
         .iter()
         .map(Streamer::from_row)
         .collect();
+    let t_lock = t_start.elapsed();
     let mut by_channel = HashMap::new();
     let mut by_user = HashMap::new();
     for (i, s) in streamers.iter().enumerate() {
@@ -305,6 +308,7 @@ pub async fn apply_batch(
         }
     }
 
+    let t_blockers = t_start.elapsed();
     let mut writes = Writes::default();
     let mut mark_ids = Vec::with_capacity(staged.len());
     let mut mark_outcomes: Vec<String> = Vec::with_capacity(staged.len());
@@ -339,9 +343,23 @@ pub async fn apply_batch(
         mark_ids.push(s.id);
         mark_outcomes.push(outcome_text);
     }
+    let t_decide = t_start.elapsed();
     write_streamers(&tx, st, &streamers, &writes).await?;
+    let t_write = t_start.elapsed();
     tx.execute(&st.mark, &[&mark_ids, &mark_outcomes]).await?;
+    let t_mark = t_start.elapsed();
     tx.commit().await?;
+    tracing::debug!(
+        claimed = report.claimed,
+        claim_us = t_claim.as_micros() as u64,
+        lock_us = (t_lock - t_claim).as_micros() as u64,
+        blockers_us = (t_blockers - t_lock).as_micros() as u64,
+        decide_us = (t_decide - t_blockers).as_micros() as u64,
+        write_us = (t_write - t_decide).as_micros() as u64,
+        mark_us = (t_mark - t_write).as_micros() as u64,
+        commit_us = (t_start.elapsed() - t_mark).as_micros() as u64,
+        "batch applied"
+    );
     let now = Utc::now();
     report.latencies = applied_received
         .iter()

@@ -126,19 +126,25 @@ async fn drain(events: i64) {
     )
     .await
     .unwrap();
-    c.batch_execute("VACUUM ANALYZE raw_events; CHECKPOINT")
-        .await
-        .unwrap();
-    for batch in ["100", "500"] {
-        c.batch_execute("UPDATE raw_events SET processed_at = NULL, outcome = NULL; DELETE FROM status_events;
-                         UPDATE streamers SET status = 'unknown', livestream_id = NULL, last_observed_at = NULL, status_source = NULL;
-                         VACUUM ANALYZE raw_events; CHECKPOINT")
-            .await
-            .unwrap();
+    for sql in ["VACUUM ANALYZE raw_events", "CHECKPOINT"] {
+        c.batch_execute(sql).await.unwrap();
+    }
+    for batch in ["100"] {
+        for sql in [
+            "UPDATE raw_events SET processed_at = NULL, outcome = NULL",
+            "DELETE FROM status_events",
+            "UPDATE streamers SET status = 'unknown', livestream_id = NULL, last_observed_at = NULL, status_source = NULL",
+            "VACUUM ANALYZE raw_events",
+            "VACUUM ANALYZE streamers",
+            "CHECKPOINT",
+        ] {
+            c.batch_execute(sql).await.unwrap();
+        }
         let t0 = Instant::now();
+        let level = std::env::var("BENCH_WRITER_LOG").unwrap_or_else(|_| "warn".into());
         let mut w = stack.spawn(
             "kick-writer",
-            &[("BATCH_SIZE", batch), ("LOG_LEVEL", "warn")],
+            &[("BATCH_SIZE", batch), ("LOG_LEVEL", level.as_str())],
         );
         loop {
             let pending: i64 = c
@@ -167,6 +173,9 @@ async fn drain(events: i64) {
             .get(0);
         let (_, hwm) = w.rss_kib();
         w.terminate();
+        if let Ok(dir) = std::env::var("BENCH_KEEP_LOG") {
+            let _ = std::fs::copy(&w.log, format!("{dir}/writer-drain-{batch}.log"));
+        }
         println!(
             "| writer drain | {events} staged events, 10,000 streamers, BATCH_SIZE={batch} | {:.0} events/s (first→last batch {:.2} s; wall incl. start {:.2} s); {history} history rows; writer peak RSS {:.1} MB |",
             events as f64 / span.max(1e-9),
