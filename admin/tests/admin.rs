@@ -367,6 +367,13 @@ mod with_kick {
             0
         );
         assert_eq!(count(&e.db, "SELECT count(*) FROM streamers").await, 2);
+        // Removing a streamer removes its history too.
+        assert_eq!(count(&e.db, "SELECT count(*) FROM status_events").await, 1);
+        assert_eq!(
+            run(&e.env, &["streamers", "remove", "streamer3"]).await.0,
+            0
+        );
+        assert_eq!(count(&e.db, "SELECT count(*) FROM status_events").await, 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
