@@ -30,8 +30,10 @@ use crate::metrics::CollectorMetrics;
 use crate::shard::{ShardCmd, ShardState};
 use crate::stager::StagerHandle;
 
-/// Events waiting for the database while it is unavailable (then refused, loudly).
-const BUFFER: usize = 100_000;
+/// Events waiting for the database while it is unavailable (then refused, loudly). Realtime
+/// transitions of even 50,000 streamers come at a few per second, so this is minutes of outage;
+/// reconciliation uses at most half of it and repairs whatever was refused.
+const BUFFER: usize = 20_000;
 /// Delay between opening consecutive sockets at start, so a restart is no thundering herd.
 const STAGGER: Duration = Duration::from_millis(20);
 

@@ -15,7 +15,9 @@ use kick_shared::exit::EXIT_CODES_HELP;
 )]
 struct Cli {}
 
-#[tokio::main]
+// One thread: the collector waits on sockets and the database, and a single thread keeps its
+// memory in one allocator arena (measured: 500 sockets in less memory than with a thread pool).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     kick_shared::init_tls();
     if let Err(e) = Cli::try_parse() {

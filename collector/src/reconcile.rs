@@ -143,86 +143,90 @@ pub async fn run(ctx: &Arc<Ctx>, scope: Scope) -> anyhow::Result<usize> {
 
 async fn run_inner(ctx: &Ctx, scope: &Scope) -> anyhow::Result<Vec<i64>> {
     let stored = load(ctx, scope).await?;
-    if stored.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<i64> = stored.iter().map(|s| s.user_id).collect();
-    let api = with_retry(ctx, || ctx.api.channels_by_ids(&ids)).await?;
-    let by_user: HashMap<i64, &Stored> = stored.iter().map(|s| (s.user_id, s)).collect();
-    // Live streamers whose realtime channel id we do not know yet: ask the livestreams endpoint.
-    let unknown_channel: Vec<i64> = api
-        .iter()
-        .filter(|c| {
-            c.is_live()
-                && by_user
-                    .get(&c.broadcaster_user_id)
-                    .is_some_and(|s| s.channel_id.is_none())
-        })
-        .map(|c| c.broadcaster_user_id)
-        .collect();
-    let learned: HashMap<i64, i64> = if unknown_channel.is_empty() {
-        HashMap::new()
-    } else {
-        match with_retry(ctx, || ctx.api.livestreams_by_ids(&unknown_channel)).await {
-            Ok(ls) => ls
-                .into_iter()
-                .map(|l| (l.broadcaster_user_id, l.channel_id))
-                .collect(),
-            Err(e) => {
-                tracing::debug!(error = %e, "livestreams lookup failed; channel ids stay unknown for now");
-                HashMap::new()
-            }
-        }
-    };
     let now = Utc::now();
     // Keys are unique per run: an answer the writer refused (API lag) must not block the
     // same answer in a later run.
     let run_ms = now.timestamp_millis();
     let mut differing = Vec::new();
-    for ch in &api {
-        let Some(s) = by_user.get(&ch.broadcaster_user_id) else {
-            continue;
-        };
-        let live = ch.is_live();
-        let learned_channel = learned.get(&s.user_id).copied();
-        let differs = !matches!(
-            (live, s.status.as_str()),
-            (true, "online") | (false, "offline")
-        );
-        if !differs && learned_channel.is_none() {
-            continue;
-        }
-        let start = ch.start_time();
-        let name = if live {
-            event_name::STREAMER_IS_LIVE
+    // One API page (50 streamers) at a time, staged as we go: memory stays flat however many
+    // streamers there are, and staging waits for room rather than refusing events.
+    for page in stored.chunks(kick_shared::kick::api::BATCH) {
+        let ids: Vec<i64> = page.iter().map(|s| s.user_id).collect();
+        let api = with_retry(ctx, || ctx.api.channels_by_ids(&ids)).await?;
+        let by_user: HashMap<i64, &Stored> = page.iter().map(|s| (s.user_id, s)).collect();
+        // Live streamers whose realtime channel id we do not know yet: ask the livestreams endpoint.
+        let unknown_channel: Vec<i64> = api
+            .iter()
+            .filter(|c| {
+                c.is_live()
+                    && by_user
+                        .get(&c.broadcaster_user_id)
+                        .is_some_and(|s| s.channel_id.is_none())
+            })
+            .map(|c| c.broadcaster_user_id)
+            .collect();
+        let learned: HashMap<i64, i64> = if unknown_channel.is_empty() {
+            HashMap::new()
         } else {
-            event_name::STOP_STREAM_BROADCAST
+            match with_retry(ctx, || ctx.api.livestreams_by_ids(&unknown_channel)).await {
+                Ok(ls) => ls
+                    .into_iter()
+                    .map(|l| (l.broadcaster_user_id, l.channel_id))
+                    .collect(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "livestreams lookup failed; channel ids stay unknown for now");
+                    HashMap::new()
+                }
+            }
         };
-        let key = match (differs, learned_channel) {
-            (false, Some(c)) => format!("api:{}:channel:{c}", s.user_id),
-            _ => format!(
-                "api:{}:{}:{}:{run_ms}",
-                s.user_id,
-                if live { "live" } else { "offline" },
-                ms(start)
-            ),
-        };
-        if differs {
-            differing.push(s.user_id);
+        for ch in &api {
+            let Some(s) = by_user.get(&ch.broadcaster_user_id) else {
+                continue;
+            };
+            let live = ch.is_live();
+            let learned_channel = learned.get(&s.user_id).copied();
+            let differs = !matches!(
+                (live, s.status.as_str()),
+                (true, "online") | (false, "offline")
+            );
+            if !differs && learned_channel.is_none() {
+                continue;
+            }
+            let start = ch.start_time();
+            let name = if live {
+                event_name::STREAMER_IS_LIVE
+            } else {
+                event_name::STOP_STREAM_BROADCAST
+            };
+            let key = match (differs, learned_channel) {
+                (false, Some(c)) => format!("api:{}:channel:{c}", s.user_id),
+                _ => format!(
+                    "api:{}:{}:{}:{run_ms}",
+                    s.user_id,
+                    if live { "live" } else { "offline" },
+                    ms(start)
+                ),
+            };
+            if differs {
+                differing.push(s.user_id);
+            }
+            let payload = json!({"slug": ch.slug, "is_live": live, "start_time": start, "stored_status": s.status});
+            ctx.stager
+                .stage_wait(Staged {
+                    source: Source::Api,
+                    topic: None,
+                    event_name: name,
+                    channel_id: learned_channel.or(s.channel_id),
+                    user_id: Some(s.user_id),
+                    livestream_id: None,
+                    event_time: if live { start.or(Some(now)) } else { Some(now) },
+                    payload: payload.to_string(),
+                    dedupe_key: key,
+                    received_at: now,
+                    arrived: Instant::now(),
+                })
+                .await;
         }
-        ctx.stager.stage(Staged {
-            source: Source::Api,
-            topic: None,
-            event_name: name,
-            channel_id: learned_channel.or(s.channel_id),
-            user_id: Some(s.user_id),
-            livestream_id: None,
-            event_time: if live { start.or(Some(now)) } else { Some(now) },
-            payload: json!({"slug": ch.slug, "is_live": live, "start_time": start, "stored_status": s.status}),
-            dedupe_key: key,
-            received_at: now,
-            arrived: Instant::now(),
-        });
     }
     ctx.metrics
         .reconcile_differences
@@ -246,7 +250,7 @@ pub async fn mark_unknown(ctx: &Ctx, channels: &[i64], gap_key: &str) -> anyhow:
             user_id: Some(s.user_id),
             livestream_id: None,
             event_time: Some(now),
-            payload: json!({"reason": "realtime socket down and kick api unavailable"}),
+            payload: json!({"reason": "realtime socket down and kick api unavailable"}).to_string(),
             dedupe_key: format!("outage:{}:{gap_key}", s.user_id),
             received_at: now,
             arrived: Instant::now(),

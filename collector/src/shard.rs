@@ -179,6 +179,23 @@ async fn guest_token(ctx: &Ctx, client_id: &str) -> Result<String, String> {
         .ok_or_else(|| "auth/connection: no token".into())
 }
 
+/// One TLS configuration (root store included) shared by every socket: built once, not per
+/// connection.
+fn tls() -> tokio_tungstenite::Connector {
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        kick_shared::init_tls();
+        let roots =
+            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    });
+    tokio_tungstenite::Connector::Rustls(config.clone())
+}
+
 async fn connect(url: &str) -> Result<Ws, String> {
     let mut req = url
         .into_client_request()
@@ -194,7 +211,8 @@ async fn connect(url: &str) -> Result<Ws, String> {
         .max_write_buffer_size(1 << 20)
         .max_message_size(Some(8 << 20))
         .max_frame_size(Some(8 << 20));
-    let fut = tokio_tungstenite::connect_async_with_config(req, Some(config), true);
+    let fut =
+        tokio_tungstenite::connect_async_tls_with_config(req, Some(config), true, Some(tls()));
     match tokio::time::timeout(Duration::from_secs(10), fut).await {
         Ok(Ok((ws, _))) => Ok(ws),
         Ok(Err(e)) => Err(format!("connect: {e}")),
@@ -224,7 +242,7 @@ fn on_event(ctx: &Ctx, topic: &str, event: KickEvent, arrived: Instant) {
                 user_id: None,
                 livestream_id: Some(l.livestream_id),
                 event_time: l.created_at,
-                payload: json!({"livestream": {"id": l.livestream_id, "channel_id": l.channel_id, "session_title": l.session_title, "created_at": l.created_at}}),
+                payload: json!({"livestream": {"id": l.livestream_id, "channel_id": l.channel_id, "session_title": l.session_title, "created_at": l.created_at}}).to_string(),
                 dedupe_key: format!("rt:live:{}:{}", l.channel_id, l.livestream_id),
                 received_at,
                 arrived,
@@ -240,7 +258,7 @@ fn on_event(ctx: &Ctx, topic: &str, event: KickEvent, arrived: Instant) {
                 user_id: None,
                 livestream_id: Some(s.livestream_id),
                 event_time: Some(received_at),
-                payload: json!({"livestream": {"id": s.livestream_id, "channel": {"id": s.channel_id, "is_banned": s.is_banned}}}),
+                payload: json!({"livestream": {"id": s.livestream_id, "channel": {"id": s.channel_id, "is_banned": s.is_banned}}}).to_string(),
                 dedupe_key: format!("rt:stop:{}:{}", s.channel_id, s.livestream_id),
                 received_at,
                 arrived,
@@ -436,18 +454,37 @@ async fn centrifugo(
 ) -> Option<End> {
     let mut next_id: u64 = 1;
     let mut pending_subs: HashMap<u64, i64> = HashMap::new();
-    let mut lines = vec![json!({"connect": {"token": token, "name": "js"}, "id": 1}).to_string()];
-    for ch in channels.iter() {
-        next_id += 1;
-        pending_subs.insert(next_id, *ch);
-        lines.push(
-            json!({"subscribe": {"channel": format!("channel.{ch}"), "flag": 0}, "id": next_id})
-                .to_string(),
-        );
-    }
-    if let Err(e) = send(&mut ws, lines.join("\n")).await {
+    // Connect, then the subscriptions, a few commands per frame (Centrifugo takes several per
+    // frame, `\n`-separated). Small frames keep each socket's write buffer small.
+    if let Err(e) = send(
+        &mut ws,
+        json!({"connect": {"token": token, "name": "js"}, "id": 1}).to_string(),
+    )
+    .await
+    {
         return Some(End::io(e, false));
     }
+    let subscribe_ids: Vec<(u64, i64)> = channels
+        .iter()
+        .map(|ch| {
+            next_id += 1;
+            (next_id, *ch)
+        })
+        .collect();
+    for chunk in subscribe_ids.chunks(16) {
+        let frame: Vec<String> = chunk
+            .iter()
+            .map(|(id, ch)| {
+                pending_subs.insert(*id, *ch);
+                json!({"subscribe": {"channel": format!("channel.{ch}"), "flag": 0}, "id": id})
+                    .to_string()
+            })
+            .collect();
+        if let Err(e) = send(&mut ws, frame.join("\n")).await {
+            return Some(End::io(e, false));
+        }
+    }
+    drop(subscribe_ids);
     let mut up = false;
     let mut connected = false;
     let mut pong = false;
@@ -506,6 +543,7 @@ async fn centrifugo(
                                 ctx.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
                             }
                             if pending_subs.is_empty() && connected && !up {
+                                pending_subs.shrink_to_fit();
                                 up = true;
                                 became_up(ctx, shard, channels, state, down_since);
                             }

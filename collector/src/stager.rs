@@ -30,7 +30,8 @@ pub struct Staged {
     pub user_id: Option<i64>,
     pub livestream_id: Option<i64>,
     pub event_time: Option<DateTime<Utc>>,
-    pub payload: serde_json::Value,
+    /// The event's JSON, serialized (compact: thousands may wait in the buffer).
+    pub payload: String,
     pub dedupe_key: String,
     pub received_at: DateTime<Utc>,
     /// When the frame arrived, for the frame → staged latency.
@@ -45,6 +46,20 @@ pub struct StagerHandle {
 }
 
 impl StagerHandle {
+    /// Queues an event for reconciliation, which can wait: it waits while the buffer is more
+    /// than half full, so that a large reconcile never crowds out realtime events.
+    pub async fn stage_wait(&self, ev: Staged) {
+        while self.tx.capacity() < self.tx.max_capacity() / 2 {
+            if self.tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if self.tx.send(ev).await.is_err() {
+            self.metrics.dropped.inc();
+        }
+    }
+
     /// Queues an event; refuses it (metric + ERROR log) when the buffer is full.
     pub fn stage(&self, ev: Staged) {
         if let Err(e) = self.tx.try_send(ev) {
@@ -65,8 +80,10 @@ impl StagerHandle {
 const INSERT: &str = "INSERT INTO raw_events
     (source, topic, event_name, kick_channel_id, kick_user_id, livestream_id, event_time, payload,
      dedupe_key, collector_id, received_at)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
-                         $7::timestamptz[], $8::jsonb[], $9::text[], $10::text[], $11::timestamptz[])
+    SELECT s, t, n, c, u, l, e, p::jsonb, k, i, r
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
+                $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::timestamptz[])
+         AS x(s, t, n, c, u, l, e, p, k, i, r)
     ON CONFLICT (dedupe_key) DO NOTHING";
 
 /// Starts the stager task. `capacity` bounds the events waiting for the database.
@@ -204,7 +221,7 @@ async fn insert(
     let user: Vec<Option<i64>> = batch.iter().map(|e| e.user_id).collect();
     let ls: Vec<Option<i64>> = batch.iter().map(|e| e.livestream_id).collect();
     let at: Vec<Option<DateTime<Utc>>> = batch.iter().map(|e| e.event_time).collect();
-    let payload: Vec<&serde_json::Value> = batch.iter().map(|e| &e.payload).collect();
+    let payload: Vec<&str> = batch.iter().map(|e| e.payload.as_str()).collect();
     let key: Vec<&str> = batch.iter().map(|e| e.dedupe_key.as_str()).collect();
     let cid: Vec<&str> = batch.iter().map(|_| collector_id).collect();
     let recv: Vec<DateTime<Utc>> = batch.iter().map(|e| e.received_at).collect();

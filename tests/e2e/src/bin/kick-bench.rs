@@ -258,6 +258,41 @@ async fn writer_latency(rate: u64, seconds: u64) {
     );
 }
 
+/// Where a process's resident memory is, by mapping (for memory work).
+fn print_smaps(pid: u32) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut by: HashMap<String, u64> = HashMap::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            let name = line.split_whitespace().nth(5).unwrap_or("[anon]");
+            let perms = line.split_whitespace().nth(1).unwrap_or("");
+            current = format!("{name} {perms}");
+        } else if let Some(v) = line.strip_prefix("Rss:") {
+            let kb: u64 = v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0);
+            *by.entry(current.clone()).or_default() += kb;
+        }
+    }
+    let mut v: Vec<_> = by.into_iter().collect();
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
+    for (k, kb) in v.iter().take(8) {
+        eprintln!("  smaps {kb:>7} kB  {k}");
+    }
+}
+
+/// Extra environment for the collector from `BENCH_COLLECTOR_ENV` (`K=V,K=V`), for experiments.
+fn collector_env() -> Vec<(String, String)> {
+    std::env::var("BENCH_COLLECTOR_ENV")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
 /// Flips streamers round-robin at `rate` for `seconds`, measuring publish → status_changed.
 async fn measure_pipeline(stack: &Stack, rate: u64, seconds: u64, offset: usize) -> Vec<f64> {
     let (_l, mut changed) = kick_shared::db::listen(&stack.db.config, &["status_changed"])
@@ -297,10 +332,47 @@ async fn measure_pipeline(stack: &Stack, rate: u64, seconds: u64, offset: usize)
     lat.lock().await.clone()
 }
 
+/// A free loopback port for a metrics endpoint.
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// Approximate percentiles of a Prometheus histogram from its text exposition.
+async fn hist(addr: &str, name: &str) -> String {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix(&format!("{name}_bucket{{le=\"")) {
+            let (le, v) = rest.split_once("\"} ").unwrap();
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
+            buckets.push((le, v.parse().unwrap()));
+        }
+    }
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let q = |p: f64| {
+        buckets
+            .iter()
+            .find(|(_, c)| *c >= total * p)
+            .map_or(f64::NAN, |(le, _)| le * 1e3)
+    };
+    format!("{name}: n={total} p50<={} ms p99<={} ms", q(0.5), q(0.99))
+}
+
 async fn pipeline(streamers: usize, rates: &[u64], seconds: u64) {
     let stack = Stack::start(sim_opts(streamers), QUIET).await;
-    let mut w = stack.spawn("kick-writer", &[]);
-    let mut c = stack.spawn("kick-collector", &[]);
+    let (wm, cm) = (free_addr(), free_addr());
+    let mut w = stack.spawn("kick-writer", &[("METRICS_ADDR", wm.as_str())]);
+    let mut c = stack.spawn("kick-collector", &[("METRICS_ADDR", cm.as_str())]);
     let sub = stack
         .wait_subscribed(streamers as i64, Duration::from_secs(120))
         .await
@@ -310,6 +382,16 @@ async fn pipeline(streamers: usize, rates: &[u64], seconds: u64) {
     for rate in rates {
         let v = measure_pipeline(&stack, *rate, seconds, offset).await;
         offset += (*rate * seconds) as usize;
+        if std::env::var_os("BENCH_BREAKDOWN").is_some() {
+            eprintln!(
+                "  collector {}",
+                hist(&cm, "kick_collector_stage_latency_seconds").await
+            );
+            eprintln!(
+                "  writer    {}",
+                hist(&wm, "kick_writer_latency_seconds").await
+            );
+        }
         let (crss, chwm) = c.rss_kib();
         let (wrss, whwm) = w.rss_kib();
         println!(
@@ -333,7 +415,12 @@ async fn rss(sizes: &[usize]) {
         let stack = Stack::start(sim_opts(n), QUIET).await;
         let mut w = stack.spawn("kick-writer", &[]);
         let t0 = Instant::now();
-        let mut c = stack.spawn("kick-collector", &[]);
+        let extra = collector_env();
+        let extra: Vec<(&str, &str)> = extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut c = stack.spawn("kick-collector", &extra);
         stack
             .wait_subscribed(n as i64, Duration::from_secs(300))
             .await
@@ -347,6 +434,9 @@ async fn rss(sizes: &[usize]) {
         let (crss, chwm) = c.rss_kib();
         let (wrss, whwm) = w.rss_kib();
         let sockets = stack.sim.sim.socket_count().0;
+        if std::env::var_os("BENCH_SMAPS").is_some() {
+            print_smaps(c.pid());
+        }
         println!(
             "| RSS | {n} streamers ({sockets} sockets), after 20 s at {rate} flips/s | collector {:.1} MB (peak {:.1}), writer {:.1} MB (peak {:.1}), together {:.1} MB; all subscribed {:.2} s, all statuses known {:.2} s after start |",
             crss as f64 / 1024.0,
