@@ -293,6 +293,11 @@ impl Sim {
             .collect()
     }
 
+    /// A copy of streamer `idx`.
+    pub fn streamer(&self, idx: usize) -> world::Streamer {
+        self.world.lock().unwrap().streamers[idx].clone()
+    }
+
     /// Whether streamer `idx` is live.
     pub fn truth_of(&self, idx: usize) -> bool {
         self.world.lock().unwrap().streamers[idx].live
