@@ -355,12 +355,12 @@ async fn users(State(sim): S, headers: HeaderMap, RawQuery(raw): RawQuery) -> Re
     Json(json!({"data": out, "message": "OK"})).into_response()
 }
 
-/// Kick's real webhook public key (the same for every app). The simulator does not sign
-/// deliveries with Kick's private key, which nobody has.
-pub const KICK_PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAq/+l1WnlRrGSolDMA+A8\n6rAhMbQGmQ2SapVcGM3zq8ANXjnhDWocMqfWcTd95btDydITa10kDvHzw9WQOqp2\nMZI7ZyrfzJuz5nhTPCiJwTwnEtWft7nV14BYRDHvlfqPUaZ+1KR4OCaO/wWIk/rQ\nL/TjY0M70gse8rlBkbo2a8rKhu69RQTRsoaf4DVhDPEeSeI5jVrRDGAMGL3cGuyY\n6CLKGdjVEM78g3JfYOvDU/RvfqD7L89TZ3iN94jrmWdGz34JNlEI5hqK8dd7C5EF\nBEbZ5jgB8s8ReQV8H+MkuffjdAj3ajDDX3DOJMIut1lBrUVD1AaSrGCKHooWoL2e\ntwIDAQAB\n-----END PUBLIC KEY-----\n";
-
+/// The key webhook deliveries are signed with: the simulator's own (see `webhooks`).
 async fn public_key() -> Response {
-    Json(json!({"data": {"public_key": KICK_PUBLIC_KEY}, "message": "OK"})).into_response()
+    let pem = tokio::task::spawn_blocking(crate::webhooks::public_key_pem)
+        .await
+        .unwrap_or_default();
+    Json(json!({"data": {"public_key": pem}, "message": "OK"})).into_response()
 }
 
 async fn list_subs(State(sim): S, headers: HeaderMap) -> Response {

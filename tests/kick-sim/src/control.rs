@@ -33,6 +33,7 @@ pub fn routes() -> Router<Arc<Sim>> {
         .route("/control/rest", post(rest_fault))
         .route("/control/published", get(published))
         .route("/control/stats", get(stats))
+        .route("/control/webhooks", post(webhook_target))
 }
 
 async fn streamers(State(sim): S) -> Response {
@@ -40,7 +41,7 @@ async fn streamers(State(sim): S) -> Response {
     Json(json!({ "streamers": w.streamers })).into_response()
 }
 
-fn set(sim: &Sim, slug: &str, live: bool) -> Response {
+fn set(sim: &Arc<Sim>, slug: &str, live: bool) -> Response {
     let idx = sim.world.lock().unwrap().by_slug.get(slug).copied();
     match idx {
         None => (
@@ -306,4 +307,25 @@ pub async fn noise(sim: Arc<Sim>, shutdown: CancellationToken) {
             }
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct WebhookTarget {
+    /// The app's webhook URL (Kick: a setting of the app, not of a subscription).
+    url: Option<String>,
+    #[serde(default)]
+    delay_ms: u64,
+    #[serde(default)]
+    duplicate: bool,
+}
+
+/// Sets where `livestream.status.updated` deliveries go, their delay, and whether each is sent
+/// twice (Kick has been seen to deliver duplicates).
+async fn webhook_target(State(sim): S, Json(t): Json<WebhookTarget>) -> Response {
+    *sim.webhook_target.lock().unwrap() = crate::webhooks::Target {
+        url: t.url.clone(),
+        delay: Duration::from_millis(t.delay_ms),
+        duplicate: t.duplicate,
+    };
+    Json(json!({"url": t.url, "delay_ms": t.delay_ms, "duplicate": t.duplicate})).into_response()
 }

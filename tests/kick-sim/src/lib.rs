@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod control;
+pub mod webhooks;
 pub mod world;
 pub mod ws;
 
@@ -122,6 +123,8 @@ pub struct Sim {
     pub(crate) api_requests: AtomicU64,
     pub(crate) flapping: Mutex<Option<CancellationToken>>,
     pub base_url: Mutex<String>,
+    pub(crate) webhook_target: Mutex<webhooks::Target>,
+    pub(crate) http: reqwest::Client,
 }
 
 const PUBLISHED_CAP: usize = 2_000_000;
@@ -141,13 +144,21 @@ impl Sim {
             api_requests: AtomicU64::new(0),
             flapping: Mutex::default(),
             base_url: Mutex::default(),
+            webhook_target: Mutex::default(),
+            http: {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .expect("http client")
+            },
         })
     }
 
     /// Sets streamer `idx` live or offline and publishes the event on both transports.
     /// Returns false when the streamer was already in that state.
-    pub fn set_live(&self, idx: usize, live: bool) -> bool {
-        let (name, data, channel, slug, ls) = {
+    pub fn set_live(self: &Arc<Self>, idx: usize, live: bool) -> bool {
+        let (name, data, channel, slug, ls, snapshot) = {
             let mut w = self.world.lock().unwrap();
             let Some((name, data)) = w.set_live(idx, live) else {
                 return false;
@@ -159,8 +170,10 @@ impl Sim {
                 format!("channel.{}", s.channel_id),
                 s.slug.clone(),
                 s.livestream_id,
+                s.clone(),
             )
         };
+        webhooks::status_updated(self, &snapshot);
         let at_us = chrono::Utc::now().timestamp_micros();
         self.publish(&channel, name, &data);
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;

@@ -18,6 +18,9 @@ Control API (HTTP/JSON, same port):
   POST /control/rest {\"mode\":\"429|500|html|normal\",\"seconds\":30,\"retry_after\":2}
   GET  /control/published?since=SEQ            what was published when (at_us: unix microseconds)
   GET  /control/stats                          sockets, subscriptions, published, api requests
+  POST /control/webhooks {\"url\":\"http://…\",\"delay_ms\":0,\"duplicate\":false}
+       livestream.status.updated deliveries (Kick-Event-* headers, RSA-SHA256 signature over
+       id.timestamp.body, verifiable with GET /public/v1/public-key) for subscribed broadcasters
 
 Kick endpoints: POST /oauth/token, /oauth/revoke, /oauth/token/introspect;
 GET /public/v1/channels, /livestreams, /users, /public-key; GET|POST|DELETE /public/v1/events/subscriptions;

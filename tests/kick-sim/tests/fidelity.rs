@@ -200,11 +200,18 @@ async fn oauth_and_public_api_match_the_fixtures() {
         &v["data"],
         &[],
     );
+    // The simulator signs webhooks with its own key pair (nobody has Kick's private key), so it
+    // serves its own key, in the same PEM (SubjectPublicKeyInfo, RSA 2048) form as Kick's.
     let pem = std::fs::read_to_string(format!("{FIXTURES}/kick-webhook-public-key.pem")).unwrap();
+    let served = v["data"]["public_key"].as_str().unwrap().trim();
+    assert!(
+        served.starts_with("-----BEGIN PUBLIC KEY-----")
+            && served.ends_with("-----END PUBLIC KEY-----")
+    );
     assert_eq!(
-        v["data"]["public_key"].as_str().unwrap().trim(),
-        pem.trim(),
-        "Kick's real public key"
+        served.len(),
+        pem.trim().len(),
+        "same key size and encoding as Kick's"
     );
     let body = fixture("api-v1-events-subscriptions.post.request-body.json");
     let r = http
@@ -499,4 +506,138 @@ async fn pusher_frames_match_the_fixtures() {
         Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 4001),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_and_match_the_fixtures() {
+    use rsa::pkcs1v15::{Signature, VerifyingKey};
+    use rsa::pkcs8::DecodePublicKey;
+    use rsa::signature::Verifier;
+
+    let s = sim().await;
+    let http = reqwest::Client::new();
+    // A receiver for the deliveries.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(axum::http::HeaderMap, String)>();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send((headers, body));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let t = token(&s).await;
+    let body = json!({"broadcaster_user_id": 1000007, "events": [{"name": "livestream.status.updated", "version": 1}], "method": "webhook"});
+    http.post(format!("{}/public/v1/events/subscriptions", s.url()))
+        .bearer_auth(&t)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    http.post(format!("{}/control/webhooks", s.url()))
+        .json(&json!({"url": hook}))
+        .send()
+        .await
+        .unwrap();
+    let key: Value = http
+        .get(format!("{}/public/v1/public-key", s.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let verifier = VerifyingKey::<sha2::Sha256>::new(
+        rsa::RsaPublicKey::from_public_key_pem(key["data"]["public_key"].as_str().unwrap())
+            .unwrap(),
+    );
+    let verify = |h: &axum::http::HeaderMap, body: &str| {
+        let get = |n: &str| {
+            h.get(n)
+                .unwrap_or_else(|| panic!("header {n}"))
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(get("kick-event-type"), "livestream.status.updated");
+        assert_eq!(get("kick-event-version"), "1");
+        assert_eq!(get("kick-event-message-id").len(), 26, "a ULID");
+        assert!(chrono::DateTime::parse_from_rfc3339(&get("kick-event-message-timestamp")).is_ok());
+        assert!(!get("kick-event-subscription-id").is_empty());
+        let signed = format!(
+            "{}.{}.{}",
+            get("kick-event-message-id"),
+            get("kick-event-message-timestamp"),
+            body
+        );
+        let sig = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            get("kick-event-signature"),
+        )
+        .unwrap();
+        verifier
+            .verify(
+                signed.as_bytes(),
+                &Signature::try_from(sig.as_slice()).unwrap(),
+            )
+            .expect("signature verifies");
+        get("kick-event-message-id")
+    };
+    // streamer1 goes live: one delivery, in the "started" shape.
+    http.post(format!("{}/control/streamers/streamer1/live", s.url()))
+        .send()
+        .await
+        .unwrap();
+    let (h, b) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    verify(&h, &b);
+    assert_shape(
+        "webhook-livestream-status-updated.started.json",
+        &serde_json::from_str(&b).unwrap(),
+        &[],
+    );
+    // A streamer without a subscription: nothing. Then duplicates, as Kick sometimes sends.
+    http.post(format!("{}/control/streamers/streamer2/live", s.url()))
+        .send()
+        .await
+        .unwrap();
+    http.post(format!("{}/control/webhooks", s.url()))
+        .json(&json!({"url": hook, "duplicate": true}))
+        .send()
+        .await
+        .unwrap();
+    http.post(format!("{}/control/streamers/streamer1/offline", s.url()))
+        .send()
+        .await
+        .unwrap();
+    let (h1, b1) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let (h2, b2) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        verify(&h1, &b1),
+        verify(&h2, &b2),
+        "a duplicate carries the same message id"
+    );
+    let ended: Value = serde_json::from_str(&b1).unwrap();
+    assert_shape("webhook-livestream-status-updated.ended.json", &ended, &[]);
+    assert_eq!(ended["is_live"], false);
+    assert_eq!(ended["broadcaster"]["user_id"], 1000007);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err(),
+        "nothing for streamer2"
+    );
 }
