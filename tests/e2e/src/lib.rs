@@ -82,6 +82,13 @@ impl Drop for Service {
     }
 }
 
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Services are dropped (killed) by their owners; their logs go with the directory.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// The system under test.
 #[derive(Debug)]
 pub struct Stack {
@@ -291,6 +298,7 @@ impl Stack {
         Ok(())
     }
 
+    /// The last lines of a service's log (for failure messages).
     pub fn log_tail(&self, svc: &Service) -> String {
         let text = std::fs::read_to_string(&svc.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

@@ -370,6 +370,10 @@ async fn hist(addr: &str, name: &str) -> String {
 
 async fn pipeline(streamers: usize, rates: &[u64], seconds: u64) {
     let stack = Stack::start(sim_opts(streamers), QUIET).await;
+    // For experiments: extra SQL before the services start (e.g. table settings).
+    if let Ok(sql) = std::env::var("BENCH_SQL") {
+        stack.client().await.batch_execute(&sql).await.unwrap();
+    }
     let (wm, cm) = (free_addr(), free_addr());
     let mut w = stack.spawn("kick-writer", &[("METRICS_ADDR", wm.as_str())]);
     let mut c = stack.spawn("kick-collector", &[("METRICS_ADDR", cm.as_str())]);
