@@ -84,6 +84,15 @@ fn uuid() -> String {
     )
 }
 
+/// When to refresh a connection token that lives `ttl` seconds: 2 minutes early (as Kick's
+/// own clients do), or at 80% of a short lifetime.
+fn refresh_deadline(ttl: u64) -> Instant {
+    let t = Duration::from_secs(ttl);
+    Instant::now()
+        + t.saturating_sub(Duration::from_secs(120))
+            .max(t.mul_f64(0.8))
+}
+
 /// Full-jitter exponential backoff: uniform in [0, min(cap, base · 2^attempt)].
 pub fn backoff(attempt: u32) -> Duration {
     let ceiling = (1000u64 << attempt.min(16)).min(60_000);
@@ -528,10 +537,7 @@ async fn centrifugo(
                             pong = p;
                             if let Some(p) = ping { ping_every = Duration::from_secs(p.max(1)); }
                             // Refresh well before the token runs out: 2 minutes early, or at 80%.
-                            refresh_at = ttl.map(|t| {
-                                let t = Duration::from_secs(t);
-                                Instant::now() + t.saturating_sub(Duration::from_secs(120)).max(t.mul_f64(0.8))
-                            });
+                            refresh_at = ttl.map(refresh_deadline);
                             if pending_subs.is_empty() && !up {
                                 up = true;
                                 became_up(ctx, shard, channels, state, down_since);
@@ -583,7 +589,11 @@ async fn centrifugo(
                                 if let Err(e) = send(&mut ws, cmd).await { return Some(End::io(e, up)); }
                             }
                         }
-                        Ok(CentrifugoMsg::Unsubscribed { .. } | CentrifugoMsg::Refreshed { .. } | CentrifugoMsg::Other) => {}
+                        Ok(CentrifugoMsg::Refreshed { ttl, .. }) => {
+                            // The next refresh, from the new token's lifetime.
+                            refresh_at = ttl.map(refresh_deadline);
+                        }
+                        Ok(CentrifugoMsg::Unsubscribed { .. } | CentrifugoMsg::Other) => {}
                     }
                 }
             }

@@ -68,6 +68,7 @@ async fn rig_in(
     extra.push(("KICK_TERMINAL_RETRY".into(), "2s".into()));
     extra.push(("WRITER_POLL_INTERVAL".into(), "100ms".into()));
     extra.push(("COLLECTOR_ID".into(), "test-collector".into()));
+    extra.push(("KICK_RECONCILE_INTERVAL".into(), "5s".into()));
     let refs: Vec<(&str, &str)> = extra
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -622,5 +623,79 @@ async fn postgres_restart_mid_stream_loses_nothing() {
     )
     .await;
     assert!(r.metrics.db_errors.get() >= 1, "the restart was noticed");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn centrifugo_token_is_refreshed_before_it_expires() {
+    // Guest tokens of 4 s: the server closes an unrefreshed connection with 3005 when it expires.
+    let opts = Options {
+        guest_token_ttl: Duration::from_secs(4),
+        ..sim_opts(4)
+    };
+    let sim = kick_sim::start("127.0.0.1:0".parse().unwrap(), opts)
+        .await
+        .unwrap();
+    let r = rig_in(kick_testkit::fresh_db().await, sim, "centrifugo", 4, false).await;
+    r.all_up().await;
+    // Three token lifetimes.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(
+        r.metrics.reconnects.snapshot().is_empty(),
+        "no reconnect: {:?}",
+        r.metrics.reconnects.snapshot()
+    );
+    let v = r.flip("streamer1", true).await;
+    let ls = v["streamer"]["livestream_id"].as_i64().unwrap();
+    eventually(
+        "the refreshed connection still delivers",
+        Duration::from_secs(5),
+        || async {
+            r.count(&format!(
+                "SELECT count(*) FROM raw_events WHERE livestream_id = {ls}"
+            ))
+            .await
+                == 1
+        },
+    )
+    .await;
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_id_learned_from_the_api_leads_to_a_subscription() {
+    let r = rig(3, "pusher", 10, true).await;
+    r.all_up().await;
+    // streamer2 is known only by user id (no realtime channel id yet) and goes live.
+    let c = r.db.client().await;
+    c.execute(
+        "UPDATE streamers SET kick_channel_id = NULL WHERE username = 'streamer2'",
+        &[],
+    )
+    .await
+    .unwrap();
+    eventually("unsubscribed", Duration::from_secs(3), || async {
+        r.metrics.subscriptions.load(Ordering::Relaxed) == 2
+    })
+    .await;
+    r.flip("streamer2", true).await;
+    // The periodic reconcile (5 s minimum) sees it live, asks the livestreams endpoint for its
+    // channel id and stages it; the writer stores it; the collector subscribes.
+    eventually("channel id stored", Duration::from_secs(30), || async {
+        r.count("SELECT count(*) FROM streamers WHERE username = 'streamer2' AND kick_channel_id = 2000026").await == 1
+    })
+    .await;
+    eventually("subscribed", Duration::from_secs(5), || async {
+        r.metrics.subscriptions.load(Ordering::Relaxed) == 3
+    })
+    .await;
+    assert_eq!(r.status("streamer2").await, "online");
+    r.flip("streamer2", false).await;
+    eventually(
+        "realtime offline applied",
+        Duration::from_secs(5),
+        || async { r.status("streamer2").await == "offline" },
+    )
+    .await;
     r.stop().await;
 }

@@ -203,3 +203,40 @@ async fn services_run_under_least_privilege_roles() {
         .get(0);
     assert!(gaps >= 1, "the collector role records coverage gaps");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_notify_systemd_ready_and_watchdog() {
+    let stack = Stack::start(opts(), SETTINGS).await;
+    for name in ["kick-writer", "kick-collector"] {
+        let path = stack.db.cluster.socket_dir().join(format!("notify-{name}"));
+        let _ = std::fs::remove_file(&path);
+        let sock = tokio::net::UnixDatagram::bind(&path).unwrap();
+        let p = path.display().to_string();
+        // As systemd starts a Type=notify unit with WatchdogSec=2s.
+        let mut svc = stack.spawn(
+            name,
+            &[("NOTIFY_SOCKET", p.as_str()), ("WATCHDOG_USEC", "2000000")],
+        );
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !(seen.iter().any(|m: &String| m.contains("READY=1"))
+            && seen.iter().any(|m| m.contains("WATCHDOG=1")))
+        {
+            let mut buf = [0u8; 256];
+            let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("{name}: saw only {seen:?}\n{}", stack.log_tail(&svc)))
+                .unwrap();
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        assert_eq!(svc.terminate(), Some(0));
+        let mut buf = [0u8; 256];
+        let mut stopping = false;
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(500), sock.recv(&mut buf)).await
+        {
+            stopping |= String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1");
+        }
+        assert!(stopping, "{name} says STOPPING=1 on SIGTERM");
+    }
+}

@@ -68,6 +68,8 @@ async fn centrifugo_session(socket: WebSocket, sim: Arc<Sim>) {
     let mut connected = false;
     let mut stalled = false;
     let mut awaiting_pong: Option<Instant> = None;
+    // The connection expires with its token unless the client refreshes it (Centrifugo: 3005).
+    let mut expires_at: Option<Instant> = None;
     let hello_deadline = Instant::now() + Duration::from_secs(10);
     loop {
         tokio::select! {
@@ -112,6 +114,7 @@ async fn centrifugo_session(socket: WebSocket, sim: Arc<Sim>) {
                         match check_token(&sim, c.get("token").and_then(Value::as_str)) {
                             Ok(ttl) => {
                                 connected = true;
+                                expires_at = Some(Instant::now() + Duration::from_secs(ttl));
                                 replies.push(json!({"id": cid, "connect": {
                                     "client": format!("{:032x}", rand::random::<u128>()),
                                     "version": "6.9.6 PRO", "expires": true, "ttl": ttl,
@@ -142,7 +145,10 @@ async fn centrifugo_session(socket: WebSocket, sim: Arc<Sim>) {
                         replies.push(json!({"id": cid, "unsubscribe": {}}));
                     } else if let Some(r) = cmd.get("refresh") {
                         match check_token(&sim, r.get("token").and_then(Value::as_str)) {
-                            Ok(ttl) => replies.push(json!({"id": cid, "refresh": {"expires": true, "ttl": ttl}})),
+                            Ok(ttl) => {
+                                expires_at = Some(Instant::now() + Duration::from_secs(ttl));
+                                replies.push(json!({"id": cid, "refresh": {"expires": true, "ttl": ttl}}));
+                            }
                             Err(_) => replies.push(json!({"id": cid, "error": {"code": 109, "message": "token expired"}})),
                         }
                     } else {
@@ -166,6 +172,10 @@ async fn centrifugo_session(socket: WebSocket, sim: Arc<Sim>) {
                         break;
                     }
                     continue;
+                }
+                if expires_at.is_some_and(|t| Instant::now() >= t) {
+                    let _ = tx.send(close(3005, "expired")).await;
+                    break;
                 }
                 if let Some(since) = awaiting_pong {
                     if since.elapsed() >= ping_every {
