@@ -6,6 +6,7 @@ use clap::Parser;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    restore_sigpipe();
     kick_shared::init_tls();
     let cli = match kick_admin::Cli::try_parse() {
         Ok(cli) => cli,
@@ -14,5 +15,16 @@ async fn main() -> ExitCode {
     match kick_admin::run(cli).await {
         Ok(code) => code.into(),
         Err(e) => kick_shared::exit::report("kick-admin", &e),
+    }
+}
+
+/// `kick-admin streamers list | head` must end quietly, as Unix tools do, instead of failing
+/// on the closed pipe: restore the default SIGPIPE action that the Rust runtime ignores.
+#[allow(unsafe_code)]
+fn restore_sigpipe() {
+    // SAFETY: called first thing in main, before any thread or I/O exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -28,7 +28,8 @@ pub enum StreamersCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Add every username in a file (one per line, `#` comments).
+    /// Add every username in a file: one per line, optionally followed by its realtime channel
+    /// id (`xqc 668`); `#` starts a comment.
     Import {
         file: PathBuf,
         #[arg(long)]
@@ -114,7 +115,7 @@ async fn add(
     config: &Config,
     client: &mut tokio_postgres::Client,
     names: &[String],
-    channel_id: Option<i64>,
+    channel_ids: &HashMap<String, i64>,
     mut progress: impl FnMut(usize),
 ) -> anyhow::Result<(Vec<Added>, Vec<String>)> {
     let api = ApiClient::new(config.kick.clone())?;
@@ -146,7 +147,9 @@ async fn add(
         };
         for ch in channels {
             let slug = ch.slug.to_lowercase();
-            let chan = channel_id
+            let chan = channel_ids
+                .get(&slug)
+                .copied()
                 .or(ch.channel_id)
                 .or_else(|| live_channels.get(&ch.broadcaster_user_id).copied());
             out.push(Added {
@@ -213,21 +216,37 @@ fn print_added(added: &[Added], json: bool) {
     }
 }
 
-fn parse_file(text: &str) -> Result<Vec<String>, ExitError> {
+/// An import file: one username per line, optionally followed by its realtime channel id;
+/// `#` starts a comment. Any bad line rejects the whole file.
+fn parse_file(text: &str) -> Result<(Vec<String>, HashMap<String, i64>), ExitError> {
     let mut names = Vec::new();
+    let mut channels = HashMap::new();
     let mut seen = std::collections::HashSet::new();
     for (i, line) in text.lines().enumerate() {
         let l = line.split('#').next().unwrap_or("").trim();
         if l.is_empty() {
             continue;
         }
-        let n = validate(l)
-            .map_err(|e| ExitError::new(Exit::DataErr, format!("line {}: {}", i + 1, e.message)))?;
+        let bad = |m: String| ExitError::new(Exit::DataErr, format!("line {}: {m}", i + 1));
+        let mut parts = l.split_whitespace();
+        let n = validate(parts.next().unwrap_or("")).map_err(|e| bad(e.message))?;
+        if let Some(c) = parts.next() {
+            let id: i64 = c.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
+                bad(format!(
+                    "'{}' is not a channel id",
+                    c.chars().take(20).collect::<String>()
+                ))
+            })?;
+            channels.insert(n.clone(), id);
+        }
+        if parts.next().is_some() {
+            return Err(bad("expected a username and at most a channel id".into()));
+        }
         if seen.insert(n.clone()) {
             names.push(n);
         }
     }
-    Ok(names)
+    Ok((names, channels))
 }
 
 async fn by_username(
@@ -269,7 +288,11 @@ pub async fn run(cmd: StreamersCommand, config: &Config) -> anyhow::Result<Exit>
                 .map(|n| validate(n))
                 .collect::<Result<Vec<_>, _>>()?;
             let mut client = db::connect(&config.database).await?;
-            let (added, unknown) = add(config, &mut client, &names, channel_id, |_| {}).await?;
+            let ids: HashMap<String, i64> = channel_id
+                .map(|c| (names[0].clone(), c))
+                .into_iter()
+                .collect();
+            let (added, unknown) = add(config, &mut client, &names, &ids, |_| {}).await?;
             if !unknown.is_empty() {
                 return Err(ExitError::new(
                     Exit::NoInput,
@@ -294,7 +317,7 @@ pub async fn run(cmd: StreamersCommand, config: &Config) -> anyhow::Result<Exit>
                     ),
                 )
             })?;
-            let names = parse_file(&text)?;
+            let (names, channel_ids) = parse_file(&text)?;
             let mut client = db::connect(&config.database).await?;
             let tty = std::io::stderr().is_terminal();
             let total = names.len();
@@ -303,7 +326,7 @@ pub async fn run(cmd: StreamersCommand, config: &Config) -> anyhow::Result<Exit>
             let mut added = Vec::new();
             let mut unknown = Vec::new();
             for slice in names.chunks(500) {
-                let (mut a, u) = add(config, &mut client, slice, None, |n| {
+                let (mut a, u) = add(config, &mut client, slice, &channel_ids, |n| {
                     done += n;
                     if tty {
                         eprint!("\rresolving {done}/{total}");
@@ -315,7 +338,7 @@ pub async fn run(cmd: StreamersCommand, config: &Config) -> anyhow::Result<Exit>
                     // Add the names that did resolve; report the others.
                     let known: Vec<String> =
                         slice.iter().filter(|n| !u.contains(n)).cloned().collect();
-                    let (a2, _) = add(config, &mut client, &known, None, |_| {}).await?;
+                    let (a2, _) = add(config, &mut client, &known, &channel_ids, |_| {}).await?;
                     a = a2;
                     unknown.extend(u);
                 }
@@ -585,8 +608,17 @@ mod tests {
 
     #[test]
     fn import_files_skip_comments_and_duplicates() {
-        let names = parse_file("# list\nxqc\n\nTrainwreckstv # the best\nxqc\n").unwrap();
+        let (names, ids) =
+            parse_file("# list\nxqc 668\n\nTrainwreckstv # the best\nxqc\n").unwrap();
         assert_eq!(names, ["xqc", "trainwreckstv"]);
+        assert_eq!(ids.get("xqc"), Some(&668));
+        assert!(
+            parse_file("xqc abc\n")
+                .unwrap_err()
+                .message
+                .contains("not a channel id")
+        );
+        assert!(parse_file("xqc 1 2\n").is_err());
         let e = parse_file("ok\nnot ok\n").unwrap_err();
         assert!(e.message.starts_with("line 2:"), "{}", e.message);
     }
