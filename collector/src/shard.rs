@@ -191,18 +191,7 @@ async fn guest_token(ctx: &Ctx, client_id: &str) -> Result<String, String> {
 /// One TLS configuration (root store included) shared by every socket: built once, not per
 /// connection.
 fn tls() -> tokio_tungstenite::Connector {
-    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
-    let config = CONFIG.get_or_init(|| {
-        kick_shared::init_tls();
-        let roots =
-            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        Arc::new(
-            rustls::ClientConfig::builder()
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        )
-    });
-    tokio_tungstenite::Connector::Rustls(config.clone())
+    tokio_tungstenite::Connector::Rustls(kick_shared::tls_client_config())
 }
 
 async fn connect(url: &str) -> Result<Ws, String> {

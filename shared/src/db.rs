@@ -2,8 +2,6 @@
 //! notifications are actually delivered, migrations under an advisory lock, and the error type
 //! with its retryable/fatal classifier.
 
-use std::sync::{Arc, OnceLock};
-
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::error::SqlState;
@@ -93,18 +91,7 @@ impl Classify for DbError {
 }
 
 fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
-    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    let config = CONFIG.get_or_init(|| {
-        crate::init_tls();
-        let roots =
-            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        Arc::new(
-            rustls::ClientConfig::builder()
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        )
-    });
-    tokio_postgres_rustls::MakeRustlsConnect::new((**config).clone())
+    tokio_postgres_rustls::MakeRustlsConnect::new((*crate::tls_client_config()).clone())
 }
 
 /// Opens a connection and drives it on a spawned task. Notifications on this connection are

@@ -23,5 +23,36 @@ pub fn init_tls() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// The process-wide TLS client configuration (webpki roots), built once and shared by every
+/// database connection and WebSocket: one root store in memory, not one per connection.
+pub fn tls_client_config() -> std::sync::Arc<rustls::ClientConfig> {
+    static CONFIG: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            init_tls();
+            let roots =
+                rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            std::sync::Arc::new(
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth(),
+            )
+        })
+        .clone()
+}
+
+/// Start-up shared by the services' `main`: configuration from the environment, logging, then
+/// the settings stored in the database's `config` table (read once logs go somewhere). An error
+/// has already been reported on stderr; its exit code is returned.
+pub async fn service_config(prog: &str) -> Result<config::Config, std::process::ExitCode> {
+    init_tls();
+    let config = config::Config::from_env().map_err(|e| exit::report(prog, &e.into()))?;
+    logging::init(&config.log);
+    config::load_with_db()
+        .await
+        .map_err(|e| exit::report(prog, &e))
+}
+
 /// The version of this build, reported by `--version`, in heartbeats and in metrics.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

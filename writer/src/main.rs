@@ -17,7 +17,6 @@ struct Cli {}
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    kick_shared::init_tls();
     if let Err(e) = Cli::try_parse() {
         let _ = e.print();
         return if e.use_stderr() {
@@ -26,15 +25,9 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         };
     }
-    let config = match kick_shared::config::Config::from_env() {
+    let config = match kick_shared::service_config("kick-writer").await {
         Ok(c) => c,
-        Err(e) => return kick_shared::exit::report("kick-writer", &e.into()),
-    };
-    kick_shared::logging::init(&config.log);
-    // Now that logs go somewhere: add the settings stored in the database's config table.
-    let config = match kick_shared::config::load_with_db().await {
-        Ok(c) => c,
-        Err(e) => return kick_shared::exit::report("kick-writer", &e),
+        Err(code) => return code,
     };
     let shutdown = kick_shared::shutdown::on_signals();
     match kick_writer::run(kick_writer::WriterConfig::from_config(config), shutdown).await {
