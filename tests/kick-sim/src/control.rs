@@ -34,6 +34,7 @@ pub fn routes() -> Router<Arc<Sim>> {
         .route("/control/published", get(published))
         .route("/control/stats", get(stats))
         .route("/control/webhooks", post(webhook_target))
+        .route("/control/seed", post(seed))
 }
 
 async fn streamers(State(sim): S) -> Response {
@@ -328,4 +329,23 @@ async fn webhook_target(State(sim): S, Json(t): Json<WebhookTarget>) -> Response
         duplicate: t.duplicate,
     };
     Json(json!({"url": t.url, "delay_ms": t.delay_ms, "duplicate": t.duplicate})).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct Seed {
+    streamers: usize,
+}
+
+/// Replaces the world with `streamers` generated streamers, all offline (the same numbering as
+/// `--streamers`). Sockets stay connected; their subscriptions keep their feed names.
+async fn seed(State(sim): S, Json(s): Json<Seed>) -> Response {
+    if s.streamers > 1_000_000 {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "at most 1,000,000 streamers"})),
+        )
+            .into_response();
+    }
+    sim.world.lock().unwrap().reseed(s.streamers);
+    Json(json!({"streamers": s.streamers})).into_response()
 }

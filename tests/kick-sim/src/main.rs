@@ -7,6 +7,7 @@ use clap::Parser;
 
 const CONTROL_HELP: &str = "\
 Control API (HTTP/JSON, same port):
+  POST /control/seed {\"streamers\":N}            replace the world with N generated streamers (all offline)
   GET  /control/streamers                      every streamer: slug, user_id, channel_id, chatroom_id, live, livestream_id
   POST /control/streamers/{slug}/live          go live: publishes App\\Events\\StreamerIsLive on channel.{id}
   POST /control/streamers/{slug}/offline       go offline: publishes App\\Events\\StopStreamBroadcast

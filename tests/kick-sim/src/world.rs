@@ -76,6 +76,14 @@ impl World {
         w
     }
 
+    /// Replaces the streamers with `n` generated ones. Livestream ids keep increasing, as Kick's
+    /// do: a new session never reuses an old id.
+    pub fn reseed(&mut self, n: usize) {
+        let next = self.next_livestream;
+        *self = World::generate(n);
+        self.next_livestream = next;
+    }
+
     pub fn add(&mut self, s: Streamer) {
         let i = self.streamers.len();
         self.by_slug.insert(s.slug.clone(), i);

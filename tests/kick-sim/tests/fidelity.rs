@@ -228,6 +228,20 @@ async fn oauth_and_public_api_match_the_fixtures() {
         &v["data"][0],
         &[],
     );
+    // Seeding replaces the world.
+    let v: Value = http
+        .post(format!("{}/control/seed", s.url()))
+        .json(&json!({"streamers": 60}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["streamers"], 60);
+    assert_eq!(s.sim.streamer_count(), 60);
+    let (_, v) = get(&s, &t, "/public/v1/channels?slug=streamer59").await;
+    assert_eq!(v["data"][0]["stream"]["is_live"], false);
     // No token: 401.
     assert_eq!(
         get(&s, &t.replace('a', "b"), "/public/v1/users?id=1")

@@ -340,13 +340,22 @@ fn free_addr() -> String {
 
 /// A Prometheus histogram's cumulative bucket counts, from its text exposition.
 async fn hist_counts(addr: &str, name: &str) -> Vec<(f64, f64)> {
-    let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let prefix = format!("{name}_bucket{{le=\"");
     text.lines()
         .filter_map(|line| line.strip_prefix(&prefix))
         .filter_map(|rest| {
             let (le, v) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
             Some((le, v.parse().ok()?))
         })
         .collect()
@@ -354,9 +363,17 @@ async fn hist_counts(addr: &str, name: &str) -> Vec<(f64, f64)> {
 
 /// Upper bounds (ms) of p50 and p99 for the observations between two snapshots.
 fn hist_between(before: &[(f64, f64)], after: &[(f64, f64)]) -> String {
-    let d: Vec<(f64, f64)> = after.iter().zip(before).map(|((le, a), (_, b))| (*le, a - b)).collect();
+    let d: Vec<(f64, f64)> = after
+        .iter()
+        .zip(before)
+        .map(|((le, a), (_, b))| (*le, a - b))
+        .collect();
     let total = d.last().map_or(0.0, |b| b.1);
-    let q = |p: f64| d.iter().find(|(_, c)| *c >= total * p).map_or(f64::NAN, |(le, _)| le * 1e3);
+    let q = |p: f64| {
+        d.iter()
+            .find(|(_, c)| *c >= total * p)
+            .map_or(f64::NAN, |(le, _)| le * 1e3)
+    };
     format!("n={total} p50 ≤ {} ms, p99 ≤ {} ms", q(0.5), q(0.99))
 }
 
@@ -382,7 +399,10 @@ async fn pipeline(streamers: usize, rates: &[u64], seconds: u64) {
         );
         let v = measure_pipeline(&stack, *rate, seconds, offset).await;
         offset += (*rate * seconds) as usize;
-        let stage = hist_between(&c0, &hist_counts(&cm, "kick_collector_stage_latency_seconds").await);
+        let stage = hist_between(
+            &c0,
+            &hist_counts(&cm, "kick_collector_stage_latency_seconds").await,
+        );
         let apply = hist_between(&w0, &hist_counts(&wm, "kick_writer_latency_seconds").await);
         println!(
             "| pipeline breakdown | {rate} events/s: collector frame received → staged row committed (durable); writer: frame received → writer commit | collector {stage}; writer {apply} (bucket bounds) |"
