@@ -432,6 +432,51 @@ fn close_end(
     }
 }
 
+/// What a read from the socket amounts to, for either protocol.
+enum Incoming {
+    /// A text frame to decode.
+    Text(tokio_tungstenite::tungstenite::Utf8Bytes),
+    /// Nothing to decode (a control frame, or a frame counted as malformed).
+    Skip,
+    /// The connection ended.
+    End(End),
+}
+
+/// Classifies one read: text frames under `MAX_FRAME` are decoded; binary and oversized frames
+/// are counted as malformed and skipped; a close frame ends the session by its code's class.
+fn incoming(
+    ctx: &Ctx,
+    shard: usize,
+    msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    up: bool,
+    classify: fn(u16) -> CloseAction,
+) -> Incoming {
+    match msg {
+        Some(Ok(Message::Text(t))) if t.len() > MAX_FRAME => {
+            malformed(ctx, shard, "oversized", &t);
+            Incoming::Skip
+        }
+        Some(Ok(Message::Text(t))) => Incoming::Text(t),
+        Some(Ok(Message::Close(f))) => Incoming::End(close_end(f, up, classify)),
+        Some(Ok(Message::Binary(_))) => {
+            malformed(ctx, shard, "binary", "");
+            Incoming::Skip
+        }
+        Some(Ok(_)) => Incoming::Skip,
+        Some(Err(e)) => Incoming::End(End::io(format!("read: {e}"), up)),
+        None => Incoming::End(End::io("connection closed", up)),
+    }
+}
+
+/// Closes the socket with 1000 at shutdown.
+async fn close_normally(ws: &mut Ws) {
+    let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: CloseCode::Normal,
+        reason: "shutdown".into(),
+    };
+    let _ = ws.close(Some(frame)).await;
+}
+
 async fn send(ws: &mut Ws, text: String) -> Result<(), String> {
     ws.send(Message::Text(text.into()))
         .await
@@ -495,24 +540,17 @@ async fn centrifugo(
     loop {
         tokio::select! {
             _ = ctx.shutdown.cancelled() => {
-                let _ = ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame { code: CloseCode::Normal, reason: "shutdown".into() })).await;
+                close_normally(&mut ws).await;
                 return None;
             }
             msg = ws.next() => {
                 let arrived = Instant::now();
                 last_msg = arrived;
-                let text = match msg {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(f))) => return Some(close_end(f, up, frame::centrifugo_close_action)),
-                    Some(Ok(Message::Binary(_))) => { malformed(ctx, shard, "binary", ""); continue; }
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Some(End::io(format!("read: {e}"), up)),
-                    None => return Some(End::io("connection closed", up)),
+                let text = match incoming(ctx, shard, msg, up, frame::centrifugo_close_action) {
+                    Incoming::Text(t) => t,
+                    Incoming::Skip => continue,
+                    Incoming::End(end) => return Some(end),
                 };
-                if text.len() > MAX_FRAME {
-                    malformed(ctx, shard, "oversized", &text);
-                    continue;
-                }
                 for m in frame::decode_centrifugo(&text) {
                     match m {
                         Err(e) => malformed(ctx, shard, "undecodable", &format!("{e}: {text}")),
@@ -660,25 +698,18 @@ async fn pusher(
     loop {
         tokio::select! {
             _ = ctx.shutdown.cancelled() => {
-                let _ = ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame { code: CloseCode::Normal, reason: "shutdown".into() })).await;
+                close_normally(&mut ws).await;
                 return None;
             }
             msg = ws.next() => {
                 let arrived = Instant::now();
                 last_msg = arrived;
                 pinged = None;
-                let text = match msg {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(f))) => return Some(close_end(f, up, frame::pusher_close_action)),
-                    Some(Ok(Message::Binary(_))) => { malformed(ctx, shard, "binary", ""); continue; }
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Some(End::io(format!("read: {e}"), up)),
-                    None => return Some(End::io("connection closed", up)),
+                let text = match incoming(ctx, shard, msg, up, frame::pusher_close_action) {
+                    Incoming::Text(t) => t,
+                    Incoming::Skip => continue,
+                    Incoming::End(end) => return Some(end),
                 };
-                if text.len() > MAX_FRAME {
-                    malformed(ctx, shard, "oversized", &text);
-                    continue;
-                }
                 match frame::decode_pusher(&text) {
                     Err(e) => malformed(ctx, shard, "undecodable", &format!("{e}: {text}")),
                     Ok(PusherFrame::ConnectionEstablished { activity_timeout, .. }) => {
