@@ -22,7 +22,6 @@ struct Rig {
     shutdown: CancellationToken,
     collector: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     writer: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    http: reqwest::Client,
 }
 
 fn sim_opts(streamers: usize) -> Options {
@@ -95,7 +94,6 @@ async fn rig_in(
         shutdown,
         collector,
         writer,
-        http: reqwest::Client::new(),
     }
 }
 
@@ -127,15 +125,7 @@ where
 
 impl Rig {
     async fn control(&self, path: &str, body: Value) -> Value {
-        self.http
-            .post(format!("{}{path}", self.sim.url()))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.sim.control(path, body).await
     }
     async fn flip(&self, slug: &str, live: bool) -> Value {
         let path = format!(

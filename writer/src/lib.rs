@@ -124,7 +124,7 @@ pub async fn run_with_metrics(
                     _ = shutdown.cancelled() => return Ok(()),
                     n = session.notifications.recv() => {
                         if n.is_none() {
-                            anyhow::bail!("listen connection lost");
+                            return Err(ListenLost.into());
                         }
                         // Coalesce: one drain answers every doorbell rung so far.
                         while session.notifications.try_recv().is_ok() {}
@@ -142,7 +142,7 @@ pub async fn run_with_metrics(
                     .is_some_and(kick_shared::exit::Classify::is_retryable)
                     || c.downcast_ref::<tokio_postgres::Error>()
                         .is_some_and(db::is_transient)
-            }) || e.to_string().contains("listen connection lost");
+            }) || e.is::<ListenLost>();
             let wait = if transient {
                 tracing::warn!(error = %format!("{e:#}"), "writer session ended, reconnecting");
                 failures = 0;
@@ -164,6 +164,11 @@ pub async fn run_with_metrics(
     tracing::info!("writer stopped");
     Ok(())
 }
+
+/// The LISTEN connection ended: reconnect at once (it is a passing fault, not an operator's).
+#[derive(Debug, thiserror::Error)]
+#[error("listen connection lost")]
+struct ListenLost;
 
 /// One pair of connections: the LISTEN connection and the worker connection.
 struct Session {

@@ -82,6 +82,19 @@ impl Drop for Service {
     }
 }
 
+/// Adds `n` streamers with the simulator's numbering (`streamer{i}`, user and channel ids), as
+/// `kick-admin streamers import` would add them.
+pub async fn add_streamers(c: &tokio_postgres::Client, n: i64) {
+    c.execute(
+        "INSERT INTO streamers (username, kick_user_id, kick_channel_id, display_name)
+         SELECT 'streamer' || i, 1000000 + 7 * i, 2000000 + 13 * i, 'Streamer' || i
+         FROM generate_series(0::bigint, $1::bigint - 1) AS i",
+        &[&n],
+    )
+    .await
+    .unwrap();
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
         // Services are dropped (killed) by their owners; their logs go with the directory.
@@ -97,7 +110,6 @@ pub struct Stack {
     pub sim: SimHandle,
     pub env: Vec<(String, String)>,
     pub dir: PathBuf,
-    pub http: reqwest::Client,
 }
 
 impl Stack {
@@ -111,17 +123,7 @@ impl Stack {
         let sim = kick_sim::start("127.0.0.1:0".parse().unwrap(), opts)
             .await
             .unwrap();
-        // The simulator's streamers (its numbering), as `kick-admin streamers import` would add them.
-        db.client()
-            .await
-            .execute(
-                "INSERT INTO streamers (username, kick_user_id, kick_channel_id, display_name)
-                 SELECT 'streamer' || i, 1000000 + 7 * i, 2000000 + 13 * i, 'Streamer' || i
-                 FROM generate_series(0::bigint, $1::bigint - 1) AS i",
-                &[&streamers],
-            )
-            .await
-            .unwrap();
+        add_streamers(&db.client().await, streamers).await;
         let mut env = db.env();
         env.extend(sim.env());
         env.push(("LOG_FORMAT".into(), "json".into()));
@@ -138,7 +140,6 @@ impl Stack {
             sim,
             env,
             dir,
-            http: reqwest::Client::new(),
         }
     }
 
@@ -177,15 +178,7 @@ impl Stack {
     }
 
     pub async fn control(&self, path: &str, body: Value) -> Value {
-        self.http
-            .post(format!("{}{path}", self.sim.url()))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.sim.control(path, body).await
     }
 
     /// The simulator's truth: slug → live.
@@ -268,14 +261,7 @@ impl Stack {
                 "{dup} staged rows produced more than one history row"
             ));
         }
-        let pending: i64 = c
-            .query_one(
-                "SELECT count(*) FROM raw_events WHERE processed_at IS NULL",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let (pending, _) = kick_shared::db::pending_events(&c).await.unwrap();
         if pending > 0 {
             return Err(format!("{pending} staged rows still pending"));
         }

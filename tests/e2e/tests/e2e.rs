@@ -88,16 +88,9 @@ async fn kill_9_the_writer() {
     let (stack, mut writer, mut collector) = running("pusher").await;
     writer.kill9();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let pending: i64 = stack
-        .client()
+    let (pending, _) = kick_shared::db::pending_events(&stack.client().await)
         .await
-        .query_one(
-            "SELECT count(*) FROM raw_events WHERE processed_at IS NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+        .unwrap();
     assert!(
         pending > 0,
         "events staged while the writer was dead wait in raw_events"

@@ -358,6 +358,20 @@ impl SimHandle {
             self.addr, self.sim.opts.pusher_key
         )
     }
+    /// POSTs `body` to a control endpoint (`/control/...`) and returns the JSON answer.
+    pub async fn control(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        self.sim
+            .http
+            .post(format!("{}{path}", self.url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// The `KICK_*` variables that point kick-monitor at this simulator.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![

@@ -108,13 +108,7 @@ async fn drain(events: i64) {
     let stack = Stack::start(sim_opts(0), &[]).await;
     let c = stack.client().await;
     let streamers: i64 = 10_000;
-    c.execute(
-        "INSERT INTO streamers (username, kick_user_id, kick_channel_id)
-         SELECT 'streamer' || i, 1000000 + 7 * i, 2000000 + 13 * i FROM generate_series(0::bigint, $1::bigint - 1) i",
-        &[&streamers],
-    )
-    .await
-    .unwrap();
+    kick_e2e::add_streamers(&c, streamers).await;
     // Alternating live/offline per streamer with increasing sessions: every event is a transition.
     c.execute(
         "INSERT INTO raw_events (source, event_name, kick_channel_id, livestream_id, dedupe_key, received_at)
@@ -147,14 +141,7 @@ async fn drain(events: i64) {
             &[("BATCH_SIZE", batch), ("LOG_LEVEL", level.as_str())],
         );
         loop {
-            let pending: i64 = c
-                .query_one(
-                    "SELECT count(*) FROM raw_events WHERE processed_at IS NULL",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
+            let (pending, _) = kick_shared::db::pending_events(&c).await.unwrap();
             if pending == 0 {
                 break;
             }
@@ -190,13 +177,7 @@ async fn writer_latency(rate: u64, seconds: u64) {
     let stack = Stack::start(sim_opts(0), &[]).await;
     let c = stack.client().await;
     let streamers: i64 = 10_000;
-    c.execute(
-        "INSERT INTO streamers (username, kick_user_id, kick_channel_id)
-         SELECT 'streamer' || i, 1000000 + 7 * i, 2000000 + 13 * i FROM generate_series(0::bigint, $1::bigint - 1) i",
-        &[&streamers],
-    )
-    .await
-    .unwrap();
+    kick_e2e::add_streamers(&c, streamers).await;
     let mut w = stack.spawn("kick-writer", QUIET);
     let (_l, mut changed) = kick_shared::db::listen(&stack.db.config, &["status_changed"])
         .await
