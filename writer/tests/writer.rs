@@ -13,7 +13,7 @@ use kick_writer::{WriterConfig, run_with_metrics};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/kick/fixtures");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/kick");
 
 fn cfg(batch: i64) -> ApplyConfig {
     ApplyConfig {

@@ -1,6 +1,11 @@
 //! Kick's official API: an app token by OAuth client credentials (cached, renewed before expiry,
 //! one retry after a 401), and the channel and livestream lookups, batched at 50 per request.
 //! An HTML page (a Cloudflare challenge, even with status 200) is an error, never "offline".
+//!
+//! Everything Kick sends is read with a size limit ([`PAGE_LIMIT`], [`SMALL_LIMIT`]) and every
+//! number in it is checked against a sane range before use (a token lifetime of `u64::MAX`
+//! seconds is clamped to [`TOKEN_LIFETIME`], with a WARN). The decoders are plain functions of
+//! the body ([`decode_page`], [`decode_token`]) so that they can be fuzzed without a network.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +19,18 @@ use crate::exit::{Classify, Exit};
 
 /// Kick accepts at most 50 ids or slugs per request.
 pub const BATCH: usize = 50;
+
+/// The most an API page (channels, livestreams, users: at most 50 items of a few KiB) may weigh.
+pub const PAGE_LIMIT: usize = 4 << 20;
+/// The most an OAuth or realtime negotiation answer may weigh (they are a few hundred bytes).
+pub const SMALL_LIMIT: usize = 64 << 10;
+/// Accepted app-token lifetimes: anything outside is clamped (Kick documents none; kicksdk saw
+/// 60 days, the OAuth examples one hour). Renewing at least daily costs one request a day.
+pub const TOKEN_LIFETIME: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(60)..=Duration::from_secs(86_400);
+/// The longest `Retry-After` we honour; a larger value is clamped (a typo at Kick must not park
+/// us for a week).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -29,6 +46,8 @@ pub enum ApiError {
     Html,
     #[error("kick sent a response we cannot read: {0}")]
     Decode(String),
+    #[error("kick sent a response larger than {limit} bytes; not read")]
+    TooLarge { limit: usize },
     #[error("not found on kick: {0}")]
     NotFound(String),
     #[error(transparent)]
@@ -38,7 +57,10 @@ pub enum ApiError {
 impl Classify for ApiError {
     fn exit(&self) -> Exit {
         match self {
-            ApiError::Unreachable(_) | ApiError::Html | ApiError::Decode(_) => Exit::Unavailable,
+            ApiError::Unreachable(_)
+            | ApiError::Html
+            | ApiError::Decode(_)
+            | ApiError::TooLarge { .. } => Exit::Unavailable,
             ApiError::Auth { .. } => Exit::NoPerm,
             ApiError::RateLimited { .. } => Exit::TempFail,
             ApiError::Status { status, .. } if *status >= 500 => Exit::Unavailable,
@@ -121,6 +143,86 @@ struct TokenResponse {
     expires_in: Option<serde_json::Value>,
 }
 
+/// An app token as the OAuth server granted it, its lifetime already clamped.
+#[derive(Debug)]
+pub struct TokenGrant {
+    pub access_token: SecretString,
+    pub lifetime: Duration,
+}
+
+/// Clamps a duration from outside into `range`, with a WARN naming what was clamped.
+pub fn clamp_duration(
+    what: &str,
+    value: Duration,
+    range: &std::ops::RangeInclusive<Duration>,
+) -> Duration {
+    let clamped = value.clamp(*range.start(), *range.end());
+    if clamped != value {
+        tracing::warn!(
+            what,
+            value_s = value.as_secs(),
+            clamped_s = clamped.as_secs(),
+            "value from kick out of range: clamped"
+        );
+    }
+    clamped
+}
+
+/// Decodes an OAuth token answer (no envelope). `expires_in` may be a number or a string, or
+/// absent (an hour is assumed); the lifetime is clamped to [`TOKEN_LIFETIME`].
+pub fn decode_token(body: &str) -> Result<TokenGrant, ApiError> {
+    if looks_like_html(body) {
+        return Err(ApiError::Html);
+    }
+    let tr: TokenResponse =
+        serde_json::from_str(body).map_err(|e| ApiError::Decode(format!("token: {e}")))?;
+    if tr.access_token.is_empty() {
+        return Err(ApiError::Decode("token: empty access_token".into()));
+    }
+    let seconds = match tr.expires_in {
+        None | Some(serde_json::Value::Null) => 3600,
+        Some(v) => v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            // A negative or fractional lifetime is as good as none: renew soon.
+            .or_else(|| v.as_f64().map(|f| if f > 0.0 { f as u64 } else { 0 }))
+            .ok_or_else(|| ApiError::Decode(format!("token: expires_in is {v}")))?,
+    };
+    Ok(TokenGrant {
+        access_token: SecretString::from(tr.access_token),
+        lifetime: clamp_duration(
+            "oauth expires_in",
+            Duration::from_secs(seconds),
+            &TOKEN_LIFETIME,
+        ),
+    })
+}
+
+/// Decodes an API answer `{"data": T, "message": …}`. `path` names it in errors.
+pub fn decode_page<T: serde::de::DeserializeOwned>(path: &str, body: &str) -> Result<T, ApiError> {
+    if looks_like_html(body) {
+        return Err(ApiError::Html);
+    }
+    let env: Envelope<T> =
+        serde_json::from_str(body).map_err(|e| ApiError::Decode(format!("{path}: {e}")))?;
+    Ok(env.data)
+}
+
+/// Reads a response body, refusing more than `limit` bytes (the rest is never buffered).
+pub async fn read_body(mut resp: reqwest::Response, limit: usize) -> Result<String, ApiError> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&e))? {
+        if buf.len().saturating_add(chunk.len()) > limit {
+            return Err(ApiError::TooLarge { limit });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
 struct Token {
     value: SecretString,
     renew_at: Instant,
@@ -151,7 +253,7 @@ fn transport_error(e: &reqwest::Error) -> ApiError {
     ApiError::Unreachable(msg.to_lowercase())
 }
 
-fn looks_like_html(body: &str) -> bool {
+pub fn looks_like_html(body: &str) -> bool {
     let head = body
         .trim_start()
         .get(..200.min(body.trim_start().len()))
@@ -204,36 +306,25 @@ impl ApiClient {
             .map_err(|e| transport_error(&e))?;
         let status = resp.status().as_u16();
         let retry_after = retry_after(&resp);
-        let body = resp.text().await.map_err(|e| transport_error(&e))?;
+        let body = read_body(resp, SMALL_LIMIT).await?;
         match status {
             200 => {}
             400 | 401 | 403 => return Err(ApiError::Auth { status }),
             429 => return Err(ApiError::RateLimited { retry_after }),
             _ => return Err(status_error(status, &body)),
         }
-        if looks_like_html(&body) {
-            return Err(ApiError::Html);
-        }
-        let tr: TokenResponse =
-            serde_json::from_str(&body).map_err(|e| ApiError::Decode(format!("token: {e}")))?;
-        let expires_in = tr
-            .expires_in
-            .and_then(|v| {
-                v.as_u64()
-                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-            })
-            .unwrap_or(3600);
-        // Renew at 90% of the lifetime, and at least a minute early.
-        let lifetime = Duration::from_secs(expires_in);
+        let grant = decode_token(&body)?;
+        // Renew at 90% of the lifetime, and at least a minute early (never past half of it).
+        let lifetime = grant.lifetime;
         let early = (lifetime / 10)
             .max(Duration::from_secs(60))
             .min(lifetime / 2);
-        let value = SecretString::from(tr.access_token);
+        let value = grant.access_token;
         *guard = Some(Token {
             value: value.clone(),
-            renew_at: Instant::now() + lifetime - early,
+            renew_at: Instant::now() + lifetime.saturating_sub(early),
         });
-        tracing::debug!(expires_in, "kick app token obtained");
+        tracing::debug!(lifetime_s = lifetime.as_secs(), "kick app token obtained");
         Ok(value)
     }
 
@@ -255,16 +346,9 @@ impl ApiClient {
                 .map_err(|e| transport_error(&e))?;
             let status = resp.status().as_u16();
             let retry_after = retry_after(&resp);
-            let body = resp.text().await.map_err(|e| transport_error(&e))?;
+            let body = read_body(resp, PAGE_LIMIT).await?;
             match status {
-                200 => {
-                    if looks_like_html(&body) {
-                        return Err(ApiError::Html);
-                    }
-                    let env: Envelope<T> = serde_json::from_str(&body)
-                        .map_err(|e| ApiError::Decode(format!("{path}: {e}")))?;
-                    return Ok(env.data);
-                }
+                200 => return decode_page(path, &body),
                 401 if attempt == 0 => {
                     *self.token.lock().await = None;
                     continue;
@@ -366,15 +450,16 @@ impl ApiClient {
     }
 }
 
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+/// `Retry-After` in seconds, clamped to [`MAX_RETRY_AFTER`] (an HTTP date is ignored).
+pub fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     resp.headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
 }
 
-fn status_error(status: u16, body: &str) -> ApiError {
+pub fn status_error(status: u16, body: &str) -> ApiError {
     if looks_like_html(body) {
         return ApiError::Html;
     }
@@ -388,4 +473,62 @@ fn status_error(status: u16, body: &str) -> ApiError {
         })
         .unwrap_or_else(|| body.chars().take(120).collect());
     ApiError::Status { status, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_lifetimes_from_outside_are_clamped() {
+        let cases: &[(&str, u64)] = &[
+            (r#"{"access_token":"a","expires_in":3600}"#, 3600),
+            (r#"{"access_token":"a","expires_in":"7200"}"#, 7200),
+            (r#"{"access_token":"a"}"#, 3600),
+            (r#"{"access_token":"a","expires_in":null}"#, 3600),
+            (
+                r#"{"access_token":"a","expires_in":18446744073709551615}"#,
+                86_400,
+            ),
+            (r#"{"access_token":"a","expires_in":1e300}"#, 86_400),
+            (r#"{"access_token":"a","expires_in":-5}"#, 60),
+            (r#"{"access_token":"a","expires_in":0}"#, 60),
+            (r#"{"access_token":"a","expires_in":5184000}"#, 86_400),
+        ];
+        for (body, want) in cases {
+            let g = decode_token(body).unwrap_or_else(|e| panic!("{body}: {e}"));
+            assert_eq!(g.lifetime, Duration::from_secs(*want), "{body}");
+        }
+        for bad in [
+            "",
+            "<!DOCTYPE html><html>",
+            r#"{"access_token":""}"#,
+            r#"{"access_token":5}"#,
+            r#"{"access_token":"a","expires_in":{"x":1}}"#,
+            r#"[1,2]"#,
+        ] {
+            assert!(decode_token(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pages_decode_or_fail_cleanly() {
+        let chs: Vec<Channel> = decode_page(
+            "/c",
+            r#"{"data":[{"broadcaster_user_id":1,"slug":"a","stream":{"is_live":true,"start_time":"2026-01-01T00:00:00Z"}}],"message":"OK"}"#,
+        )
+        .unwrap();
+        assert!(chs[0].is_live());
+        assert!(matches!(
+            decode_page::<Vec<Channel>>("/c", "<html>"),
+            Err(ApiError::Html)
+        ));
+        assert!(matches!(
+            decode_page::<Vec<Channel>>("/c", r#"{"data":[{"broadcaster_user_id":"x"}]}"#),
+            Err(ApiError::Decode(_))
+        ));
+        // Deep nesting is refused by the JSON parser's recursion limit, not by a stack overflow.
+        let deep = format!("{{\"data\":{}{}}}", "[".repeat(3000), "]".repeat(3000));
+        assert!(decode_page::<Vec<Channel>>("/c", &deep).is_err());
+    }
 }

@@ -400,10 +400,12 @@ pub fn centrifugo_close_action(code: u16) -> CloseAction {
 mod tests {
     use super::*;
 
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/kick/fixtures");
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/kick");
 
-    fn fixture(name: &str) -> Option<String> {
-        std::fs::read_to_string(format!("{FIXTURES}/{name}")).ok()
+    /// A recorded payload from `tests/fixtures/kick` (in the repository: a missing file fails).
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(format!("{FIXTURES}/{name}"))
+            .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
     }
 
     #[test]
@@ -503,11 +505,7 @@ mod tests {
 
     #[test]
     fn every_recorded_fixture_decodes() {
-        let Some(text) = fixture("centrifugo-publication.push.streamer-is-live.RECONSTRUCTED.json")
-        else {
-            eprintln!("fixtures not present beside the workspace; skipped");
-            return;
-        };
+        let text = fixture("centrifugo-publication.push.streamer-is-live.RECONSTRUCTED.json");
         let compact: Value = serde_json::from_str(&text).unwrap();
         let msgs = decode_centrifugo(&compact.to_string());
         assert!(matches!(
@@ -517,10 +515,9 @@ mod tests {
                 ..
             })
         ));
-        let stop: Value = serde_json::from_str(
-            &fixture("centrifugo-publication.push.stop-stream-broadcast.RECONSTRUCTED.json")
-                .unwrap(),
-        )
+        let stop: Value = serde_json::from_str(&fixture(
+            "centrifugo-publication.push.stop-stream-broadcast.RECONSTRUCTED.json",
+        ))
         .unwrap();
         assert!(matches!(
             decode_centrifugo(&stop.to_string())[0],
@@ -530,8 +527,7 @@ mod tests {
             })
         ));
         let connect: Value =
-            serde_json::from_str(&fixture("centrifugo-connect.reply.2026-10-03.json").unwrap())
-                .unwrap();
+            serde_json::from_str(&fixture("centrifugo-connect.reply.2026-10-03.json")).unwrap();
         assert!(matches!(
             decode_centrifugo(&connect.to_string())[0],
             Ok(CentrifugoMsg::Connect { pong: true, .. })
@@ -541,7 +537,7 @@ mod tests {
         for entry in std::fs::read_dir(FIXTURES).unwrap() {
             let name = entry.unwrap().file_name().into_string().unwrap();
             if name.starts_with("pusher-") && name.contains(".frame.") {
-                let text = fixture(&name).unwrap();
+                let text = fixture(&name);
                 let compact: Value = serde_json::from_str(&text).unwrap();
                 let frame =
                     decode_pusher(&compact.to_string()).unwrap_or_else(|e| panic!("{name}: {e}"));

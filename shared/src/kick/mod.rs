@@ -1,6 +1,7 @@
 //! The Kick protocol: realtime frames (Pusher protocol 7 and Centrifugo JSON) decoded into closed
 //! enums, and the official REST API client (OAuth client credentials, channels, livestreams).
-//! See `shared/kick/PROTOCOL.md` in the project's reference material for every shape handled here.
+//! The recorded payloads these decoders are tested against, and where each came from, are in
+//! `tests/fixtures/kick/` (its README).
 
 pub mod api;
 pub mod frame;

@@ -1,4 +1,4 @@
-//! Fidelity: every response kick-sim serves that has a recorded fixture (`shared/kick/fixtures`)
+//! Fidelity: every response kick-sim serves that has a recorded fixture (`tests/fixtures/kick`)
 //! is compared field by field with it: the same keys at every level, values of the same JSON
 //! type, and JSON-in-JSON `data` strings compared after decoding. Extra keys are allowed only
 //! where listed (with the reason).
@@ -9,7 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/kick/fixtures");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/kick");
 
 fn fixture(name: &str) -> Value {
     let text = std::fs::read_to_string(format!("{FIXTURES}/{name}"))
