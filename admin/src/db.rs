@@ -139,6 +139,7 @@ const GRANTS: &str = "
     GRANT INSERT, SELECT (raw_event_id) ON status_events TO kick_writer;
     GRANT USAGE ON SEQUENCE status_events_id_seq TO kick_writer;
     GRANT SELECT ON v_pending_events, v_config_plain TO kick_collector, kick_writer;
+    GRANT SELECT ON refinery_schema_history TO kick_collector, kick_writer;
 ";
 
 /// Creates (or updates) the service roles and their grants; idempotent.

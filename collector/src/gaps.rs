@@ -1,71 +1,51 @@
 //! Coverage gaps: when a subscribed socket goes down, a `coverage_gaps` row records it (from,
 //! to, close code, and what the reconcile after it found), so an operator can query when the
-//! realtime feed was blind. While the socket is down the REST API covers its streamers; if the
-//! API fails too, their status becomes `unknown`, never `offline`.
+//! realtime feed was blind. The placement opens gaps; the reconciler closes them.
 
-use std::collections::BTreeSet;
+use crate::ctx::Ctx;
 
-use chrono::{DateTime, Utc};
-
-use crate::Ctx;
-
-/// Records the start of a gap and starts covering the shard's streamers by REST. Returns the
-/// gap's start and row id.
-pub async fn socket_down(
-    ctx: &std::sync::Arc<Ctx>,
-    shard: usize,
-    channels: &BTreeSet<i64>,
+/// Records the start of a gap; returns its row id (`None` when the database is unavailable: the
+/// gap is then only in the logs).
+pub async fn open(
+    ctx: &Ctx,
+    socket: usize,
+    channels: usize,
     code: Option<u16>,
     reason: &str,
-) -> Option<(DateTime<Utc>, i64)> {
-    let now = Utc::now();
-    let id = match ctx.db().await {
-        Ok(c) => c
-            .query_one(
-                "INSERT INTO coverage_gaps (collector_id, shard, channels, down_from, close_code, reason)
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-                &[&ctx.collector_id, &(shard as i32), &(channels.len() as i32), &now, &code.map(i32::from), &reason],
-            )
-            .await
-            .map(|r| r.get::<_, i64>(0))
-            .ok(),
-        Err(_) => None,
-    };
-    let gap_id = id.unwrap_or(-now.timestamp_millis());
-    let ctx = ctx.clone();
-    let chans: Vec<i64> = channels.iter().copied().collect();
-    tokio::spawn(async move {
-        if crate::reconcile::run(&ctx, crate::reconcile::Scope::Channels(chans.clone()))
-            .await
-            .is_err()
-        {
-            let key = format!("{}:{gap_id}", ctx.collector_id);
-            match crate::reconcile::mark_unknown(&ctx, &chans, &key).await {
-                Ok(n) if n > 0 => tracing::warn!(
-                    shard,
-                    streamers = n,
-                    "socket down and kick api failing: statuses marked unknown"
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot mark statuses unknown"),
-            }
+) -> Option<i64> {
+    let reason: String = reason.chars().take(300).collect();
+    let rows = ctx
+        .query(
+            "INSERT INTO coverage_gaps (collector_id, shard, channels, down_from, close_code, reason)
+             VALUES ($1, $2, $3, clock_timestamp(), $4, $5) RETURNING id",
+            &[
+                &ctx.collector_id,
+                &i32::try_from(socket).unwrap_or(i32::MAX),
+                &i32::try_from(channels).unwrap_or(i32::MAX),
+                &code.map(i32::from),
+                &reason,
+            ],
+        )
+        .await;
+    match rows {
+        Ok(rows) => rows.first().map(|r| r.get("id")),
+        Err(e) => {
+            tracing::warn!(error = %e, socket, "coverage gap not recorded");
+            None
         }
-    });
-    Some((now, gap_id))
+    }
 }
 
 /// Closes a gap once the socket is subscribed again and its reconcile has run.
-pub async fn socket_up(ctx: &Ctx, gap_id: i64, transitions_found: Option<usize>) {
-    if gap_id < 0 {
-        return;
-    }
-    if let Ok(c) = ctx.db().await {
-        let found = transitions_found.map(|n| n as i32);
-        let _ = c
-            .execute(
-                "UPDATE coverage_gaps SET down_to = now(), transitions_found = $2 WHERE id = $1",
-                &[&gap_id, &found],
-            )
-            .await;
+pub async fn close(ctx: &Ctx, gap_id: i64, transitions_found: Option<usize>) {
+    let found = transitions_found.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
+    if let Err(e) = ctx
+        .query(
+            "UPDATE coverage_gaps SET down_to = now(), transitions_found = $2 WHERE id = $1",
+            &[&gap_id, &found],
+        )
+        .await
+    {
+        tracing::warn!(error = %e, gap_id, "coverage gap not closed");
     }
 }

@@ -27,7 +27,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         };
     }
-    let config = match kick_shared::service_config("kick-collector").await {
+    let config = match kick_shared::service_config("kick-collector") {
         Ok(c) => c,
         Err(code) => return code,
     };

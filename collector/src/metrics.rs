@@ -1,6 +1,8 @@
 //! The collector's Prometheus metrics: sockets by state, subscriptions, frames by event, rows
-//! staged, reconcile differences, reconnects by close code, and frame → staged latency.
+//! staged, rejected and spooled, reconcile differences, reconnects by close code, supervised
+//! task restarts, health, clock skew, and frame → staged latency.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kick_shared::metrics::{
@@ -16,6 +18,18 @@ pub struct CollectorMetrics {
     pub malformed: LabeledCounter,
     pub reconnects: LabeledCounter,
     pub staged: Counter,
+    pub rejected: Counter,
+    pub spooled: Gauge,
+    pub oldest_buffered_seconds: Gauge,
+    pub watched_channels: AtomicUsize,
+    pub subscriptions_refused: Counter,
+    pub reconciles_skipped: Counter,
+    pub task_restarts: Arc<LabeledCounter>,
+    pub tasks_down: AtomicUsize,
+    pub healthy: Gauge,
+    pub db_up: Gauge,
+    pub clock_skew_seconds: Gauge,
+    pub last_heartbeat: Gauge,
     pub duplicates: Counter,
     pub dropped: Counter,
     pub db_errors: Counter,
@@ -37,6 +51,18 @@ impl Default for CollectorMetrics {
             malformed: LabeledCounter::default(),
             reconnects: LabeledCounter::default(),
             staged: Counter::default(),
+            rejected: Counter::default(),
+            spooled: Gauge::default(),
+            oldest_buffered_seconds: Gauge::default(),
+            watched_channels: AtomicUsize::new(0),
+            subscriptions_refused: Counter::default(),
+            reconciles_skipped: Counter::default(),
+            task_restarts: Arc::new(LabeledCounter::default()),
+            tasks_down: AtomicUsize::new(0),
+            healthy: Gauge::default(),
+            db_up: Gauge::default(),
+            clock_skew_seconds: Gauge::default(),
+            last_heartbeat: Gauge::default(),
             duplicates: Counter::default(),
             dropped: Counter::default(),
             db_errors: Counter::default(),
@@ -113,7 +139,7 @@ impl Render for CollectorMetrics {
             )
             .counter(
                 "kick_collector_db_errors_total",
-                "Staging failures (the batch is retried).",
+                "Staging failures (the events are kept: retried or spooled).",
                 self.db_errors.get(),
             )
             .gauge(
@@ -140,6 +166,68 @@ impl Render for CollectorMetrics {
                 "kick_collector_rate_limited_total",
                 "Kick API 429 answers.",
                 self.rate_limited.get(),
+            )
+            .counter(
+                "kick_collector_rows_rejected_total",
+                "Rows the database refused for their content, kept as rejected (processed).",
+                self.rejected.get(),
+            )
+            .gauge(
+                "kick_collector_spooled_events",
+                "Events in the local spool, waiting for the database.",
+                self.spooled.get(),
+            )
+            .gauge(
+                "kick_collector_oldest_buffered_seconds",
+                "Age of the oldest event not yet in the database (buffer or spool).",
+                self.oldest_buffered_seconds.get(),
+            )
+            .gauge(
+                "kick_collector_watched_channels",
+                "Realtime channels this collector should be subscribed to.",
+                self.watched_channels.load(Ordering::Relaxed) as f64,
+            )
+            .counter(
+                "kick_collector_subscriptions_refused_total",
+                "Subscriptions the realtime server refused.",
+                self.subscriptions_refused.get(),
+            )
+            .counter(
+                "kick_collector_reconciles_skipped_total",
+                "Periodic reconciliations skipped because one was still running.",
+                self.reconciles_skipped.get(),
+            )
+            .labeled(
+                "kick_collector_task_restarts_total",
+                "Supervised tasks restarted after they ended or panicked, by task.",
+                "counter",
+                "task",
+                &self.task_restarts.snapshot(),
+            )
+            .gauge(
+                "kick_collector_tasks_down",
+                "Supervised tasks waiting to be restarted.",
+                self.tasks_down.load(Ordering::Relaxed) as f64,
+            )
+            .gauge(
+                "kick_collector_healthy",
+                "1 when the collector has no problem (see /healthz), else 0.",
+                self.healthy.get(),
+            )
+            .gauge(
+                "kick_collector_db_up",
+                "1 when the database answered the last heartbeat, else 0.",
+                self.db_up.get(),
+            )
+            .gauge(
+                "kick_collector_clock_skew_seconds",
+                "This host's clock minus the database's, measured with each heartbeat.",
+                self.clock_skew_seconds.get(),
+            )
+            .gauge(
+                "kick_collector_last_heartbeat_timestamp_seconds",
+                "Unix time of the last heartbeat the database accepted.",
+                self.last_heartbeat.get(),
             )
             .histogram(
                 "kick_collector_stage_latency_seconds",

@@ -1,42 +1,58 @@
 //! Staging: events from every socket and from reconciliation become rows of `raw_events`,
-//! inserted in batches (up to `BATCH_SIZE` rows or a few milliseconds, whichever comes first)
-//! with `ON CONFLICT (dedupe_key) DO NOTHING` and one `NOTIFY raw_events` per batch in the same
-//! transaction, committed durably: the staged rows are the only copy of what Kick pushed.
+//! committed durably (`synchronous_commit = on`: the staged rows are the only copy of what Kick
+//! pushed), with `ON CONFLICT (dedupe_key) DO NOTHING` and one `NOTIFY raw_events` per batch in
+//! the same transaction.
 //!
-//! If PostgreSQL is unavailable, events wait in a bounded buffer and the insert is retried until
-//! the database is back. When the buffer is full, new events are refused: counted, and logged
-//! at ERROR (an operator must act); the next reconciliation restores the truth.
+//! **Group commit.** A batch is whatever is waiting when the previous commit ends (up to
+//! `BATCH_SIZE`): an idle collector commits each event at once, a busy one commits what arrived
+//! during the previous commit. No timer waits for more.
+//!
+//! **Poison isolation.** A batch the database refuses for its data (SQLSTATE classes 22, 23 and
+//! 54) is split in halves until the offending rows are found; the good rows commit, and each bad
+//! row is kept, already processed, with the outcome `rejected: <reason>` and its original bytes
+//! (base64) in the payload. One bad row affects only itself.
+//!
+//! **Outages.** Any other failure (the connection, a hung server, a permission problem) is an
+//! outage: after [`STALL`] without an answer, buffered events go to the [`Spool`] (fsync'd), and
+//! so does every event that arrives until the database answers again; then the spool is replayed
+//! in order, and normal staging resumes. At shutdown, what cannot be committed within a few
+//! seconds is spooled too. A process killed at any moment therefore loses at most the events of
+//! the last second that had not yet reached the spool or the database.
+//!
+//! **Clock.** Rows are stamped by the database (`received_at = clock_timestamp()`). An event that
+//! waited in a buffer or the spool is stamped instead with its observation time corrected by the
+//! measured clock skew, so that a replay does not make old news look new.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use kick_shared::config::DbConfig;
 use kick_shared::db;
+use kick_shared::health::Health;
 use kick_shared::model::Source;
-use tokio::sync::mpsc;
+use tokio::sync::{Mutex, mpsc};
+use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::CollectorMetrics;
+use crate::rows::{self, Staged};
+use crate::spool::{Spool, SpoolError};
 
-/// One row for `raw_events`.
-#[derive(Debug, Clone)]
-pub struct Staged {
-    pub source: Source,
-    pub topic: Option<String>,
-    pub event_name: &'static str,
-    pub channel_id: Option<i64>,
-    pub user_id: Option<i64>,
-    pub livestream_id: Option<i64>,
-    pub event_time: Option<DateTime<Utc>>,
-    /// The event's JSON, serialized (compact: thousands may wait in the buffer).
-    pub payload: String,
-    pub dedupe_key: String,
-    pub received_at: DateTime<Utc>,
-    /// When the frame arrived, for the frame → staged latency.
-    pub arrived: Instant,
-}
+/// An insert without an answer for this long means the database is unavailable (or hung): the
+/// events go to the spool instead of waiting in memory.
+pub const STALL: Duration = Duration::from_secs(2);
+/// An insert without an answer for this long is suspect: its batch and what arrives meanwhile
+/// are written to the spool at once (a normal commit takes milliseconds).
+pub const SUSPECT: Duration = Duration::from_millis(500);
+/// An event that waited longer than this is stamped with its (skew-corrected) observation time.
+const WAITED: Duration = Duration::from_secs(1);
+/// A buffered event older than this makes the collector unhealthy ("staging stalled").
+pub const STALLED_AFTER: Duration = Duration::from_secs(30);
+/// At shutdown, events not committed within this long are spooled.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 
 /// The sending side, cloned into every socket task and the reconciler.
 #[derive(Debug, Clone)]
@@ -77,160 +93,168 @@ impl StagerHandle {
     }
 }
 
-const INSERT: &str = "INSERT INTO raw_events
-    (source, topic, event_name, kick_channel_id, kick_user_id, livestream_id, event_time, payload,
-     dedupe_key, collector_id, received_at)
-    SELECT s, t, n, c, u, l, e, p::jsonb, k, i, r
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
-                $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::timestamptz[])
-         AS x(s, t, n, c, u, l, e, p, k, i, r)
-    ON CONFLICT (dedupe_key) DO NOTHING";
+/// What the heartbeat reports about staging.
+#[derive(Debug, Default)]
+pub struct StagerStatus {
+    pub buffered: AtomicU64,
+    pub spooled: AtomicU64,
+    /// Unix milliseconds of the oldest event not yet in the database (0: none).
+    pub oldest_ms: AtomicI64,
+    /// The collector's clock minus the database's, in milliseconds (set by the heartbeat).
+    pub skew_ms: AtomicI64,
+}
 
-/// Starts the stager task. `capacity` bounds the events waiting for the database.
-pub fn start(
+impl StagerStatus {
+    pub fn oldest_buffered_at(&self) -> Option<DateTime<Utc>> {
+        match self.oldest_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => DateTime::from_timestamp_millis(ms),
+        }
+    }
+}
+
+/// Everything the stager task needs; it survives the task (a restart continues with the same
+/// queue, buffer and spool).
+#[derive(Debug)]
+pub struct Stager {
+    db: DbConfig,
+    collector_id: String,
+    batch_size: usize,
+    metrics: Arc<CollectorMetrics>,
+    health: Arc<Health>,
+    pub status: Arc<StagerStatus>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    rx: mpsc::Receiver<Staged>,
+    pending: VecDeque<Staged>,
+    spool: Spool,
+    /// Observation time of the oldest event in the spool.
+    spool_oldest: Option<DateTime<Utc>>,
+    /// Since when the database has been unavailable, and why.
+    outage: Option<(Instant, DateTime<Utc>, String)>,
+}
+
+/// Creates the stager: `capacity` bounds the events waiting in memory; `spool` takes the rest.
+pub fn new(
     db: DbConfig,
     collector_id: String,
     batch_size: usize,
     capacity: usize,
+    spool: Spool,
     metrics: Arc<CollectorMetrics>,
-    shutdown: CancellationToken,
-) -> (StagerHandle, tokio::task::JoinHandle<()>) {
+    health: Arc<Health>,
+) -> (StagerHandle, Arc<Stager>) {
     let (tx, rx) = mpsc::channel(capacity);
     let handle = StagerHandle {
         tx,
         metrics: metrics.clone(),
     };
-    let task = tokio::spawn(run(db, collector_id, batch_size, rx, metrics, shutdown));
-    (handle, task)
+    let spool_oldest = (!spool.is_empty()).then(Utc::now);
+    let stager = Arc::new(Stager {
+        db,
+        collector_id,
+        batch_size: batch_size.max(1),
+        metrics,
+        health,
+        status: Arc::new(StagerStatus::default()),
+        state: Mutex::new(State {
+            rx,
+            pending: VecDeque::new(),
+            spool,
+            spool_oldest,
+            outage: None,
+        }),
+    });
+    (handle, stager)
 }
 
-async fn run(
-    db: DbConfig,
-    collector_id: String,
-    batch_size: usize,
-    mut rx: mpsc::Receiver<Staged>,
-    metrics: Arc<CollectorMetrics>,
-    shutdown: CancellationToken,
-) {
-    let mut client: Option<(tokio_postgres::Client, tokio_postgres::Statement)> = None;
-    let mut pending: VecDeque<Staged> = VecDeque::new();
-    let mut backoff = Duration::from_millis(100);
-    let linger = Duration::from_millis(2);
-    loop {
-        // Gather a batch: wait for the first event, then up to `linger` for more.
-        if pending.is_empty() {
-            tokio::select! {
-                ev = rx.recv() => match ev {
-                    Some(ev) => pending.push_back(ev),
-                    None => return,
-                },
-                _ = shutdown.cancelled() => {
-                    // Flush whatever is still queued, then stop.
-                    rx.close();
-                    while let Ok(ev) = rx.try_recv() { pending.push_back(ev); }
-                    if pending.is_empty() { return; }
-                }
-            }
-            let deadline = tokio::time::Instant::now() + linger;
-            while pending.len() < batch_size {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(ev)) => pending.push_back(ev),
-                    _ => break,
-                }
-            }
-        }
-        while pending.len() < batch_size {
-            match rx.try_recv() {
-                Ok(ev) => pending.push_back(ev),
-                Err(_) => break,
-            }
-        }
-        metrics.buffered.set(pending.len() as f64);
-        if client.is_none() {
-            match connect(&db).await {
-                Ok(c) => client = Some(c),
-                Err(e) => {
-                    metrics.db_errors.inc();
-                    tracing::warn!(error = %e, buffered = pending.len(), retry_in_ms = backoff.as_millis() as u64, "staging: database unavailable");
-                    if shutdown.is_cancelled() && backoff >= Duration::from_secs(2) {
-                        tracing::error!(
-                            lost = pending.len(),
-                            "shutting down with events the database never accepted"
-                        );
-                        return;
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            }
-        }
-        let n = pending.len().min(batch_size);
-        let batch: Vec<&Staged> = pending.iter().take(n).collect();
-        let (c, stmt) = client.as_mut().unwrap();
-        match insert(c, stmt, &batch, &collector_id).await {
-            Ok(inserted) => {
-                backoff = Duration::from_millis(100);
-                let now = Instant::now();
-                for ev in &batch {
-                    metrics
-                        .stage_latency
-                        .observe(now.duration_since(ev.arrived).as_secs_f64());
-                }
-                metrics.staged.add(inserted);
-                metrics.duplicates.add(n as u64 - inserted);
-                pending.drain(..n);
-            }
-            Err(e) => {
-                metrics.db_errors.inc();
-                if db::is_transient(&e) {
-                    tracing::warn!(error = %db::cause_line(&e), buffered = pending.len(), "staging insert failed, will retry");
-                } else {
-                    // Not a passing fault (e.g. permission denied): an operator must act. The
-                    // batch is kept and retried; nothing is dropped.
-                    tracing::error!(error = %db::cause_line(&e), buffered = pending.len(), retry_in_ms = backoff.as_millis() as u64, "staging insert refused by the database");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-                client = None;
-            }
-        }
-    }
+const INSERT: &str = "INSERT INTO raw_events
+    (source, topic, event_name, kick_channel_id, kick_user_id, livestream_id, event_time, payload,
+     dedupe_key, collector_id, observed_at, received_at, processed_at, outcome)
+    SELECT s, t, n, c, u, l, e, p::jsonb, k, $10, o,
+           least(coalesce(r, clock_timestamp()), clock_timestamp()),
+           CASE WHEN x IS NULL THEN NULL ELSE clock_timestamp() END, x
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
+                $7::timestamptz[], $8::text[], $9::text[], $11::timestamptz[], $12::timestamptz[],
+                $13::text[])
+         AS v(s, t, n, c, u, l, e, p, k, o, r, x)
+    ON CONFLICT (dedupe_key) DO NOTHING";
+
+/// A database connection ready to stage.
+struct Conn {
+    client: tokio_postgres::Client,
+    insert: tokio_postgres::Statement,
 }
 
-async fn connect(
-    db: &DbConfig,
-) -> Result<(tokio_postgres::Client, tokio_postgres::Statement), db::DbError> {
-    let c = db::connect(db).await?;
-    c.batch_execute("SET application_name = 'kick-collector'; SET synchronous_commit = on; SET plan_cache_mode = force_generic_plan")
+async fn connect(db: &DbConfig) -> Result<Conn, db::DbError> {
+    let client = db::connect(db).await?;
+    // The statement timeout ends a query the server accepted but cannot finish (a lock held
+    // elsewhere); a hung server is caught on our side by STALL.
+    client
+        .batch_execute(
+            "SET application_name = 'kick-collector'; SET synchronous_commit = on;
+             SET plan_cache_mode = force_generic_plan; SET statement_timeout = '15s'",
+        )
         .await?;
-    let stmt = c.prepare(INSERT).await?;
-    Ok((c, stmt))
+    let insert = client.prepare(INSERT).await?;
+    Ok(Conn { client, insert })
 }
 
+/// Whether the database refused the rows for their content (so retrying them unchanged can
+/// never succeed, and another row of the batch is not to blame).
+fn is_data_error(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        let class = &c.code()[..2];
+        matches!(class, "22" | "23" | "54") && c != &SqlState::T_R_SERIALIZATION_FAILURE
+    })
+}
+
+/// One insert transaction; returns the number of rows inserted (not deduplicated).
 async fn insert(
-    c: &mut tokio_postgres::Client,
-    stmt: &tokio_postgres::Statement,
-    batch: &[&Staged],
+    conn: &mut Conn,
+    rows: &[&Staged],
     collector_id: &str,
+    skew_ms: i64,
 ) -> Result<u64, tokio_postgres::Error> {
-    let source: Vec<&str> = batch.iter().map(|e| e.source.as_str()).collect();
-    let topic: Vec<Option<&str>> = batch.iter().map(|e| e.topic.as_deref()).collect();
-    let name: Vec<&str> = batch.iter().map(|e| e.event_name).collect();
-    let chan: Vec<Option<i64>> = batch.iter().map(|e| e.channel_id).collect();
-    let user: Vec<Option<i64>> = batch.iter().map(|e| e.user_id).collect();
-    let ls: Vec<Option<i64>> = batch.iter().map(|e| e.livestream_id).collect();
-    let at: Vec<Option<DateTime<Utc>>> = batch.iter().map(|e| e.event_time).collect();
-    let payload: Vec<&str> = batch.iter().map(|e| e.payload.as_str()).collect();
-    let key: Vec<&str> = batch.iter().map(|e| e.dedupe_key.as_str()).collect();
-    let cid: Vec<&str> = batch.iter().map(|_| collector_id).collect();
-    let recv: Vec<DateTime<Utc>> = batch.iter().map(|e| e.received_at).collect();
-    let tx = c.transaction().await?;
+    let source: Vec<&str> = rows.iter().map(|e| e.source.as_str()).collect();
+    let topic: Vec<Option<&str>> = rows.iter().map(|e| e.topic.as_deref()).collect();
+    let name: Vec<&str> = rows.iter().map(|e| e.event_name.as_str()).collect();
+    let chan: Vec<Option<i64>> = rows.iter().map(|e| e.channel_id).collect();
+    let user: Vec<Option<i64>> = rows.iter().map(|e| e.user_id).collect();
+    let ls: Vec<Option<i64>> = rows.iter().map(|e| e.livestream_id).collect();
+    let at: Vec<Option<DateTime<Utc>>> = rows.iter().map(|e| e.event_time).collect();
+    let payload: Vec<&str> = rows.iter().map(|e| e.payload.as_str()).collect();
+    let key: Vec<&str> = rows.iter().map(|e| e.dedupe_key.as_str()).collect();
+    let obs: Vec<DateTime<Utc>> = rows.iter().map(|e| e.observed_at).collect();
+    let recv: Vec<Option<DateTime<Utc>>> = rows
+        .iter()
+        .map(|e| {
+            e.received_at
+                .or_else(|| (e.arrived.elapsed() > WAITED).then(|| db_time(e.observed_at, skew_ms)))
+        })
+        .collect();
+    let outcome: Vec<Option<&str>> = rows.iter().map(|e| e.outcome.as_deref()).collect();
+    let tx = conn.client.transaction().await?;
     let n = tx
         .execute(
-            stmt,
+            &conn.insert,
             &[
-                &source, &topic, &name, &chan, &user, &ls, &at, &payload, &key, &cid, &recv,
+                &source,
+                &topic,
+                &name,
+                &chan,
+                &user,
+                &ls,
+                &at,
+                &payload,
+                &key,
+                &collector_id,
+                &obs,
+                &recv,
+                &outcome,
             ],
         )
         .await?;
@@ -239,4 +263,426 @@ async fn insert(
     }
     tx.commit().await?;
     Ok(n)
+}
+
+/// The database's clock at a local instant, estimated from the measured skew.
+fn db_time(local: DateTime<Utc>, skew_ms: i64) -> DateTime<Utc> {
+    local - chrono::Duration::milliseconds(skew_ms)
+}
+
+/// The last resort for a row the database refused: the same event as a processed
+/// `rejected: <reason>` row carrying only what cannot be refused (its bytes in base64).
+fn rejected(row: &Staged, reason: &str) -> Staged {
+    let original = serde_json::to_vec(row).unwrap_or_default();
+    let mut r = rows::rejected_frame("staging", reason, &original, row.observed_at);
+    r.source = Source::Realtime;
+    r.channel_id = row.channel_id.filter(|c| *c > 0);
+    r.user_id = row.user_id.filter(|u| *u > 0);
+    r
+}
+
+/// What became of a batch.
+#[derive(Debug, Default)]
+struct Inserted {
+    inserted: u64,
+    rejected: u64,
+}
+
+/// Inserts `rows`, isolating rows the database refuses for their data. A connection-level
+/// failure is returned (nothing is known about which parts committed: the caller spools all).
+async fn insert_isolating(
+    conn: &mut Conn,
+    rows: &[Staged],
+    collector_id: &str,
+    skew_ms: i64,
+) -> Result<Inserted, tokio_postgres::Error> {
+    let mut out = Inserted::default();
+    // Ranges still to insert; a refused range is split in two.
+    let mut todo: Vec<&[Staged]> = vec![rows];
+    while let Some(part) = todo.pop() {
+        let refs: Vec<&Staged> = part.iter().collect();
+        match insert(conn, &refs, collector_id, skew_ms).await {
+            Ok(n) => out.inserted += n,
+            Err(e) if is_data_error(&e) && part.len() > 1 => {
+                let (a, b) = part.split_at(part.len() / 2);
+                // Keep the original order: the first half is inserted first.
+                todo.push(b);
+                todo.push(a);
+            }
+            Err(e) if is_data_error(&e) => {
+                let reason = format!(
+                    "{} {}",
+                    e.code().map(|c| c.code()).unwrap_or("?"),
+                    db::cause_line(&e)
+                );
+                tracing::error!(dedupe_key = %part[0].dedupe_key, reason = %reason, "staged row refused by the database: kept as rejected");
+                let r = rejected(&part[0], &reason);
+                match insert(conn, &[&r], collector_id, skew_ms).await {
+                    Ok(_) => out.rejected += 1,
+                    Err(e2) if is_data_error(&e2) => {
+                        // Even the base64 form was refused: nothing more can be done with it.
+                        tracing::error!(dedupe_key = %part[0].dedupe_key, error = %db::cause_line(&e2), "rejected row refused too: dropped");
+                    }
+                    Err(e2) => return Err(e2),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+impl Stager {
+    /// Runs until `shutdown`, then commits or spools what is left. Restartable: everything it
+    /// needs lives in `self`.
+    pub async fn run(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut guard = self.state.lock().await;
+        let st = &mut *guard;
+        let mut conn: Option<Conn> = None;
+        let mut backoff = Duration::from_millis(100);
+        let mut next_probe = Instant::now();
+        loop {
+            self.publish_status(st);
+            if shutdown.is_cancelled() {
+                self.finish(st, &mut conn).await;
+                return Ok(());
+            }
+            // Outage: spool what is buffered, keep spooling what arrives, probe now and then.
+            if st.outage.is_some() {
+                self.spool_pending(st);
+                if Instant::now() >= next_probe {
+                    match self.probe_while_spooling(st, &shutdown).await {
+                        Ok(c) => {
+                            let (since, _, _) = st.outage.take().unwrap();
+                            tracing::info!(
+                                down_for_s = since.elapsed().as_secs(),
+                                spooled = st.spool.events(),
+                                "staging: database is back"
+                            );
+                            conn = Some(c);
+                            self.health.clear("staging");
+                            backoff = Duration::from_millis(100);
+                            continue;
+                        }
+                        Err(e) => {
+                            self.note_outage(st, &e);
+                            next_probe = Instant::now() + backoff;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+                tokio::select! {
+                    ev = st.rx.recv() => if let Some(ev) = ev { st.pending.push_back(ev) },
+                    _ = tokio::time::sleep_until(next_probe.into()) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                continue;
+            }
+            let Some(c) = conn.as_mut() else {
+                match self.probe_while_spooling(st, &shutdown).await {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => {
+                        self.note_outage(st, &e);
+                        next_probe = Instant::now() + backoff;
+                    }
+                }
+                continue;
+            };
+            // Replay what an outage (or an earlier process) left in the spool, before newer events.
+            if !st.spool.is_empty() {
+                if let Err(e) = self.replay(st, c).await {
+                    conn = None;
+                    self.note_outage(st, &e);
+                }
+                continue;
+            }
+            // Normal: wait for events, then commit everything waiting (group commit).
+            if st.pending.is_empty() {
+                tokio::select! {
+                    ev = st.rx.recv() => match ev {
+                        Some(ev) => st.pending.push_back(ev),
+                        None => return Ok(()),
+                    },
+                    _ = shutdown.cancelled() => continue,
+                }
+            }
+            while st.pending.len() < self.batch_size {
+                match st.rx.try_recv() {
+                    Ok(ev) => st.pending.push_back(ev),
+                    Err(_) => break,
+                }
+            }
+            let n = st.pending.len().min(self.batch_size);
+            let batch: Vec<Staged> = st.pending.drain(..n).collect();
+            if let Err(e) = self.commit(st, c, &batch).await {
+                conn = None;
+                self.note_outage(st, &e);
+            }
+        }
+    }
+
+    /// Commits one batch while still receiving events. When the database is slow to answer
+    /// ([`SUSPECT`]), the batch and everything arriving meanwhile go to the spool at once (so a
+    /// kill now loses nothing; a later replay dedupes what did commit); after [`STALL`] without
+    /// an answer, it gives up (an outage).
+    async fn commit(&self, st: &mut State, c: &mut Conn, batch: &[Staged]) -> Result<(), String> {
+        let skew = self.status.skew_ms.load(Ordering::Relaxed);
+        let fut = insert_isolating(c, batch, &self.collector_id, skew);
+        tokio::pin!(fut);
+        let stall = tokio::time::sleep(STALL);
+        tokio::pin!(stall);
+        let suspect = tokio::time::sleep(SUSPECT);
+        tokio::pin!(suspect);
+        let mut spooling = false;
+        let result = loop {
+            tokio::select! {
+                r = &mut fut => break r,
+                ev = st.rx.recv() => if let Some(ev) = ev {
+                    st.pending.push_back(ev);
+                    if spooling { self.spool_pending(st); }
+                },
+                _ = &mut suspect, if !spooling => {
+                    spooling = true;
+                    let waiting: Vec<Staged> = st.pending.drain(..).collect();
+                    st.pending.extend(batch.iter().cloned());
+                    st.pending.extend(waiting);
+                    self.spool_pending(st);
+                }
+                _ = &mut stall => {
+                    if !spooling {
+                        st.pending.extend(batch.iter().cloned());
+                    }
+                    return Err(format!("no answer within {}s", STALL.as_secs()));
+                }
+            }
+        };
+        match result {
+            Ok(done) => {
+                let now = Instant::now();
+                for ev in batch {
+                    self.metrics
+                        .stage_latency
+                        .observe(now.duration_since(ev.arrived).as_secs_f64());
+                }
+                self.metrics.staged.add(done.inserted);
+                self.metrics.rejected.add(done.rejected);
+                self.metrics
+                    .duplicates
+                    .add((batch.len() as u64).saturating_sub(done.inserted + done.rejected));
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.db_errors.inc();
+                if !spooling {
+                    // Unknown whether it committed: keep it (a replay dedupes).
+                    let waiting: Vec<Staged> = st.pending.drain(..).collect();
+                    st.pending.extend(batch.iter().cloned());
+                    st.pending.extend(waiting);
+                }
+                Err(db::cause_line(&e))
+            }
+        }
+    }
+
+    /// Replays the spool from its start, a batch at a time, then empties it.
+    async fn replay(&self, st: &mut State, c: &mut Conn) -> Result<(), String> {
+        let total = st.spool.events();
+        tracing::info!(events = total, "replaying the spool");
+        let mut offset = 0;
+        loop {
+            let (rows, next) = st
+                .spool
+                .read(offset, self.batch_size)
+                .map_err(|e| e.to_string())?;
+            if rows.is_empty() {
+                break;
+            }
+            self.commit(st, c, &rows).await?;
+            offset = next;
+            // Events arriving meanwhile wait in memory; past half the buffer they join the spool
+            // (whose end this loop reads too), so memory stays bounded during a long replay.
+            if st.pending.len() > 10_000 {
+                self.spool_pending(st);
+            }
+        }
+        st.spool.clear().map_err(|e| e.to_string())?;
+        st.spool_oldest = None;
+        tracing::info!(events = total, "spool replayed");
+        Ok(())
+    }
+
+    /// Opens a connection and proves the server answers (within twice [`STALL`]: connecting to
+    /// a hung server must not hang us), spooling whatever arrives meanwhile.
+    async fn probe_while_spooling(
+        &self,
+        st: &mut State,
+        shutdown: &CancellationToken,
+    ) -> Result<Conn, String> {
+        let db = self.db.clone();
+        let probe = tokio::time::timeout(STALL * 2, async move {
+            let c = connect(&db).await.map_err(|e| e.to_string())?;
+            c.client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| db::cause_line(&e))?;
+            Ok::<_, String>(c)
+        });
+        tokio::pin!(probe);
+        let in_outage = st.outage.is_some();
+        loop {
+            tokio::select! {
+                r = &mut probe => return match r {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("database did not answer within {}s", (STALL * 2).as_secs())),
+                },
+                ev = st.rx.recv() => if let Some(ev) = ev {
+                    st.pending.push_back(ev);
+                    if in_outage { self.spool_pending(st); }
+                },
+                _ = shutdown.cancelled() => return Err("shutting down".into()),
+            }
+        }
+    }
+
+    fn note_outage(&self, st: &mut State, why: &str) {
+        self.metrics.db_errors.inc();
+        match &mut st.outage {
+            Some((_, _, reason)) => *reason = why.to_owned(),
+            None => {
+                st.outage = Some((Instant::now(), Utc::now(), why.to_owned()));
+                tracing::warn!(error = %why, buffered = st.pending.len(), "staging: database unavailable; events go to the spool");
+            }
+        }
+        let (_, since, _) = st.outage.as_ref().unwrap();
+        self.health
+            .set_since("staging", format!("staging inserts failing: {why}"), *since);
+    }
+
+    /// Moves everything buffered into the spool (fsync'd). Events that do not fit are refused.
+    fn spool_pending(&self, st: &mut State) {
+        while let Ok(ev) = st.rx.try_recv() {
+            st.pending.push_back(ev);
+        }
+        if st.pending.is_empty() {
+            return;
+        }
+        let skew = self.status.skew_ms.load(Ordering::Relaxed);
+        let mut rows: Vec<Staged> = st.pending.drain(..).collect();
+        for r in &mut rows {
+            r.received_at
+                .get_or_insert_with(|| db_time(r.observed_at, skew));
+        }
+        let oldest = rows.iter().map(|r| r.observed_at).min();
+        match st.spool.append(&rows) {
+            Ok(()) => {
+                if st.spool_oldest.is_none() {
+                    st.spool_oldest = oldest;
+                }
+                self.health.clear("spool");
+            }
+            Err(e @ SpoolError::Full { .. }) => {
+                self.metrics.dropped.add(rows.len() as u64);
+                tracing::error!(error = %e, refused = rows.len(), "events refused: the spool is full");
+                self.health.set("spool", e.to_string());
+            }
+            Err(e) => {
+                // The disk failed us: keep the events in memory (bounded by the queue) and say so.
+                tracing::error!(error = %e, "cannot write the spool; events stay in memory");
+                self.health.set("spool", e.to_string());
+                st.pending.extend(rows);
+            }
+        }
+    }
+
+    /// At shutdown: commit what can be committed quickly, spool the rest.
+    async fn finish(&self, st: &mut State, conn: &mut Option<Conn>) {
+        st.rx.close();
+        while let Ok(ev) = st.rx.try_recv() {
+            st.pending.push_back(ev);
+        }
+        let deadline = Instant::now() + SHUTDOWN_FLUSH;
+        if st.outage.is_none() && st.spool.is_empty() {
+            while !st.pending.is_empty() && Instant::now() < deadline {
+                let Some(c) = conn.as_mut() else {
+                    let never = CancellationToken::new();
+                    match self.probe_while_spooling(st, &never).await {
+                        Ok(c) => *conn = Some(c),
+                        Err(_) => break,
+                    }
+                    continue;
+                };
+                let n = st.pending.len().min(self.batch_size);
+                let batch: Vec<Staged> = st.pending.drain(..n).collect();
+                if self.commit(st, c, &batch).await.is_err() {
+                    for ev in batch.into_iter().rev() {
+                        st.pending.push_front(ev);
+                    }
+                    break;
+                }
+            }
+        }
+        if !st.pending.is_empty() {
+            let n = st.pending.len();
+            self.spool_pending(st);
+            tracing::warn!(
+                events = n,
+                "shutting down with events the database has not accepted: spooled for the next start"
+            );
+        }
+        self.publish_status(st);
+    }
+
+    /// Buffer depth, spool size and the age of the oldest waiting event: metrics, heartbeat,
+    /// health.
+    fn publish_status(&self, st: &State) {
+        let buffered = st.pending.len() + st.rx.len();
+        self.metrics.buffered.set(buffered as f64);
+        self.status
+            .buffered
+            .store(buffered as u64, Ordering::Relaxed);
+        self.status
+            .spooled
+            .store(st.spool.events() as u64, Ordering::Relaxed);
+        self.metrics.spooled.set(st.spool.events() as f64);
+        let oldest_pending = st.pending.front().map(|e| {
+            Utc::now() - chrono::Duration::from_std(e.arrived.elapsed()).unwrap_or_default()
+        });
+        let oldest = match (oldest_pending, st.spool_oldest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.status.oldest_ms.store(
+            oldest.map_or(0, |t| t.timestamp_millis()),
+            Ordering::Relaxed,
+        );
+        let age = oldest.map_or(0.0, |t| {
+            (Utc::now() - t).num_milliseconds().max(0) as f64 / 1e3
+        });
+        self.metrics.oldest_buffered_seconds.set(age);
+        if age > STALLED_AFTER.as_secs_f64() {
+            self.health.set_since(
+                "buffer",
+                format!(
+                    "staging stalled: {buffered} events buffered, {} spooled, oldest {age:.0}s old",
+                    st.spool.events()
+                ),
+                oldest.unwrap_or_else(Utc::now),
+            );
+        } else {
+            self.health.clear("buffer");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_time_is_the_local_time_corrected_by_the_skew() {
+        let t = Utc::now();
+        // A collector 5 minutes fast: skew +300,000 ms; the database's time is 5 minutes earlier.
+        assert_eq!(db_time(t, 300_000), t - chrono::Duration::minutes(5));
+        assert_eq!(db_time(t, 0), t);
+    }
 }

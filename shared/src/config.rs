@@ -428,6 +428,15 @@ pub struct Config {
     /// `KICK_TERMINAL_RETRY` (default 5 min): the wait after a terminal close code (Pusher
     /// 4000–4099, Centrifugo 3500–3999 and 4500–4999) before starting again from negotiation.
     pub terminal_retry: Duration,
+    /// Where the collector keeps its spool and its slot lock: `STATE_DIRECTORY` (systemd's
+    /// `StateDirectory=`; the first of several), else `$XDG_STATE_HOME/kick-monitor`, else
+    /// `$HOME/.local/state/kick-monitor`, else `/var/lib/kick-monitor`.
+    pub state_dir: PathBuf,
+    /// `KICK_SPOOL_MAX_MB` (default 256): the spool's size limit in MiB.
+    pub spool_max_bytes: u64,
+    /// The environment (and `.env`) this configuration was made from: the services merge the
+    /// `config` table under it again whenever the table changes.
+    pub env: Source,
 }
 
 impl Config {
@@ -461,15 +470,16 @@ impl Config {
                 format!("{batch_size} is not from 1 to 10000"),
             ));
         }
+        // Centrifugo refuses subscriptions past a per-connection limit (its default: 128).
         let channels_per_connection: usize = src.parse(
             "KICK_CHANNELS_PER_CONNECTION",
             100,
-            "a whole number from 1 to 10000",
+            "a whole number from 1 to 128",
         )?;
-        if !(1..=10_000).contains(&channels_per_connection) {
+        if !(1..=128).contains(&channels_per_connection) {
             return Err(ConfigError::new(
                 "KICK_CHANNELS_PER_CONNECTION",
-                format!("{channels_per_connection} is not from 1 to 10000"),
+                format!("{channels_per_connection} is not from 1 to 128"),
             ));
         }
         let reconcile_interval =
@@ -497,6 +507,17 @@ impl Config {
                 )
             })?),
         };
+        let spool_max_mb: u64 = src.parse(
+            "KICK_SPOOL_MAX_MB",
+            256,
+            "a whole number of MiB from 1 to 1048576",
+        )?;
+        if !(1..=1 << 20).contains(&spool_max_mb) {
+            return Err(ConfigError::new(
+                "KICK_SPOOL_MAX_MB",
+                format!("{spool_max_mb} is not from 1 to 1048576"),
+            ));
+        }
         let config_key_file = src
             .get("KICK_CONFIG_KEY_FILE")
             .map(PathBuf::from)
@@ -519,8 +540,29 @@ impl Config {
             collector_id: src.get("COLLECTOR_ID").map(|s| s.trim().to_owned()),
             silence_grace: src.duration("KICK_SILENCE_GRACE", Duration::from_secs(20))?,
             terminal_retry: src.duration("KICK_TERMINAL_RETRY", Duration::from_secs(300))?,
+            state_dir: state_dir(src),
+            spool_max_bytes: spool_max_mb.saturating_mul(1 << 20),
+            env: src.clone(),
         })
     }
+}
+
+/// The collector's state directory (see [`Config::state_dir`]).
+fn state_dir(src: &Source) -> PathBuf {
+    if let Some(d) = src
+        .get("STATE_DIRECTORY")
+        .and_then(|d| d.split(':').next())
+        .filter(|d| !d.is_empty())
+    {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = src.get("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("kick-monitor");
+    }
+    if let Some(h) = src.get("HOME") {
+        return PathBuf::from(h).join(".local/state/kick-monitor");
+    }
+    PathBuf::from("/var/lib/kick-monitor")
 }
 
 /// Settings the services also read from the `config` table (set with `kick-admin config set`).
@@ -570,10 +612,11 @@ impl Source {
 }
 
 /// Loads `.env` and the environment, then settings from the `config` table (see
-/// [`DB_SETTINGS`]). When the database cannot be reached the environment alone is used: the
-/// services retry the database themselves and must not fail to start because of it.
+/// [`DB_SETTINGS`]). When the database cannot be reached the environment alone is used (for
+/// `kick-admin`, which reports the database's absence itself when it needs it; the services
+/// wait for the database instead, see [`with_db_settings`]).
 pub async fn load_with_db() -> anyhow::Result<Config> {
-    let mut src = Source::from_env()?;
+    let src = Source::from_env()?;
     let base = Config::from_source(&src)?;
     let client = match crate::db::connect(&base.database).await {
         Ok(c) => c,
@@ -582,25 +625,50 @@ pub async fn load_with_db() -> anyhow::Result<Config> {
             return Ok(base);
         }
     };
+    match with_db_settings(&src, &client).await {
+        Ok(c) => Ok(c),
+        Err(e) if e.downcast_ref::<crate::db::DbError>().is_some() => {
+            tracing::warn!(error = %format!("{e:#}"), "config table not read; using the environment only");
+            Ok(base)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The configuration: the environment `src` over the settings stored in the `config` table
+/// (read through `client`) over the defaults. The service roles may read only the plaintext
+/// settings (`v_config_plain`); an unmigrated database has none. A database error is returned
+/// (the caller decides whether to wait); a stored value that is invalid is a [`ConfigError`].
+pub async fn with_db_settings(
+    src: &Source,
+    client: &tokio_postgres::Client,
+) -> anyhow::Result<Config> {
+    // Secrets in the `config` table decrypt with the key the environment names.
+    use tokio_postgres::error::SqlState;
+    let base = Config::from_source(src)?;
     let rows = match client
         .query("SELECT key, value, encrypted FROM config", &[])
         .await
     {
         Ok(rows) => rows,
-        // The service roles (see `kick-admin db roles`) may read only the plaintext settings.
-        Err(_) => match client
-            .query("SELECT key, value, encrypted FROM v_config_plain", &[])
-            .await
-        {
-            Ok(rows) => rows,
-            // Not migrated yet: nothing stored.
-            Err(_) => return Ok(base),
-        },
+        Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+            match client
+                .query("SELECT key, value, encrypted FROM v_config_plain", &[])
+                .await
+            {
+                Ok(rows) => rows,
+                Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(base),
+                Err(e) => return Err(crate::db::DbError::from(e).into()),
+            }
+        }
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(base),
+        Err(e) => return Err(crate::db::DbError::from(e).into()),
     };
     let rows: Vec<(String, String, bool)> = rows
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| (r.get("key"), r.get("value"), r.get("encrypted")))
         .collect();
+    let mut src = src.clone();
     let mut key: Option<crate::crypto::ConfigKey> = None;
     let applied = src.merge_db(&rows, |k, v| {
         if key.is_none() {
@@ -614,7 +682,7 @@ pub async fn load_with_db() -> anyhow::Result<Config> {
             .map(|s| s.expose_secret().to_owned())
     })?;
     if !applied.is_empty() {
-        tracing::info!(settings = ?applied, "settings read from the config table");
+        tracing::debug!(settings = ?applied, "settings read from the config table");
     }
     Ok(Config::from_source(&src)?)
 }

@@ -30,6 +30,12 @@ pub enum DbError {
     Query(#[from] tokio_postgres::Error),
     #[error("migration failed: {0}")]
     Migrate(String),
+    /// The database's schema is not the one this build was made for.
+    #[error("{0}")]
+    Schema(String),
+    /// The database did not answer in time (a hung server, a lock held elsewhere).
+    #[error("the database did not answer within {0}s")]
+    Timeout(u64),
 }
 
 /// tokio-postgres errors print a generic top line ("db error"); the useful text is in the
@@ -78,14 +84,20 @@ impl Classify for DbError {
                 _ => Exit::Unavailable,
             },
             DbError::Query(e) if is_transient(e) => Exit::Unavailable,
+            DbError::Query(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+                Exit::NoPerm
+            }
             DbError::Query(_) | DbError::Migrate(_) => Exit::Software,
+            DbError::Schema(_) => Exit::Config,
+            DbError::Timeout(_) => Exit::Unavailable,
         }
     }
     fn is_retryable(&self) -> bool {
         match self {
             DbError::Connect { .. } => matches!(self.exit(), Exit::Unavailable),
             DbError::Query(e) => is_transient(e),
-            DbError::Migrate(_) => false,
+            DbError::Migrate(_) | DbError::Schema(_) => false,
+            DbError::Timeout(_) => true,
         }
     }
 }
@@ -155,28 +167,164 @@ pub async fn listen(
     Ok((client, rx))
 }
 
+/// How long a migration waits for a lock before giving up (and retrying): a migration that
+/// queues behind a reader must not stall every service query queued behind it.
+pub const MIGRATION_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// Attempts per migration when its lock is not available in time.
+const MIGRATION_ATTEMPTS: u32 = 20;
+
 /// Applies pending migrations; returns the names of those applied now (empty: already current).
-/// Safe to run concurrently: the runs serialize on an advisory lock, and the second finds
-/// nothing to do.
+/// Safe to run concurrently (the runs serialize on an advisory lock, and the second finds
+/// nothing to do) and while the services run: each migration is its own transaction with a
+/// `lock_timeout` of [`MIGRATION_LOCK_TIMEOUT`], retried with a pause when a lock is not
+/// available in time, so the services' queries never wait long behind it.
 pub async fn migrate(cfg: &DbConfig) -> Result<Vec<String>, DbError> {
+    migrate_with(cfg, embedded::migrations::runner()).await
+}
+
+/// [`migrate`] with another set of migrations (tests add one to exercise migrating while busy).
+pub async fn migrate_with(
+    cfg: &DbConfig,
+    mut runner: refinery::Runner,
+) -> Result<Vec<String>, DbError> {
     let mut client = connect(cfg).await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    let result = embedded::migrations::runner()
-        .set_grouped(true)
-        .run_async(&mut client)
-        .await;
+    client
+        .batch_execute(&format!(
+            "SET lock_timeout = '{}ms'; SET application_name = 'kick-admin migrate'",
+            MIGRATION_LOCK_TIMEOUT.as_millis()
+        ))
+        .await?;
+    runner = runner.set_grouped(false).set_abort_divergent(true);
+    let mut applied = Vec::new();
+    let mut attempt = 0;
+    let result = loop {
+        match runner.run_async(&mut client).await {
+            Ok(report) => {
+                applied.extend(
+                    report
+                        .applied_migrations()
+                        .iter()
+                        .map(|m| format!("V{}__{}", m.version(), m.name())),
+                );
+                break Ok(());
+            }
+            Err(e) => {
+                // Migrations applied before the failure are committed (one transaction each).
+                if let Some(report) = e.report() {
+                    applied.extend(
+                        report
+                            .applied_migrations()
+                            .iter()
+                            .map(|m| format!("V{}__{}", m.version(), m.name())),
+                    );
+                }
+                let pg = postgres_cause(&e);
+                let text = match pg {
+                    Some(pg) => format!("{e}: {}", cause_line(pg)),
+                    None => e.to_string(),
+                };
+                let lock_timeout =
+                    pg.is_some_and(|pg| pg.code() == Some(&SqlState::LOCK_NOT_AVAILABLE));
+                attempt += 1;
+                if attempt < MIGRATION_ATTEMPTS && lock_timeout {
+                    tracing::warn!(attempt, "migration waited too long for a lock; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    continue;
+                }
+                break Err(DbError::Migrate(text));
+            }
+        }
+    };
     // The lock is per session; release it explicitly so a pooled session could be reused.
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await;
-    let report = result.map_err(|e| DbError::Migrate(e.to_string()))?;
-    Ok(report
-        .applied_migrations()
+    result.map(|()| applied)
+}
+
+/// The PostgreSQL error behind a refinery error, if there is one.
+fn postgres_cause(e: &refinery::Error) -> Option<&tokio_postgres::Error> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(pg) = c.downcast_ref::<tokio_postgres::Error>() {
+            return Some(pg);
+        }
+        cause = c.source();
+    }
+    None
+}
+
+/// The schema version this build needs: its newest migration.
+pub fn expected_schema_version() -> i64 {
+    embedded::migrations::runner()
+        .get_migrations()
         .iter()
-        .map(|m| format!("V{}__{}", m.version(), m.name()))
-        .collect())
+        .map(|m| i64::from(m.version()))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Checks that the database's schema is exactly the one this build expects; otherwise a
+/// [`DbError::Schema`] telling the operator what to do (exit 78).
+pub async fn check_schema(client: &Client, program: &str) -> Result<(), DbError> {
+    let want = expected_schema_version();
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    let have: i64 = if exists {
+        client
+            .query_one(
+                "SELECT coalesce(max(version), 0)::bigint FROM refinery_schema_history",
+                &[],
+            )
+            .await?
+            .get(0)
+    } else {
+        0
+    };
+    if have == want {
+        Ok(())
+    } else if have < want {
+        Err(DbError::Schema(format!(
+            "the database schema is at version {have}, this {program} {} needs version {want}: run `kick-admin db migrate`",
+            crate::VERSION
+        )))
+    } else {
+        Err(DbError::Schema(format!(
+            "the database schema is at version {have}, newer than this {program} {} knows (version {want}): upgrade kick-monitor",
+            crate::VERSION
+        )))
+    }
+}
+
+/// Awaits a connection attempt for at most `limit` (connecting to a hung server can otherwise
+/// take as long as the TCP stack allows).
+pub async fn bounded_connect<T>(
+    limit: std::time::Duration,
+    fut: impl Future<Output = Result<T, DbError>>,
+) -> Result<T, DbError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(DbError::Timeout(limit.as_secs())),
+    }
+}
+
+/// Runs `fut` for at most `secs` seconds; a timeout is [`DbError::Timeout`].
+pub async fn bounded<T>(
+    secs: u64,
+    fut: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, DbError> {
+    match tokio::time::timeout(std::time::Duration::from_secs(secs), fut).await {
+        Ok(r) => r.map_err(DbError::from),
+        Err(_) => Err(DbError::Timeout(secs)),
+    }
 }
 
 /// One migration and whether it is applied.

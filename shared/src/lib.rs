@@ -2,19 +2,23 @@
 //! and migrations, the Kick protocol (frames and the official API), config-value encryption,
 //! logging and shutdown handling.
 //!
-//! Nothing here owns a long-running task: the binaries decide what runs; this crate gives them
-//! the vocabulary.
+//! Nothing here decides what runs: the binaries do; this crate gives them the vocabulary, and
+//! the [`supervise::Supervisor`] that keeps their tasks running.
 
 pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod duration;
 pub mod exit;
+pub mod health;
 pub mod kick;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod ratelimit;
 pub mod shutdown;
+pub mod startup;
+pub mod supervise;
 pub mod systemd;
 
 /// Installs the process-wide rustls crypto provider (ring). Call once at process start, before any
@@ -42,16 +46,16 @@ pub fn tls_client_config() -> std::sync::Arc<rustls::ClientConfig> {
         .clone()
 }
 
-/// Start-up shared by the services' `main`: configuration from the environment, logging, then
-/// the settings stored in the database's `config` table (read once logs go somewhere). An error
-/// has already been reported on stderr; its exit code is returned.
-pub async fn service_config(prog: &str) -> Result<config::Config, std::process::ExitCode> {
+/// Start-up shared by the services' `main`: configuration from the environment and logging. An
+/// error has already been reported on stderr; its exit code is returned. The settings stored in
+/// the database's `config` table are merged in by the service once the database answers (see
+/// [`config::with_db_settings`]): a service never runs on defaults because the database was
+/// down when it started.
+pub fn service_config(prog: &str) -> Result<config::Config, std::process::ExitCode> {
     init_tls();
     let config = config::Config::from_env().map_err(|e| exit::report(prog, &e.into()))?;
     logging::init(&config.log);
-    config::load_with_db()
-        .await
-        .map_err(|e| exit::report(prog, &e))
+    Ok(config)
 }
 
 /// The version of this build, reported by `--version`, in heartbeats and in metrics.

@@ -48,7 +48,7 @@ impl LabeledCounter {
     pub fn add(&self, label: &str, n: u64) {
         let mut m = self.0.lock().unwrap();
         match m.get_mut(label) {
-            Some(v) => *v += n,
+            Some(v) => *v = v.saturating_add(n),
             None => {
                 m.insert(label.to_owned(), n);
             }
@@ -163,46 +163,111 @@ pub trait Render: Send + Sync + 'static {
     fn render(&self) -> String;
 }
 
-/// Serves `GET /metrics` (and `/`) on `addr` until `shutdown`. Returns the bound address.
+/// What the HTTP endpoint serves: `GET /metrics` (Prometheus text) and `GET /healthz` (JSON;
+/// status 200 when healthy, 503 otherwise).
+pub trait Site: Render {
+    /// `(healthy, body)`.
+    fn healthz(&self) -> (bool, serde_json::Value);
+}
+
+/// At most this many connections are served at once; more are closed at once (a scraper needs
+/// one). Protects the process from a connection flood.
+pub const MAX_CONNECTIONS: usize = 32;
+/// A connection that has not sent its request line and headers within this long is closed.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Request heads larger than this are refused.
+const MAX_REQUEST: usize = 8 * 1024;
+
+/// Serves `/metrics` (and `/`) and `/healthz` on `addr` until `shutdown`. Returns the bound
+/// address. Connections are capped ([`MAX_CONNECTIONS`]), idle ones time out
+/// ([`REQUEST_TIMEOUT`]), and accept errors (e.g. out of file descriptors) back off instead of
+/// spinning.
 pub async fn serve(
     addr: SocketAddr,
-    source: Arc<dyn Render>,
+    site: Arc<dyn Site>,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
+        let mut backoff = std::time::Duration::from_millis(10);
         loop {
-            let (mut sock, _) = tokio::select! {
+            let accepted = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+                r = listener.accept() => r,
             };
-            let source = source.clone();
+            let mut sock = match accepted {
+                Ok((s, _)) => {
+                    backoff = std::time::Duration::from_millis(10);
+                    s
+                }
+                Err(e) => {
+                    // EMFILE and friends: the condition lasts; retrying at once would spin.
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "metrics endpoint: accept failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                // Over the cap: close at once rather than queue.
+                drop(sock);
+                continue;
+            };
+            let site = site.clone();
             tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let n = match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    sock.read(&mut buf),
-                )
-                .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
+                let _permit = permit;
+                let Ok(Some(path)) =
+                    tokio::time::timeout(REQUEST_TIMEOUT, read_path(&mut sock)).await
+                else {
+                    return;
                 };
-                let req = String::from_utf8_lossy(&buf[..n]);
-                let path = req.split_whitespace().nth(1).unwrap_or("/");
-                let (status, body) = if path == "/metrics" || path == "/" {
-                    ("200 OK", source.render())
-                } else {
-                    ("404 Not Found", "not found\n".to_owned())
+                let (status, ctype, body) = match path.as_str() {
+                    "/metrics" | "/" => ("200 OK", "text/plain; version=0.0.4", site.render()),
+                    "/healthz" => {
+                        let (ok, body) = site.healthz();
+                        let status = if ok {
+                            "200 OK"
+                        } else {
+                            "503 Service Unavailable"
+                        };
+                        (status, "application/json", format!("{body}\n"))
+                    }
+                    _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
                 };
                 let resp = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
-                let _ = sock.write_all(resp.as_bytes()).await;
+                let _ =
+                    tokio::time::timeout(REQUEST_TIMEOUT, sock.write_all(resp.as_bytes())).await;
             });
         }
     });
     Ok(local)
+}
+
+/// Reads a request head and returns its path; `None` for anything that is not a GET request
+/// within [`MAX_REQUEST`] bytes.
+async fn read_path(sock: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = sock.read(&mut chunk).await.ok()?;
+        if n == 0 || buf.len() + n > MAX_REQUEST {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let mut parts = head.split_whitespace();
+    if parts.next()? != "GET" {
+        return None;
+    }
+    let target = parts.next()?;
+    Some(target.split('?').next().unwrap_or(target).to_owned())
 }

@@ -96,6 +96,8 @@ pub mod channel {
     pub const STREAMERS_CHANGED: &str = "streamers_changed";
     /// A transition was applied; the payload is the username.
     pub const STATUS_CHANGED: &str = "status_changed";
+    /// Settings in the `config` table changed.
+    pub const CONFIG_CHANGED: &str = "config_changed";
 }
 
 /// How long a realtime observation outranks a contradicting answer of the official API, which

@@ -32,3 +32,67 @@ pub fn watchdog_interval() -> Option<Duration> {
     }
     Some(Duration::from_micros(usec / 2))
 }
+
+/// The loops whose progress the watchdog vouches for. Each beats at least once a second while it
+/// runs (its waits are bounded); the watchdog is fed only while every registered loop has beaten
+/// within the watchdog interval. A loop waiting on a hung database keeps beating (its waits have
+/// timeouts), so a hung database makes the service degraded, not killed; a loop that is stuck
+/// (a deadlock, a blocked runtime) stops the feeding, and systemd restarts the process.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    loops: std::sync::Mutex<std::collections::HashMap<&'static str, std::time::Instant>>,
+}
+
+impl Liveness {
+    /// Loop `name` made progress.
+    pub fn beat(&self, name: &'static str) {
+        self.loops
+            .lock()
+            .unwrap()
+            .insert(name, std::time::Instant::now());
+    }
+
+    /// Loop `name` ended (at shutdown): no longer watched.
+    pub fn forget(&self, name: &'static str) {
+        self.loops.lock().unwrap().remove(name);
+    }
+
+    /// Loops that have not beaten within `limit`.
+    pub fn stale(&self, limit: Duration) -> Vec<&'static str> {
+        self.loops
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, t)| t.elapsed() > limit)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+}
+
+/// Feeds systemd's watchdog (when `WATCHDOG_USEC` is set) while every loop in `liveness` is
+/// alive; stops at `shutdown`.
+pub fn spawn_watchdog(
+    liveness: std::sync::Arc<Liveness>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let Some(every) = watchdog_interval() else {
+        return;
+    };
+    // The full interval (twice the feeding period) is what systemd allows.
+    let limit = every * 2;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let stale = liveness.stale(limit);
+            if stale.is_empty() {
+                notify("WATCHDOG=1");
+            } else {
+                tracing::error!(loops = ?stale, "loops stuck: not feeding the watchdog");
+            }
+        }
+    });
+}

@@ -19,6 +19,8 @@ use crate::transition::{self, Decision, Event, Outcome, PendingOffline, Rules, S
 #[derive(Debug)]
 pub struct Statements {
     claim: Statement,
+    claim_ids: Statement,
+    mark_error: Statement,
     lock: Statement,
     blockers: Statement,
     update: Statement,
@@ -36,6 +38,19 @@ impl Statements {
                     "SELECT id, source, event_name, kick_channel_id, kick_user_id, livestream_id, event_time, received_at
                      FROM raw_events WHERE processed_at IS NULL
                      ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                )
+                .await?,
+            claim_ids: c
+                .prepare(
+                    "SELECT id, source, event_name, kick_channel_id, kick_user_id, livestream_id, event_time, received_at
+                     FROM raw_events WHERE id = ANY($1) AND processed_at IS NULL
+                     ORDER BY id FOR UPDATE SKIP LOCKED",
+                )
+                .await?,
+            mark_error: c
+                .prepare(
+                    "UPDATE raw_events SET processed_at = now(), outcome = $2
+                     WHERE id = $1 AND processed_at IS NULL",
                 )
                 .await?,
             lock: c.prepare(&format!("{STREAMER_COLUMNS} WHERE kick_channel_id = ANY($1) OR kick_user_id = ANY($2) ORDER BY id FOR UPDATE")).await?,
@@ -163,14 +178,14 @@ struct Staged {
 }
 
 fn decode_row(r: &tokio_postgres::Row) -> Staged {
-    let id: i64 = r.get(0);
-    let source: String = r.get(1);
-    let name: String = r.get(2);
-    let channel_id: Option<i64> = r.get(3);
-    let user_id: Option<i64> = r.get(4);
-    let livestream_id: Option<i64> = r.get(5);
-    let event_time: Option<DateTime<Utc>> = r.get(6);
-    let received_at: DateTime<Utc> = r.get(7);
+    let id: i64 = r.get("id");
+    let source: String = r.get("source");
+    let name: String = r.get("event_name");
+    let channel_id: Option<i64> = r.get("kick_channel_id");
+    let user_id: Option<i64> = r.get("kick_user_id");
+    let livestream_id: Option<i64> = r.get("livestream_id");
+    let event_time: Option<DateTime<Utc>> = r.get("event_time");
+    let received_at: DateTime<Utc> = r.get("received_at");
     let event = (|| {
         let source: Source = source.parse()?;
         let signal = match name.as_str() {
@@ -241,12 +256,25 @@ struct Writes {
     history: Vec<HistoryRow>,
 }
 
-/// Claims and applies one batch in one transaction.
+/// Which staged rows a batch claims.
+#[derive(Debug, Clone, Copy)]
+pub enum Claim<'a> {
+    /// The oldest pending rows nobody else holds, up to the batch size.
+    Next,
+    /// These rows (poison isolation applies them one at a time).
+    Ids(&'a [i64]),
+}
+
+/// Claims and applies one batch in one transaction. The ids it claimed are left in `claimed`
+/// (also when it fails: poison isolation needs them).
 pub async fn apply_batch(
     client: &mut Client,
     st: &Statements,
     cfg: &ApplyConfig,
+    claim: Claim<'_>,
+    claimed: &mut Vec<i64>,
 ) -> Result<BatchReport, tokio_postgres::Error> {
+    claimed.clear();
     let t_start = std::time::Instant::now();
     let tx = client.transaction().await?;
     if !cfg.synchronous_commit {
@@ -254,7 +282,11 @@ pub async fn apply_batch(
         tx.batch_execute("SET LOCAL synchronous_commit = off")
             .await?;
     }
-    let rows = tx.query(&st.claim, &[&cfg.batch_size]).await?;
+    let rows = match claim {
+        Claim::Next => tx.query(&st.claim, &[&cfg.batch_size]).await?,
+        Claim::Ids(ids) => tx.query(&st.claim_ids, &[&ids]).await?,
+    };
+    claimed.extend(rows.iter().map(|r| r.get::<_, i64>("id")));
     let mut report = BatchReport {
         claimed: rows.len(),
         ..Default::default()
@@ -282,12 +314,6 @@ pub async fn apply_batch(
         }
         by_user.insert(s.user_id, i);
     }
-    let find = |s: &Staged| -> Option<usize> {
-        s.channel_id
-            .and_then(|c| by_channel.get(&c))
-            .or_else(|| s.user_id.and_then(|u| by_user.get(&u)))
-            .copied()
-    };
 
     // Older pending events of our streamers held by another writer: defer ours after them.
     let claimed_ids: Vec<i64> = staged.iter().map(|s| s.id).collect();
@@ -314,7 +340,12 @@ pub async fn apply_batch(
     let mut mark_outcomes: Vec<String> = Vec::with_capacity(staged.len());
     let mut applied_received = Vec::new();
     for s in &staged {
-        let (label, outcome_text): (&'static str, String) = match (&s.event, find(s)) {
+        let found = s
+            .channel_id
+            .and_then(|c| by_channel.get(&c))
+            .or_else(|| s.user_id.and_then(|u| by_user.get(&u)))
+            .copied();
+        let (label, outcome_text): (&'static str, String) = match (&s.event, found) {
             (Err(e), _) => ("error", format!("error: {e}")),
             (Ok(_), None) => ("ignored", "ignored".into()),
             (Ok(ev), Some(i)) => {
@@ -327,9 +358,12 @@ pub async fn apply_batch(
                     && streamer.channel_id.is_none()
                     && !by_channel.contains_key(&c)
                 {
+                    // Learned once per batch: a second streamer naming the same channel id in
+                    // this batch finds it taken (the column is unique).
                     streamer.channel_id = Some(c);
                     streamer.learned_channel = Some(c);
                     streamer.dirty = true;
+                    by_channel.insert(c, i);
                 }
                 let d: Decision = transition::decide(&streamer.state, ev, &cfg.rules);
                 record(streamer, &d, ev, &mut writes);
@@ -455,6 +489,21 @@ async fn write_streamers(
         tx.query(&st.notify, &[&names]).await?;
     }
     Ok(())
+}
+
+/// Marks one staged row `error: <reason>` (poison isolation: its application failed for its
+/// data). Returns whether it was still pending.
+pub async fn mark_error(
+    client: &Client,
+    st: &Statements,
+    id: i64,
+    reason: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let reason: String = reason.chars().take(500).collect();
+    Ok(client
+        .execute(&st.mark_error, &[&id, &format!("error: {reason}")])
+        .await?
+        == 1)
 }
 
 /// Confirms offlines whose grace period has run out. Returns how many were confirmed.

@@ -25,7 +25,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         };
     }
-    let config = match kick_shared::service_config("kick-writer").await {
+    let config = match kick_shared::service_config("kick-writer") {
         Ok(c) => c,
         Err(code) => return code,
     };

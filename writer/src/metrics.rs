@@ -19,6 +19,9 @@ pub struct WriterMetrics {
     pub queue_depth: Gauge,
     pub oldest_pending_seconds: Gauge,
     pub latency: Histogram,
+    pub healthy: Gauge,
+    pub db_up: Gauge,
+    pub task_restarts: LabeledCounter,
 }
 
 impl Default for WriterMetrics {
@@ -34,6 +37,9 @@ impl Default for WriterMetrics {
             queue_depth: Gauge::default(),
             oldest_pending_seconds: Gauge::default(),
             latency: Histogram::new(LATENCY_BUCKETS),
+            healthy: Gauge::default(),
+            db_up: Gauge::default(),
+            task_restarts: LabeledCounter::default(),
         }
     }
 }
@@ -95,13 +101,30 @@ impl Render for WriterMetrics {
             )
             .gauge(
                 "kick_writer_queue_depth",
-                "Pending staged events (refreshed every minute).",
+                "Pending staged events (refreshed every 5 s).",
                 self.queue_depth.get(),
             )
             .gauge(
                 "kick_writer_oldest_pending_seconds",
                 "Age of the oldest pending staged event.",
                 self.oldest_pending_seconds.get(),
+            )
+            .gauge(
+                "kick_writer_healthy",
+                "1 when the writer has no problem (see /healthz), else 0.",
+                self.healthy.get(),
+            )
+            .gauge(
+                "kick_writer_db_up",
+                "1 when the writer's database session is open, else 0.",
+                self.db_up.get(),
+            )
+            .labeled(
+                "kick_writer_task_restarts_total",
+                "Supervised tasks restarted after they ended or panicked, by task.",
+                "counter",
+                "task",
+                &self.task_restarts.snapshot(),
             )
             .histogram(
                 "kick_writer_latency_seconds",

@@ -3,10 +3,14 @@
 //! compile until every combination has been thought about.
 //!
 //! Ordering rules, in order of precedence:
-//! - An event observed before the state's own observation is `stale` (it was delayed, e.g. by a
-//!   slower collector); it never wins.
-//! - Livestream ids order sessions: a live for a session not newer than the one that ended, or an
-//!   offline for a session older than the current one, is `stale`.
+//! - Kick's own identities first: when the event and the state both carry a livestream id, the
+//!   ids order the sessions, whatever any clock says. A live of a newer session wins (even if we
+//!   never saw the previous one end); a live of the session that already ended, or anything about
+//!   an older session, is `stale`.
+//! - Otherwise (the official API has no livestream ids; outages have none) the database's clock
+//!   orders: an event received before the state's own observation is `stale` (it was delayed,
+//!   e.g. replayed from a collector's spool). Times are the database's (`raw_events.received_at`),
+//!   never a collector's wall clock.
 //! - The official API lags Kick's realtime feed by seconds, so an API poll that contradicts a
 //!   realtime event observed less than [`Rules::api_lag_guard`] earlier is `stale`; the collector
 //!   checks such differences again once the API has caught up.
@@ -27,13 +31,22 @@ pub enum Signal {
     Unknown,
 }
 
+impl Signal {
+    pub fn livestream_id(self) -> Option<i64> {
+        match self {
+            Signal::Live { livestream_id } | Signal::Offline { livestream_id } => livestream_id,
+            Signal::Unknown => None,
+        }
+    }
+}
+
 /// A staged event, as the transition sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Event {
     pub raw_id: i64,
     pub signal: Signal,
     pub source: Source,
-    /// When the collector observed it: the ordering key.
+    /// When the database received it (its own clock): the ordering key where ids cannot decide.
     pub observed_at: DateTime<Utc>,
     /// When it happened according to Kick (stream start for a live), else the observation.
     pub occurred_at: DateTime<Utc>,
@@ -156,8 +169,82 @@ fn moved(state: &State, ev: &Event, status: Status, livestream_id: Option<i64>) 
     }
 }
 
+/// An offline that applies (or waits out the grace period) for session `livestream_id`.
+fn goes_offline(state: &State, ev: &Event, livestream_id: Option<i64>, rules: &Rules) -> Decision {
+    if state.pending_offline.is_some() {
+        return keep(state, Outcome::Duplicate);
+    }
+    if state.status == Status::Online && !rules.offline_grace.is_zero() {
+        return Decision {
+            state: State {
+                pending_offline: Some(PendingOffline {
+                    since: ev.occurred_at,
+                    raw_id: ev.raw_id,
+                    source: ev.source,
+                }),
+                ..*state
+            },
+            outcome: Outcome::Pending,
+            history: None,
+        };
+    }
+    moved(state, ev, Status::Offline, livestream_id)
+}
+
+/// Both sides carry a livestream id: the sessions decide.
+fn by_session(state: &State, ev: &Event, new: i64, cur: i64, rules: &Rules) -> Decision {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    let observed = State {
+        observed_at: Some(
+            ev.observed_at
+                .max(state.observed_at.unwrap_or(ev.observed_at)),
+        ),
+        ..*state
+    };
+    match (ev.signal, new.cmp(&cur)) {
+        (_, Less) => keep(state, Outcome::Stale),
+        // A newer session: live now, whatever we saw (or missed) of the previous one.
+        (Signal::Live { .. }, Greater) => moved(state, ev, Status::Online, Some(new)),
+        (Signal::Live { .. }, Equal) => match state.status {
+            Status::Online if state.pending_offline.is_some() => Decision {
+                state: State {
+                    pending_offline: None,
+                    ..observed
+                },
+                outcome: Outcome::Blip,
+                history: None,
+            },
+            Status::Online => keep(state, Outcome::Duplicate),
+            // A live of the session that ended: replayed or delayed.
+            Status::Offline => keep(state, Outcome::Stale),
+            Status::Unknown => moved(state, ev, Status::Online, Some(new)),
+        },
+        // The end of a session newer than the one we know: we missed its start.
+        (Signal::Offline { .. }, Greater) => match state.status {
+            Status::Offline => Decision {
+                state: State {
+                    livestream_id: Some(new),
+                    ..observed
+                },
+                outcome: Outcome::Enriched,
+                history: None,
+            },
+            Status::Online | Status::Unknown => goes_offline(state, ev, Some(new), rules),
+        },
+        (Signal::Offline { .. }, Equal) => match state.status {
+            Status::Online | Status::Unknown => goes_offline(state, ev, Some(cur), rules),
+            Status::Offline => keep(state, Outcome::Duplicate),
+        },
+        // Outages carry no livestream id.
+        (Signal::Unknown, _) => keep(state, Outcome::Duplicate),
+    }
+}
+
 /// Decides what `ev` does to `state`.
 pub fn decide(state: &State, ev: &Event, rules: &Rules) -> Decision {
+    if let (Some(new), Some(cur)) = (ev.signal.livestream_id(), state.livestream_id) {
+        return by_session(state, ev, new, cur, rules);
+    }
     if state.observed_at.is_some_and(|t| ev.observed_at < t) {
         return keep(state, Outcome::Stale);
     }
@@ -165,72 +252,41 @@ pub fn decide(state: &State, ev: &Event, rules: &Rules) -> Decision {
         observed_at: Some(ev.observed_at),
         ..*s
     };
+    // Here at most one side has a livestream id.
     match (state.status, ev.signal) {
-        (Status::Online, Signal::Live { livestream_id }) => {
-            match (livestream_id, state.livestream_id) {
-                (Some(new), Some(cur)) if new < cur => keep(state, Outcome::Stale),
-                (Some(new), Some(cur)) if new > cur => moved(state, ev, Status::Online, Some(new)),
-                (Some(new), None) => Decision {
-                    state: State {
-                        livestream_id: Some(new),
-                        pending_offline: None,
-                        ..observed(state)
-                    },
-                    outcome: if state.pending_offline.is_some() {
-                        Outcome::Blip
-                    } else {
-                        Outcome::Enriched
-                    },
-                    history: None,
+        (Status::Online, Signal::Live { livestream_id }) => match livestream_id {
+            // Online without a known session (set by the API), now learning its id.
+            Some(new) => Decision {
+                state: State {
+                    livestream_id: Some(new),
+                    pending_offline: None,
+                    ..observed(state)
                 },
-                // The same session (or the API, which has no id) confirms we are online.
-                (_, _) if state.pending_offline.is_some() => Decision {
-                    state: State {
-                        pending_offline: None,
-                        ..observed(state)
-                    },
-                    outcome: Outcome::Blip,
-                    history: None,
+                outcome: if state.pending_offline.is_some() {
+                    Outcome::Blip
+                } else {
+                    Outcome::Enriched
                 },
-                (_, _) => keep(state, Outcome::Duplicate),
-            }
-        }
+                history: None,
+            },
+            // The API (which has no id) confirms we are online.
+            None if state.pending_offline.is_some() => Decision {
+                state: State {
+                    pending_offline: None,
+                    ..observed(state)
+                },
+                outcome: Outcome::Blip,
+                history: None,
+            },
+            None => keep(state, Outcome::Duplicate),
+        },
         (Status::Online, Signal::Offline { livestream_id }) => {
-            if matches!((livestream_id, state.livestream_id), (Some(new), Some(cur)) if new < cur) {
-                return keep(state, Outcome::Stale);
-            }
             if api_lags(state, ev, rules) {
                 return keep(state, Outcome::Stale);
             }
-            if state.pending_offline.is_some() {
-                return keep(state, Outcome::Duplicate);
-            }
-            if !rules.offline_grace.is_zero() {
-                return Decision {
-                    state: State {
-                        pending_offline: Some(PendingOffline {
-                            since: ev.occurred_at,
-                            raw_id: ev.raw_id,
-                            source: ev.source,
-                        }),
-                        ..*state
-                    },
-                    outcome: Outcome::Pending,
-                    history: None,
-                };
-            }
-            moved(
-                state,
-                ev,
-                Status::Offline,
-                livestream_id.or(state.livestream_id),
-            )
+            goes_offline(state, ev, livestream_id.or(state.livestream_id), rules)
         }
         (Status::Offline, Signal::Live { livestream_id }) => {
-            if matches!((livestream_id, state.livestream_id), (Some(new), Some(ended)) if new <= ended)
-            {
-                return keep(state, Outcome::Stale);
-            }
             if api_lags(state, ev, rules) {
                 return keep(state, Outcome::Stale);
             }
@@ -334,7 +390,12 @@ mod tests {
             ("online goes offline", st(Online, Some(10), 0, RT), ev(off(10), 1, RT), Applied, Offline, Some(10), true),
             ("duplicate live", st(Online, Some(10), 0, RT), ev(live(10), 1, RT), Duplicate, Online, Some(10), false),
             ("duplicate offline", st(Offline, Some(10), 0, RT), ev(off(10), 1, RT), Duplicate, Offline, Some(10), false),
-            ("older event is stale", st(Offline, Some(10), 5, RT), ev(live(11), 4, RT), Stale, Offline, Some(10), false),
+            ("a newer session wins even when received earlier", st(Offline, Some(10), 5, RT), ev(live(11), 4, RT), Applied, Online, Some(11), true),
+            ("an api answer received earlier is stale", st(Offline, Some(10), 5, RT), ev(API_LIVE, 4, API), Stale, Offline, Some(10), false),
+            ("stop stamped 5 min ahead, then a newer live", st(Offline, Some(10), 300, RT), ev(live(11), 0, RT), Applied, Online, Some(11), true),
+            ("stop of a newer session while offline", st(Offline, Some(10), 0, RT), ev(off(12), 1, RT), Enriched, Offline, Some(12), false),
+            ("stop of a newer session while online", st(Online, Some(10), 0, RT), ev(off(12), 1, RT), Applied, Offline, Some(12), true),
+            ("live of the same session after an outage", st(Unknown, Some(10), 0, RT), ev(live(10), 1, RT), Applied, Online, Some(10), true),
             ("replayed live of ended session", st(Offline, Some(10), 0, RT), ev(live(10), 1, RT), Stale, Offline, Some(10), false),
             ("offline for older session", st(Online, Some(11), 0, RT), ev(off(10), 1, RT), Stale, Online, Some(11), false),
             ("new session while online (missed offline)", st(Online, Some(10), 0, RT), ev(live(11), 1, RT), Applied, Online, Some(11), true),

@@ -59,7 +59,9 @@ async fn drain(c: &mut Client, cfg: &ApplyConfig) -> usize {
     let st = Statements::prepare(c).await.unwrap();
     let mut n = 0;
     loop {
-        let r = apply::apply_batch(c, &st, cfg).await.unwrap();
+        let r = apply::apply_batch(c, &st, cfg, apply::Claim::Next, &mut Vec::new())
+            .await
+            .unwrap();
         n += r.claimed - r.deferred;
         if r.claimed == 0 {
             return n;
@@ -487,7 +489,15 @@ async fn two_and_four_writers_agree_with_one() {
                 let mut c = kick_shared::db::connect(&config).await.unwrap();
                 let st = Statements::prepare(&c).await.unwrap();
                 loop {
-                    let r = apply::apply_batch(&mut c, &st, &cfg(25)).await.unwrap();
+                    let r = apply::apply_batch(
+                        &mut c,
+                        &st,
+                        &cfg(25),
+                        apply::Claim::Next,
+                        &mut Vec::new(),
+                    )
+                    .await
+                    .unwrap();
                     if r.claimed == 0 {
                         if stop.is_cancelled() {
                             return;

@@ -28,6 +28,10 @@ pub const SMALL_LIMIT: usize = 64 << 10;
 /// 60 days, the OAuth examples one hour). Renewing at least daily costs one request a day.
 pub const TOKEN_LIFETIME: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(60)..=Duration::from_secs(86_400);
+/// The official API's rate limit on our side: requests per second and burst. Kick publishes
+/// none; 10/s with 50 ids per request is 500 streamers a second, plenty for a reconcile.
+pub const API_RATE: f64 = 10.0;
+pub const API_BURST: u32 = 20;
 /// The longest `Retry-After` we honour; a larger value is clamped (a typo at Kick must not park
 /// us for a week).
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -231,14 +235,16 @@ struct Token {
 /// The official API client. Cheap to share behind an `Arc`; the token is cached inside.
 pub struct ApiClient {
     http: reqwest::Client,
-    cfg: KickConfig,
+    cfg: std::sync::Mutex<KickConfig>,
+    /// One bucket for the official API (Kick publishes no limits; see `ratelimit`).
+    limiter: crate::ratelimit::RateLimiter,
     token: Mutex<Option<Token>>,
 }
 
 impl std::fmt::Debug for ApiClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiClient")
-            .field("api_url", &self.cfg.api_url)
+            .field("api_url", &self.cfg.lock().unwrap().api_url)
             .finish_non_exhaustive()
     }
 }
@@ -276,13 +282,42 @@ impl ApiClient {
             .map_err(|e| transport_error(&e))?;
         Ok(Self {
             http,
-            cfg,
+            cfg: std::sync::Mutex::new(cfg),
+            limiter: crate::ratelimit::RateLimiter::new("api.kick.com", API_RATE, API_BURST),
             token: Mutex::new(None),
         })
     }
 
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// Uses new settings (after `config_changed`); a cached token is dropped when the
+    /// credentials or the OAuth server changed.
+    pub async fn set_config(&self, cfg: KickConfig) {
+        let changed = {
+            let mut cur = self.cfg.lock().unwrap();
+            let changed = cur.auth_url != cfg.auth_url
+                || cur.client_id != cfg.client_id
+                || cur
+                    .client_secret
+                    .as_ref()
+                    .map(|s| s.expose_secret().to_owned())
+                    != cfg
+                        .client_secret
+                        .as_ref()
+                        .map(|s| s.expose_secret().to_owned());
+            *cur = cfg;
+            changed
+        };
+        if changed {
+            *self.token.lock().await = None;
+        }
+    }
+
+    /// The official API's rate limiter (a 429 pauses it for `Retry-After`).
+    pub fn limiter(&self) -> &crate::ratelimit::RateLimiter {
+        &self.limiter
     }
 
     async fn token(&self) -> Result<SecretString, ApiError> {
@@ -292,10 +327,14 @@ impl ApiClient {
         {
             return Ok(t.value.clone());
         }
-        let (id, secret) = self.cfg.credentials()?;
+        let (auth_url, (id, secret)) = {
+            let cfg = self.cfg.lock().unwrap();
+            (cfg.auth_url.clone(), cfg.credentials()?)
+        };
+        self.limiter.acquire().await;
         let resp = self
             .http
-            .post(format!("{}/oauth/token", self.cfg.auth_url))
+            .post(format!("{auth_url}/oauth/token"))
             .form(&[
                 ("grant_type", "client_credentials"),
                 ("client_id", id.as_str()),
@@ -336,9 +375,11 @@ impl ApiClient {
     ) -> Result<T, ApiError> {
         for attempt in 0..2 {
             let token = self.token().await?;
+            let api_url = self.cfg.lock().unwrap().api_url.clone();
+            self.limiter.acquire().await;
             let resp = self
                 .http
-                .get(format!("{}{path}", self.cfg.api_url))
+                .get(format!("{api_url}{path}"))
                 .bearer_auth(token.expose_secret())
                 .query(query)
                 .send()
@@ -360,7 +401,11 @@ impl ApiClient {
                         Err(ApiError::Auth { status })
                     };
                 }
-                429 => return Err(ApiError::RateLimited { retry_after }),
+                429 => {
+                    self.limiter
+                        .pause(retry_after.unwrap_or(Duration::from_secs(5)));
+                    return Err(ApiError::RateLimited { retry_after });
+                }
                 _ => return Err(status_error(status, &body)),
             }
         }

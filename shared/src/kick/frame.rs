@@ -49,7 +49,11 @@ pub fn short_event_name(name: &str) -> &str {
 
 /// The channel id in a `channel.{id}` feed name.
 pub fn channel_id_of_topic(topic: &str) -> Option<i64> {
-    topic.strip_prefix("channel.")?.parse().ok()
+    topic
+        .strip_prefix("channel.")?
+        .parse()
+        .ok()
+        .filter(|id: &i64| *id > 0)
 }
 
 /// Kick's `data`: a JSON string to parse again, an object, or an empty marker.
@@ -68,9 +72,19 @@ fn inner_data(data: &Value) -> Result<Value, FrameError> {
     }
 }
 
-fn as_i64(v: &Value) -> Option<i64> {
+/// A Kick id: a positive integer, as a JSON number or a numeric string. Zero, negative and
+/// out-of-range values are not ids.
+fn as_id(v: &Value) -> Option<i64> {
     v.as_i64()
-        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        .filter(|id| *id > 0)
+}
+
+/// A close or disconnect code from the wire: out-of-range values saturate (and then class as
+/// "reconnect with backoff", never as a special code).
+fn as_code(v: Option<&Value>) -> u16 {
+    v.and_then(Value::as_u64)
+        .map_or(0, |c| u16::try_from(c).unwrap_or(u16::MAX))
 }
 
 /// Decodes one Kick event from its name, `data` and feed name.
@@ -82,12 +96,12 @@ pub fn decode_event(name: &str, data: &Value, topic: &str) -> Result<KickEvent, 
             let ls = d
                 .get("livestream")
                 .ok_or_else(|| FrameError::Malformed("StreamerIsLive without livestream".into()))?;
-            let livestream_id = ls.get("id").and_then(as_i64).ok_or_else(|| {
+            let livestream_id = ls.get("id").and_then(as_id).ok_or_else(|| {
                 FrameError::Malformed("StreamerIsLive without livestream.id".into())
             })?;
             let channel_id = ls
                 .get("channel_id")
-                .and_then(as_i64)
+                .and_then(as_id)
                 .or_else(|| channel_id_of_topic(topic))
                 .ok_or_else(|| FrameError::Malformed("StreamerIsLive without channel id".into()))?;
             let created_at = ls
@@ -111,13 +125,13 @@ pub fn decode_event(name: &str, data: &Value, topic: &str) -> Result<KickEvent, 
             let ls = d.get("livestream").ok_or_else(|| {
                 FrameError::Malformed("StopStreamBroadcast without livestream".into())
             })?;
-            let livestream_id = ls.get("id").and_then(as_i64).ok_or_else(|| {
+            let livestream_id = ls.get("id").and_then(as_id).ok_or_else(|| {
                 FrameError::Malformed("StopStreamBroadcast without livestream.id".into())
             })?;
             let channel = ls.get("channel");
             let channel_id = channel
                 .and_then(|c| c.get("id"))
-                .and_then(as_i64)
+                .and_then(as_id)
                 .or_else(|| channel_id_of_topic(topic))
                 .ok_or_else(|| {
                     FrameError::Malformed("StopStreamBroadcast without channel id".into())
@@ -311,7 +325,7 @@ fn decode_centrifugo_line(line: &str) -> Result<CentrifugoMsg, FrameError> {
         }
         if let Some(d) = push.get("disconnect") {
             return Ok(CentrifugoMsg::Disconnect {
-                code: d.get("code").and_then(Value::as_u64).unwrap_or(0) as u16,
+                code: as_code(d.get("code")),
                 reason: d
                     .get("reason")
                     .and_then(Value::as_str)
@@ -322,7 +336,7 @@ fn decode_centrifugo_line(line: &str) -> Result<CentrifugoMsg, FrameError> {
         if let Some(u) = push.get("unsub") {
             return Ok(CentrifugoMsg::Unsub {
                 channel,
-                code: u.get("code").and_then(Value::as_u64).unwrap_or(0) as u16,
+                code: as_code(u.get("code")),
             });
         }
         return Ok(CentrifugoMsg::Other);
@@ -569,6 +583,39 @@ mod tests {
             }
         }
         assert!(frames >= 15, "found {frames} pusher frame fixtures");
+    }
+
+    #[test]
+    fn hostile_numbers_are_not_ids_or_codes() {
+        for bad in [
+            r#"{"livestream":{"id":-5,"channel_id":7}}"#,
+            r#"{"livestream":{"id":0,"channel_id":7}}"#,
+            r#"{"livestream":{"id":18446744073709551615,"channel_id":7}}"#,
+            r#"{"livestream":{"id":{"x":1},"channel_id":7}}"#,
+            r#"{"livestream":{"id":5,"channel_id":-7}}"#,
+        ] {
+            let v: Value = serde_json::from_str(bad).unwrap();
+            assert!(
+                decode_event("StreamerIsLive", &v, "chatrooms.1").is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(channel_id_of_topic("channel.-3"), None);
+        assert_eq!(channel_id_of_topic("channel.0"), None);
+        let m = decode_centrifugo(r#"{"push":{"disconnect":{"code":4294967296000,"reason":"x"}}}"#);
+        assert_eq!(
+            m[0].as_ref().unwrap(),
+            &CentrifugoMsg::Disconnect {
+                code: u16::MAX,
+                reason: "x".into()
+            }
+        );
+        // A code that would truncate into the terminal range does not.
+        let m = decode_centrifugo(r#"{"push":{"disconnect":{"code":69036,"reason":"x"}}}"#);
+        assert!(matches!(
+            m[0],
+            Ok(CentrifugoMsg::Disconnect { code: u16::MAX, .. })
+        ));
     }
 
     #[test]

@@ -134,6 +134,12 @@ impl Stack {
         }
         let dir = std::env::temp_dir().join(format!("kick-e2e-{}-{}", std::process::id(), db.name));
         std::fs::create_dir_all(&dir).unwrap();
+        // The collectors' spool and slot locks live with the stack (removed with it).
+        env.retain(|(k, _)| k != "STATE_DIRECTORY");
+        env.push((
+            "STATE_DIRECTORY".into(),
+            dir.join("state").display().to_string(),
+        ));
         Stack {
             cluster,
             db,

@@ -367,6 +367,14 @@ impl TestDb {
     pub fn app_config(&self, extra: &[(&str, &str)]) -> Config {
         let mut src = Source::from_pairs(self.env());
         src.set("LOG_FORMAT", "text");
+        // The collector's spool and slot lock: one directory per test database.
+        src.set(
+            "STATE_DIRECTORY",
+            std::env::temp_dir()
+                .join(format!("kick-state-{}", self.name))
+                .display()
+                .to_string(),
+        );
         for (k, v) in extra {
             src.set(*k, *v);
         }
