@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod model;
 pub mod shutdown;
 pub mod systemd;
+mod tls;
 
 /// Installs the process-wide rustls crypto provider (ring). Call once at process start, before any
 /// TLS connection (database, Kick API or WebSocket) is made; later calls are harmless.
@@ -42,14 +43,22 @@ pub fn tls_client_config() -> std::sync::Arc<rustls::ClientConfig> {
         .clone()
 }
 
-/// Start-up shared by the services' `main`: configuration from the environment, logging, then
-/// the settings stored in the database's `config` table (read once logs go somewhere). An error
-/// has already been reported on stderr; its exit code is returned.
-pub async fn service_config(prog: &str) -> Result<config::Config, std::process::ExitCode> {
+/// Start-up shared by the services' `main`: configuration from the environment (with the
+/// service's own database user, see [`config::Service`]), logging, then the settings stored in
+/// the database's `config` table (read once logs go somewhere). An error has already been
+/// reported on stderr; its exit code is returned.
+pub async fn service_config(
+    service: config::Service,
+) -> Result<config::Config, std::process::ExitCode> {
     init_tls();
-    let config = config::Config::from_env().map_err(|e| exit::report(prog, &e.into()))?;
+    let prog = service.program();
+    let config =
+        config::Config::from_env_for(service).map_err(|e| exit::report(prog, &e.into()))?;
     logging::init(&config.log);
-    config::load_with_db()
+    for warning in config.database.warnings() {
+        tracing::warn!("{warning}");
+    }
+    config::load_with_db(service)
         .await
         .map_err(|e| exit::report(prog, &e))
 }
