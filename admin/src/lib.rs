@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use kick_shared::config::Config;
+use kick_shared::config::{Config, Service};
 use kick_shared::exit::{EXIT_CODES_HELP, Exit};
 
 mod config_cmd;
@@ -69,7 +69,8 @@ pub fn usage_exit(e: &clap::Error) -> ExitCode {
     }
 }
 
-/// Runs one command with configuration from `.env` and the environment.
+/// Runs one command with configuration from `.env` and the environment, over the packaged
+/// environment file and credentials when they are readable (see `Source::from_env_for`).
 pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
     if let Command::Completions { .. } = cli.command {
         // Needs no configuration.
@@ -83,15 +84,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         .await;
     }
     let needs_db_settings = matches!(cli.command, Command::Streamers(_));
-    let mut config = Config::from_env()?;
+    let mut config = Config::from_env_for(Service::Admin)?;
     kick_shared::logging::init(&kick_shared::config::LogConfig {
         // A CLI talks to a person: warnings and errors only, as text on stderr, unless asked.
         level: std::env::var("LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
         format: kick_shared::config::LogFormat::Text,
     });
+    for warning in config.database.warnings() {
+        tracing::warn!("{warning}");
+    }
     if needs_db_settings {
         // Kick credentials may be stored in the config table (`config set KICK_CLIENT_SECRET`).
-        config = kick_shared::config::load_with_db().await?;
+        config = kick_shared::config::load_with_db(Service::Admin).await?;
     }
     run_with(cli, &config).await
 }

@@ -9,6 +9,8 @@ fn admin(env: &[(String, String)], args: &[&str]) -> (i32, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kick-admin"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap())
+        // Never the packaged settings of this machine, if kick-monitor is installed.
+        .env("KICK_MONITOR_ENV_FILE", "/dev/null")
         .current_dir(std::env::temp_dir());
     for (k, v) in env {
         cmd.env(k, v);

@@ -101,7 +101,7 @@ async fn reload_config(
     config: &watch::Sender<Arc<Config>>,
 ) {
     let current = ctx.cfg();
-    match kick_shared::config::with_db_settings(&current.env, client).await {
+    match kick_shared::config::with_db_settings(&current, client).await {
         Ok(new) => {
             ctx.health.clear("config");
             // The API client notices changed credentials itself (they are redacted in Debug).

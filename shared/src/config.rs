@@ -3,17 +3,22 @@
 //! which the binaries turn into exit code 78.
 //!
 //! Settings are read from a [`Source`] rather than from `std::env` directly so that tests can
-//! supply their own values without touching the process environment.
+//! supply their own values without touching the process environment. Database settings are in
+//! [`database`] (libpq's conventions: `PG*` fallbacks, `sslmode`, the password file).
+
+mod database;
+mod pgpass;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+pub use self::database::{DEFAULT_SOCKET_DIR, DbConfig, RootCert, SslMode};
 use crate::exit::{Classify, Exit};
 
 pub const DEFAULT_API_URL: &str = "https://api.kick.com";
@@ -44,10 +49,65 @@ impl Classify for ConfigError {
     }
 }
 
+/// The environment file the Debian package installs, which kick-admin reads too.
+pub const PACKAGED_ENV_FILE: &str = "/etc/kick-monitor/kick-monitor.env";
+
+/// Which program is loading its configuration. A service may have its own database user
+/// (`COLLECTOR_DATABASE_USER`, …), so that one environment file serves every unit; kick-admin
+/// also reads the packaged files (see [`Source::from_env_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Collector,
+    Writer,
+    Webhooks,
+    Admin,
+}
+
+impl Service {
+    /// The binary's name, as in messages and `--help`.
+    pub fn program(self) -> &'static str {
+        match self {
+            Service::Collector => "kick-collector",
+            Service::Writer => "kick-writer",
+            Service::Webhooks => "kick-webhooks",
+            Service::Admin => "kick-admin",
+        }
+    }
+
+    /// The service whose binary is called `program`.
+    pub fn from_program(program: &str) -> Option<Service> {
+        [
+            Service::Collector,
+            Service::Writer,
+            Service::Webhooks,
+            Service::Admin,
+        ]
+        .into_iter()
+        .find(|s| s.program() == program)
+    }
+
+    /// The variable naming this service's own database user, which wins over `DATABASE_USER`
+    /// and the user in `DATABASE_URL`. kick-admin has none: it runs as the operator's role.
+    pub fn database_user_var(self) -> Option<&'static str> {
+        match self {
+            Service::Collector => Some("COLLECTOR_DATABASE_USER"),
+            Service::Writer => Some("WRITER_DATABASE_USER"),
+            Service::Webhooks => Some("WEBHOOKS_DATABASE_USER"),
+            Service::Admin => None,
+        }
+    }
+}
+
 /// Where settings come from: the process environment over `.env`, or a map in tests.
 #[derive(Clone, Default)]
 pub struct Source {
     vars: HashMap<String, String>,
+    /// Where credentials are looked for when `CREDENTIALS_DIRECTORY` is unset: the directory of
+    /// the packaged environment file (kick-admin only).
+    packaged_credentials: Option<PathBuf>,
+    /// The packaged environment file exists but could not be read (e.g. kick-admin without
+    /// sudo): worth saying when a database setting is then missing.
+    unreadable_env_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for Source {
@@ -55,7 +115,10 @@ impl fmt::Debug for Source {
         // Values may be secrets: only the names are shown.
         let mut keys: Vec<_> = self.vars.keys().collect();
         keys.sort();
-        f.debug_struct("Source").field("vars", &keys).finish()
+        f.debug_struct("Source")
+            .field("vars", &keys)
+            .field("packaged_credentials", &self.packaged_credentials)
+            .finish()
     }
 }
 
@@ -80,7 +143,90 @@ impl Source {
                 vars.insert(k.to_owned(), v.to_owned());
             }
         }
-        Ok(Self { vars })
+        Ok(Self {
+            vars,
+            ..Self::default()
+        })
+    }
+
+    /// As [`Source::from_env`]; for kick-admin, also the packaged files, so that
+    /// `sudo kick-admin …` works on an installed system as the services do: the environment file
+    /// ([`PACKAGED_ENV_FILE`], or `KICK_MONITOR_ENV_FILE`) with the lowest precedence, and, when
+    /// `CREDENTIALS_DIRECTORY` is unset, the credential files beside it (`database-password`,
+    /// `kick-client-secret`, `config.key`). The services get these from systemd instead.
+    pub fn from_env_for(service: Service) -> Result<Self, ConfigError> {
+        let mut src = Self::from_env()?;
+        if service == Service::Admin {
+            src.add_packaged_files()?;
+        }
+        Ok(src)
+    }
+
+    fn add_packaged_files(&mut self) -> Result<(), ConfigError> {
+        let (path, explicit) = match self.get("KICK_MONITOR_ENV_FILE") {
+            Some(p) => (PathBuf::from(p.trim()), true),
+            None => (PathBuf::from(PACKAGED_ENV_FILE), false),
+        };
+        match dotenvy::from_path_iter(&path) {
+            Ok(iter) => {
+                for item in iter {
+                    let (k, v) = item.map_err(|e| {
+                        ConfigError::new(
+                            "KICK_MONITOR_ENV_FILE",
+                            format!("cannot parse {}: {e}", path.display()),
+                        )
+                    })?;
+                    if self.get(&k).is_none() {
+                        self.vars.insert(k, v);
+                    }
+                }
+            }
+            Err(e) if explicit => {
+                return Err(ConfigError::new(
+                    "KICK_MONITOR_ENV_FILE",
+                    format!("cannot read {}: {e}", path.display()),
+                ));
+            }
+            Err(e) if e.not_found() => {}
+            Err(_) => self.unreadable_env_file = Some(path.clone()),
+        }
+        self.packaged_credentials = path.parent().map(Path::to_path_buf);
+        Ok(())
+    }
+
+    /// Says that the packaged environment file could not be read, if so.
+    fn unreadable_env_file_hint(&self) -> Option<String> {
+        let path = self.unreadable_env_file.as_ref()?;
+        Some(format!(
+            "{} exists but cannot be read by this user (try sudo)",
+            path.display()
+        ))
+    }
+
+    /// The file holding credential `name`: `$CREDENTIALS_DIRECTORY/name` (systemd), or for
+    /// kick-admin without it the packaged file beside the environment file. A file that is
+    /// missing, unreadable, empty or only whitespace counts as absent.
+    fn credential_file(&self, name: &str) -> Option<PathBuf> {
+        let path = match self.get("CREDENTIALS_DIRECTORY") {
+            Some(dir) => PathBuf::from(dir).join(name),
+            None => {
+                let packaged_name = match name {
+                    "kick-config-key" => "config.key",
+                    other => other,
+                };
+                self.packaged_credentials.as_ref()?.join(packaged_name)
+            }
+        };
+        let text = std::fs::read_to_string(&path).ok()?;
+        (!text.trim().is_empty()).then_some(path)
+    }
+
+    /// The value of credential `name` (see [`Source::credential_file`]), without its trailing
+    /// newline.
+    fn credential(&self, name: &str) -> Option<SecretString> {
+        let text = std::fs::read_to_string(self.credential_file(name)?).ok()?;
+        let value = text.trim_end_matches(['\n', '\r']);
+        (!value.trim().is_empty()).then(|| SecretString::from(value.to_owned()))
     }
 
     pub fn from_pairs<K: Into<String>, V: Into<String>>(
@@ -91,6 +237,7 @@ impl Source {
                 .into_iter()
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
+            ..Self::default()
         }
     }
 
@@ -164,137 +311,6 @@ fn shown(v: &str) -> String {
     s
 }
 
-/// How TLS is used for the database connection (`DATABASE_SSLMODE`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SslMode {
-    Disable,
-    Prefer,
-    Require,
-}
-
-/// Database connection settings. Debug output never shows the password.
-#[derive(Clone)]
-pub struct DbConfig {
-    pub pg: tokio_postgres::Config,
-    pub sslmode: SslMode,
-}
-
-impl fmt::Debug for DbConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DbConfig")
-            .field("target", &self.describe())
-            .field("sslmode", &self.sslmode)
-            .field("password", &self.pg.get_password().map(|_| "[REDACTED]"))
-            .finish()
-    }
-}
-
-impl DbConfig {
-    /// `user@host:port/dbname`, for messages: never includes the password.
-    pub fn describe(&self) -> String {
-        let host = match self.pg.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-            None => "localhost".into(),
-        };
-        let port = self.pg.get_ports().first().copied().unwrap_or(5432);
-        format!(
-            "{}@{}:{}/{}",
-            self.pg.get_user().unwrap_or("?"),
-            host,
-            port,
-            self.pg.get_dbname().unwrap_or("?")
-        )
-    }
-
-    pub fn from_source(src: &Source) -> Result<Self, ConfigError> {
-        let sslmode = match src.get("DATABASE_SSLMODE").map(str::trim) {
-            None | Some("prefer") => SslMode::Prefer,
-            Some("disable") => SslMode::Disable,
-            Some("require") => SslMode::Require,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "DATABASE_SSLMODE",
-                    format!("'{}' is not one of disable, prefer, require", shown(other)),
-                ));
-            }
-        };
-        let mut pg = if let Some(url) = src.get("DATABASE_URL") {
-            let mut pg = tokio_postgres::Config::from_str(url.trim()).map_err(|e| {
-                // The URL may hold a password: say what is wrong without echoing it.
-                ConfigError::new(
-                    "DATABASE_URL",
-                    format!("not a valid postgres URL or key=value string ({e})"),
-                )
-            })?;
-            if pg.get_hosts().is_empty() {
-                pg.host("localhost");
-            }
-            if pg.get_dbname().is_none() {
-                return Err(ConfigError::new("DATABASE_URL", "has no database name"));
-            }
-            pg
-        } else {
-            let host = src.get("DATABASE_HOST").ok_or_else(|| {
-                ConfigError::new(
-                    "DATABASE_URL",
-                    "not set (set DATABASE_URL, or DATABASE_HOST and DATABASE_NAME)",
-                )
-            })?;
-            let mut pg = tokio_postgres::Config::new();
-            pg.host(host.trim());
-            let port: u16 = src.parse("DATABASE_PORT", 5432, "a port number (1-65535)")?;
-            if port == 0 {
-                return Err(ConfigError::new(
-                    "DATABASE_PORT",
-                    "'0' is not a port number (1-65535)",
-                ));
-            }
-            pg.port(port);
-            let name = src
-                .get("DATABASE_NAME")
-                .ok_or_else(|| ConfigError::new("DATABASE_NAME", "not set"))?;
-            pg.dbname(name.trim());
-            let user = src
-                .get("DATABASE_USER")
-                .map(str::to_owned)
-                .unwrap_or_else(|| std::env::var("USER").unwrap_or_else(|_| "kick_monitor".into()));
-            pg.user(user.trim());
-            if let Some(pw) = src.get("DATABASE_PASSWORD") {
-                pg.password(pw);
-            } else if let Some(pw) = read_credential(src, "database-password") {
-                pg.password(pw.expose_secret());
-            }
-            pg
-        };
-        if src.get("DATABASE_PORT").is_some() && src.get("DATABASE_URL").is_some() {
-            // DATABASE_PORT alongside a URL still has to be valid: it must not be silently ignored.
-            let port: u16 = src.parse("DATABASE_PORT", 5432, "a port number (1-65535)")?;
-            pg.port(port);
-        }
-        if pg.get_user().is_none() {
-            pg.user("kick_monitor");
-        }
-        pg.ssl_mode(match sslmode {
-            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-            SslMode::Require => tokio_postgres::config::SslMode::Require,
-        });
-        pg.connect_timeout(Duration::from_secs(10));
-        pg.keepalives_idle(Duration::from_secs(30));
-        Ok(Self { pg, sslmode })
-    }
-}
-
-/// Reads a systemd credential (`$CREDENTIALS_DIRECTORY/name`) if one was passed to the service.
-fn read_credential(src: &Source, name: &str) -> Option<SecretString> {
-    let dir = src.get("CREDENTIALS_DIRECTORY")?;
-    let text = std::fs::read_to_string(PathBuf::from(dir).join(name)).ok()?;
-    Some(SecretString::from(
-        text.trim_end_matches(['\n', '\r']).to_owned(),
-    ))
-}
-
 /// Which realtime transport the collector speaks (`KICK_REALTIME_TRANSPORT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -358,7 +374,7 @@ impl KickConfig {
         };
         let client_secret = match src.get("KICK_CLIENT_SECRET") {
             Some(s) => Some(SecretString::from(s.to_owned())),
-            None => read_credential(src, "kick-client-secret"),
+            None => src.credential("kick-client-secret"),
         };
         Ok(Self {
             client_id: src.get("KICK_CLIENT_ID").map(|s| s.trim().to_owned()),
@@ -437,15 +453,29 @@ pub struct Config {
     /// The environment (and `.env`) this configuration was made from: the services merge the
     /// `config` table under it again whenever the table changes.
     pub env: Source,
+    /// The program this configuration is for (its database user may be its own).
+    pub service: Service,
 }
 
 impl Config {
-    /// Loads `.env` and the environment.
+    /// Loads `.env` and the environment, with no per-service database user.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_source(&Source::from_env()?)
     }
 
+    /// Loads the configuration of `service` (see [`Source::from_env_for`] and
+    /// [`Service::database_user_var`]).
+    pub fn from_env_for(service: Service) -> Result<Self, ConfigError> {
+        Self::from_source_for(&Source::from_env_for(service)?, service)
+    }
+
+    /// The configuration in `src`, with no per-service database user.
     pub fn from_source(src: &Source) -> Result<Self, ConfigError> {
+        Self::from_source_for(src, Service::Admin)
+    }
+
+    /// The configuration of `service` in `src`.
+    pub fn from_source_for(src: &Source, service: Service) -> Result<Self, ConfigError> {
         let level = src.get("LOG_LEVEL").unwrap_or("info").trim().to_owned();
         tracing_subscriber::EnvFilter::try_new(&level).map_err(|e| {
             ConfigError::new(
@@ -520,13 +550,10 @@ impl Config {
         }
         let config_key_file = src
             .get("KICK_CONFIG_KEY_FILE")
-            .map(PathBuf::from)
-            .or_else(|| {
-                src.get("CREDENTIALS_DIRECTORY")
-                    .map(|d| PathBuf::from(d).join("kick-config-key"))
-            });
+            .map(|p| PathBuf::from(p.trim()))
+            .or_else(|| src.credential_file("kick-config-key"));
         Ok(Self {
-            database: DbConfig::from_source(src)?,
+            database: DbConfig::from_source_for(src, service)?,
             kick: KickConfig::from_source(src)?,
             log: LogConfig { level, format },
             batch_size,
@@ -543,6 +570,7 @@ impl Config {
             state_dir: state_dir(src),
             spool_max_bytes: spool_max_mb.saturating_mul(1 << 20),
             env: src.clone(),
+            service,
         })
     }
 }
@@ -611,13 +639,13 @@ impl Source {
     }
 }
 
-/// Loads `.env` and the environment, then settings from the `config` table (see
-/// [`DB_SETTINGS`]). When the database cannot be reached the environment alone is used (for
-/// `kick-admin`, which reports the database's absence itself when it needs it; the services
-/// wait for the database instead, see [`with_db_settings`]).
-pub async fn load_with_db() -> anyhow::Result<Config> {
-    let src = Source::from_env()?;
-    let base = Config::from_source(&src)?;
+/// Loads the configuration of `service` (see [`Config::from_env_for`]), then settings from the
+/// `config` table (see [`DB_SETTINGS`]). When the database cannot be reached the environment alone
+/// is used (for `kick-admin`, which reports the database's absence itself when it needs it; the
+/// services wait for the database instead, see [`with_db_settings`]).
+pub async fn load_with_db(service: Service) -> anyhow::Result<Config> {
+    let src = Source::from_env_for(service)?;
+    let base = Config::from_source_for(&src, service)?;
     let client = match crate::db::connect(&base.database).await {
         Ok(c) => c,
         Err(e) => {
@@ -625,7 +653,7 @@ pub async fn load_with_db() -> anyhow::Result<Config> {
             return Ok(base);
         }
     };
-    match with_db_settings(&src, &client).await {
+    match with_db_settings(&base, &client).await {
         Ok(c) => Ok(c),
         Err(e) if e.downcast_ref::<crate::db::DbError>().is_some() => {
             tracing::warn!(error = %format!("{e:#}"), "config table not read; using the environment only");
@@ -635,17 +663,18 @@ pub async fn load_with_db() -> anyhow::Result<Config> {
     }
 }
 
-/// The configuration: the environment `src` over the settings stored in the `config` table
+/// The configuration: `current`'s environment over the settings stored in the `config` table
 /// (read through `client`) over the defaults. The service roles may read only the plaintext
 /// settings (`v_config_plain`); an unmigrated database has none. A database error is returned
 /// (the caller decides whether to wait); a stored value that is invalid is a [`ConfigError`].
 pub async fn with_db_settings(
-    src: &Source,
+    current: &Config,
     client: &tokio_postgres::Client,
 ) -> anyhow::Result<Config> {
     // Secrets in the `config` table decrypt with the key the environment names.
     use tokio_postgres::error::SqlState;
-    let base = Config::from_source(src)?;
+    let (src, service) = (&current.env, current.service);
+    let base = Config::from_source_for(src, service)?;
     let rows = match client
         .query("SELECT key, value, encrypted FROM config", &[])
         .await
@@ -684,11 +713,13 @@ pub async fn with_db_settings(
     if !applied.is_empty() {
         tracing::debug!(settings = ?applied, "settings read from the config table");
     }
-    Ok(Config::from_source(&src)?)
+    Ok(Config::from_source_for(&src, service)?)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     fn base() -> Source {
@@ -754,11 +785,16 @@ mod tests {
 
     #[test]
     fn missing_database_settings_are_named() {
-        assert_eq!(err_var(&Source::default()), "DATABASE_URL");
+        // Host, port and user have libpq's defaults; the database has none of ours.
+        let e = Config::from_source(&Source::default()).unwrap_err();
+        assert_eq!(e.var, "DATABASE_NAME");
+        assert!(e.message.contains("DATABASE_URL"), "{e}");
         assert_eq!(
             err_var(&Source::from_pairs([("DATABASE_HOST", "db")])),
             "DATABASE_NAME"
         );
+        let src = Source::from_pairs([("DATABASE_URL", "postgres://u@h")]);
+        assert_eq!(err_var(&src), "DATABASE_NAME");
     }
 
     #[test]
@@ -808,16 +844,309 @@ mod tests {
         );
     }
 
+    /// A directory of its own under the temporary directory, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!(
+                "kick-{name}-{}-{:x}",
+                std::process::id(),
+                rand::random::<u32>()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn write(&self, name: &str, text: &str) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     #[test]
     fn systemd_credentials_are_read() {
-        let dir = std::env::temp_dir().join(format!("kick-cred-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("database-password"), "from-credential\n").unwrap();
+        let dir = TempDir::new("cred");
+        dir.write("database-password", "from-credential\n");
+        dir.write("kick-client-secret", "client-secret\n");
+        dir.write("kick-config-key", "a key\n");
         let mut src = base();
-        src.set("CREDENTIALS_DIRECTORY", dir.to_str().unwrap());
+        src.set("CREDENTIALS_DIRECTORY", dir.0.to_str().unwrap());
         let c = Config::from_source(&src).unwrap();
         assert_eq!(c.database.pg.get_password(), Some(&b"from-credential"[..]));
-        assert_eq!(c.config_key_file, Some(dir.join("kick-config-key")));
-        std::fs::remove_dir_all(dir).unwrap();
+        assert_eq!(
+            c.kick.client_secret.unwrap().expose_secret(),
+            "client-secret"
+        );
+        assert_eq!(c.config_key_file, Some(dir.0.join("kick-config-key")));
+    }
+
+    #[test]
+    fn empty_credential_files_count_as_absent() {
+        let dir = TempDir::new("cred-empty");
+        dir.write("database-password", "\n");
+        dir.write("kick-client-secret", " \n\t\n");
+        dir.write("kick-config-key", "");
+        let mut src = base();
+        src.set("CREDENTIALS_DIRECTORY", dir.0.to_str().unwrap());
+        src.set("KICK_CLIENT_ID", "id");
+        let c = Config::from_source(&src).unwrap();
+        assert_eq!(c.database.pg.get_password(), None);
+        assert_eq!(c.kick.credentials().unwrap_err().var, "KICK_CLIENT_SECRET");
+        assert_eq!(c.config_key_file, None);
+        // Empty variables too.
+        src.set("KICK_CLIENT_SECRET", "  ");
+        src.set("DATABASE_PASSWORD", "");
+        let c = Config::from_source(&src).unwrap();
+        assert_eq!(c.kick.credentials().unwrap_err().var, "KICK_CLIENT_SECRET");
+        assert_eq!(c.database.pg.get_password(), None);
+    }
+
+    #[test]
+    fn pg_variables_are_fallbacks() {
+        use tokio_postgres::config::Host;
+        let pg_only = Source::from_pairs([
+            ("PGHOST", "pg.example"),
+            ("PGPORT", "6000"),
+            ("PGDATABASE", "pgdb"),
+            ("PGUSER", "pguser"),
+            ("PGPASSWORD", "pg-password"),
+            ("PGSSLMODE", "require"),
+        ]);
+        let c = DbConfig::from_source(&pg_only).unwrap();
+        assert_eq!(c.describe(), "pguser@pg.example:6000/pgdb");
+        assert_eq!(c.pg.get_password(), Some(&b"pg-password"[..]));
+        assert_eq!(c.sslmode(), SslMode::Require);
+
+        // DATABASE_* wins over PG*.
+        let mut both = pg_only;
+        for (k, v) in [
+            ("DATABASE_HOST", "db.example"),
+            ("DATABASE_PORT", "7000"),
+            ("DATABASE_NAME", "kick"),
+            ("DATABASE_USER", "kick_user"),
+            ("DATABASE_PASSWORD", "db-password"),
+            ("DATABASE_SSLMODE", "disable"),
+        ] {
+            both.set(k, v);
+        }
+        let c = DbConfig::from_source(&both).unwrap();
+        assert_eq!(c.describe(), "kick_user@db.example:7000/kick");
+        assert_eq!(c.pg.get_password(), Some(&b"db-password"[..]));
+        assert_eq!(c.sslmode(), SslMode::Disable);
+
+        // DATABASE_URL wins over both; what it leaves out comes from them.
+        let mut url = both.clone();
+        url.set("DATABASE_URL", "postgres://url_user@url.example/urldb");
+        let c = DbConfig::from_source(&url).unwrap();
+        assert_eq!(c.describe(), "url_user@url.example:7000/urldb");
+        assert_eq!(c.pg.get_password(), Some(&b"db-password"[..]));
+
+        // Nothing set: libpq's defaults (the Debian socket directory, the OS user).
+        let c = DbConfig::from_source(&Source::from_pairs([("PGDATABASE", "d")])).unwrap();
+        assert_eq!(
+            c.pg.get_hosts(),
+            &[Host::Unix(PathBuf::from(DEFAULT_SOCKET_DIR))]
+        );
+        assert_eq!(c.pg.get_ports(), &[5432]);
+        assert_eq!(c.sslmode(), SslMode::Prefer);
+        assert!(!c.pg.get_user().unwrap_or("").is_empty());
+        // A URL without a host uses the socket directory too, as psql does.
+        let src = Source::from_pairs([("DATABASE_URL", "postgres:///kick")]);
+        let c = DbConfig::from_source(&src).unwrap();
+        assert_eq!(
+            c.pg.get_hosts(),
+            &[Host::Unix(PathBuf::from(DEFAULT_SOCKET_DIR))]
+        );
+    }
+
+    #[test]
+    fn password_sources_in_order() {
+        let dir = TempDir::new("pw-order");
+        dir.write("database-password", "credential-pw\n");
+        let pgpass = dir.write("pgpass", "*:*:*:*:pgpass-pw\n");
+        std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut src = base();
+        src.set("PGPASSFILE", pgpass.to_str().unwrap());
+        let password = |src: &Source| {
+            let c = DbConfig::from_source(src).unwrap();
+            String::from_utf8(c.pg.get_password().unwrap_or_default().to_vec()).unwrap()
+        };
+        assert_eq!(password(&src), "pgpass-pw");
+        src.set("PGPASSWORD", "pgpassword-pw");
+        assert_eq!(password(&src), "pgpassword-pw");
+        src.set("CREDENTIALS_DIRECTORY", dir.0.to_str().unwrap());
+        assert_eq!(password(&src), "credential-pw");
+        src.set("DATABASE_PASSWORD", "database-pw");
+        assert_eq!(password(&src), "database-pw");
+        src.set("DATABASE_URL", "postgres://u:url-pw@h/kick");
+        assert_eq!(password(&src), "url-pw");
+    }
+
+    #[test]
+    fn pgpass_is_matched_against_the_final_settings() {
+        let dir = TempDir::new("pgpass");
+        let pgpass = dir.write(
+            "pgpass",
+            "db.example:5432:kick:kick_writer:writer-pw\n\
+             localhost:5432:kick:kick_collector:collector-pw\n",
+        );
+        std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let src = Source::from_pairs([
+            ("DATABASE_HOST", "db.example"),
+            ("DATABASE_NAME", "kick"),
+            ("DATABASE_USER", "kick_admin"),
+            ("WRITER_DATABASE_USER", "kick_writer"),
+            ("COLLECTOR_DATABASE_USER", "kick_collector"),
+            ("HOME", dir.0.to_str().unwrap()),
+        ]);
+        // ~/.pgpass when PGPASSFILE is unset.
+        std::fs::rename(&pgpass, dir.0.join(".pgpass")).unwrap();
+        let c = DbConfig::from_source_for(&src, Service::Writer).unwrap();
+        assert_eq!(c.pg.get_password(), Some(&b"writer-pw"[..]));
+        let c = DbConfig::from_source(&src).unwrap();
+        assert_eq!(c.pg.get_password(), None, "kick_admin has no line");
+        // Over the default socket directory, the `localhost` line.
+        let mut socket = src.clone();
+        socket.set("DATABASE_HOST", DEFAULT_SOCKET_DIR);
+        let c = DbConfig::from_source_for(&socket, Service::Collector).unwrap();
+        assert_eq!(c.pg.get_password(), Some(&b"collector-pw"[..]));
+        assert!(c.warnings().is_empty());
+        // Readable by others: ignored, with a warning that names the file and no password.
+        std::fs::set_permissions(
+            dir.0.join(".pgpass"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let c = DbConfig::from_source_for(&src, Service::Writer).unwrap();
+        assert_eq!(c.pg.get_password(), None);
+        assert_eq!(c.warnings().len(), 1, "{:?}", c.warnings());
+        assert!(c.warnings()[0].contains(".pgpass"), "{:?}", c.warnings());
+        assert!(!c.warnings()[0].contains("writer-pw"));
+    }
+
+    #[test]
+    fn each_service_may_have_its_own_database_user() {
+        let mut src = Source::from_pairs([
+            ("DATABASE_URL", "postgres://kick_monitor:pw@db/kick"),
+            ("DATABASE_USER", "ignored_by_the_url"),
+            ("COLLECTOR_DATABASE_USER", "kick_collector"),
+            ("WRITER_DATABASE_USER", "kick_writer"),
+            ("WEBHOOKS_DATABASE_USER", "kick_webhooks"),
+        ]);
+        let user = |src: &Source, service| {
+            Config::from_source_for(src, service)
+                .unwrap()
+                .database
+                .pg
+                .get_user()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(user(&src, Service::Collector), "kick_collector");
+        assert_eq!(user(&src, Service::Writer), "kick_writer");
+        assert_eq!(user(&src, Service::Webhooks), "kick_webhooks");
+        assert_eq!(user(&src, Service::Admin), "kick_monitor");
+        src.set("WRITER_DATABASE_USER", "");
+        assert_eq!(
+            user(&src, Service::Writer),
+            "kick_monitor",
+            "empty is unset"
+        );
+        for service in [
+            Service::Collector,
+            Service::Writer,
+            Service::Webhooks,
+            Service::Admin,
+        ] {
+            assert_eq!(Service::from_program(service.program()), Some(service));
+        }
+    }
+
+    #[test]
+    fn kick_admin_reads_the_packaged_files_below_everything_else() {
+        let etc = TempDir::new("etc");
+        let env_file = etc.write(
+            "kick-monitor.env",
+            "# packaged\nDATABASE_HOST=/var/run/postgresql\nDATABASE_NAME=packaged_db\n\
+             DATABASE_USER=packaged_user\nKICK_CLIENT_ID=packaged-id\nLOG_FORMAT=json\n",
+        );
+        etc.write("database-password", "packaged-pw\n");
+        etc.write("kick-client-secret", "packaged-secret\n");
+        etc.write("config.key", "packaged key\n");
+        let mut src = Source::from_pairs([
+            ("KICK_MONITOR_ENV_FILE", env_file.to_str().unwrap()),
+            ("DATABASE_USER", "from_env"),
+            ("LOG_FORMAT", ""),
+        ]);
+        src.add_packaged_files().unwrap();
+        let c = Config::from_source(&src).unwrap();
+        assert_eq!(
+            c.database.describe(),
+            "from_env@/var/run/postgresql:5432/packaged_db"
+        );
+        assert_eq!(c.database.pg.get_password(), Some(&b"packaged-pw"[..]));
+        let (id, secret) = c.kick.credentials().unwrap();
+        assert_eq!(
+            (id.as_str(), secret.expose_secret()),
+            ("packaged-id", "packaged-secret")
+        );
+        assert_eq!(c.config_key_file, Some(etc.0.join("config.key")));
+        assert_eq!(
+            c.log.format,
+            LogFormat::Json,
+            "an empty variable does not hide the file's"
+        );
+
+        // A service's credentials directory wins over the packaged files.
+        let creds = TempDir::new("creds");
+        creds.write("database-password", "systemd-pw");
+        let mut src = Source::from_pairs([
+            ("KICK_MONITOR_ENV_FILE", env_file.to_str().unwrap()),
+            ("CREDENTIALS_DIRECTORY", creds.0.to_str().unwrap()),
+        ]);
+        src.add_packaged_files().unwrap();
+        let c = Config::from_source(&src).unwrap();
+        assert_eq!(c.database.pg.get_password(), Some(&b"systemd-pw"[..]));
+        assert_eq!(c.kick.client_secret.map(|_| ()), None);
+
+        // Empty packaged credentials (as the package installs them) count as absent.
+        etc.write("database-password", "");
+        etc.write("kick-client-secret", "\n");
+        etc.write("config.key", "");
+        let mut src = Source::from_pairs([("KICK_MONITOR_ENV_FILE", env_file.to_str().unwrap())]);
+        src.add_packaged_files().unwrap();
+        let c = Config::from_source(&src).unwrap();
+        assert_eq!(c.database.pg.get_password(), None);
+        assert_eq!(c.kick.credentials().unwrap_err().var, "KICK_CLIENT_SECRET");
+        assert_eq!(c.config_key_file, None);
+
+        // A file named on purpose must exist.
+        let mut src = Source::from_pairs([(
+            "KICK_MONITOR_ENV_FILE",
+            etc.0.join("absent.env").to_str().unwrap(),
+        )]);
+        assert_eq!(
+            src.add_packaged_files().unwrap_err().var,
+            "KICK_MONITOR_ENV_FILE"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_packaged_file_is_mentioned_when_settings_are_missing() {
+        let src = Source {
+            unreadable_env_file: Some(PathBuf::from(PACKAGED_ENV_FILE)),
+            ..Source::default()
+        };
+        let e = Config::from_source(&src).unwrap_err();
+        assert_eq!(e.var, "DATABASE_NAME");
+        assert!(e.message.contains("try sudo"), "{e}");
     }
 }

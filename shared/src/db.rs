@@ -1,13 +1,14 @@
-//! Database access: connecting (TLS through rustls, Unix sockets), LISTEN connections whose
-//! notifications are actually delivered, migrations under an advisory lock, and the error type
-//! with its retryable/fatal classifier.
+//! Database access: connecting (TLS through rustls with libpq's `sslmode` meanings, Unix
+//! sockets), LISTEN connections whose notifications are actually delivered, migrations under an
+//! advisory lock, and the error type with its retryable/fatal classifier.
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{AsyncMessage, Client, Notification};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{AsyncMessage, Client, Connection, Notification, Socket};
 
-use crate::config::DbConfig;
+use crate::config::{DbConfig, SslMode};
 use crate::exit::{Classify, Exit};
 
 mod embedded {
@@ -20,11 +21,13 @@ const MIGRATION_LOCK: i64 = 0x6b69_636b_6d69_6772;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("cannot connect to the database {target}: {}", cause_line(.source))]
+    /// `target` is the connection as [`DbConfig::describe_with_tls`] says. The message holds the
+    /// cause on one line (with a hint for a refused certificate), so the cause is not also a
+    /// `source`: `{:#}` would print it twice.
+    #[error("cannot connect to the database {target}: {}", connect_cause(.cause))]
     Connect {
         target: String,
-        #[source]
-        source: tokio_postgres::Error,
+        cause: tokio_postgres::Error,
     },
     #[error("database error: {}", cause_line(.0))]
     Query(#[from] tokio_postgres::Error),
@@ -47,6 +50,15 @@ pub fn cause_line(e: &tokio_postgres::Error) -> String {
     match std::error::Error::source(e) {
         Some(src) => format!("{e}: {src}"),
         None => e.to_string(),
+    }
+}
+
+/// The cause of a connection failure, with a hint when the server's certificate was refused.
+fn connect_cause(e: &tokio_postgres::Error) -> String {
+    let line = cause_line(e);
+    match crate::tls::certificate_hint(e) {
+        Some(hint) => format!("{line} ({hint})"),
+        None => line,
     }
 }
 
@@ -73,7 +85,7 @@ pub fn is_transient(e: &tokio_postgres::Error) -> bool {
 impl Classify for DbError {
     fn exit(&self) -> Exit {
         match self {
-            DbError::Connect { source, .. } => match source.code() {
+            DbError::Connect { cause, .. } => match cause.code() {
                 Some(c)
                     if c == &SqlState::INVALID_PASSWORD
                         || c == &SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
@@ -102,21 +114,33 @@ impl Classify for DbError {
     }
 }
 
-fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
-    tokio_postgres_rustls::MakeRustlsConnect::new((*crate::tls_client_config()).clone())
+type TlsStream = <tokio_postgres_rustls::MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
+
+/// Opens a connection as `cfg` says. For `sslmode=allow` a plain connection comes first and, if
+/// the server refuses it (say, `hostssl` only), TLS without verification, as libpq does.
+async fn open(cfg: &DbConfig) -> Result<(Client, Connection<Socket, TlsStream>), DbError> {
+    let res = match cfg.pg.connect(cfg.tls()).await {
+        Err(e)
+            if cfg.sslmode() == SslMode::Allow
+                && !cfg.unix_socket()
+                && e.as_db_error().is_some() =>
+        {
+            let mut with_tls = cfg.pg.clone();
+            with_tls.ssl_mode(tokio_postgres::config::SslMode::Require);
+            with_tls.connect(cfg.tls()).await
+        }
+        res => res,
+    };
+    res.map_err(|cause| DbError::Connect {
+        target: cfg.describe_with_tls(),
+        cause,
+    })
 }
 
 /// Opens a connection and drives it on a spawned task. Notifications on this connection are
 /// dropped: use [`listen`] for LISTEN.
 pub async fn connect(cfg: &DbConfig) -> Result<Client, DbError> {
-    let (client, conn) = cfg
-        .pg
-        .connect(tls())
-        .await
-        .map_err(|source| DbError::Connect {
-            target: cfg.describe(),
-            source,
-        })?;
+    let (client, conn) = open(cfg).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %cause_line(&e), "database connection ended");
@@ -133,14 +157,7 @@ pub async fn listen(
     cfg: &DbConfig,
     channels: &[&str],
 ) -> Result<(Client, mpsc::UnboundedReceiver<Notification>), DbError> {
-    let (client, mut conn) = cfg
-        .pg
-        .connect(tls())
-        .await
-        .map_err(|source| DbError::Connect {
-            target: cfg.describe(),
-            source,
-        })?;
+    let (client, mut conn) = open(cfg).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         // `Connection`'s Future impl silently drops notifications; poll_message delivers them.

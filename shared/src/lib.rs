@@ -20,6 +20,7 @@ pub mod shutdown;
 pub mod startup;
 pub mod supervise;
 pub mod systemd;
+mod tls;
 
 /// Installs the process-wide rustls crypto provider (ring). Call once at process start, before any
 /// TLS connection (database, Kick API or WebSocket) is made; later calls are harmless.
@@ -46,15 +47,21 @@ pub fn tls_client_config() -> std::sync::Arc<rustls::ClientConfig> {
         .clone()
 }
 
-/// Start-up shared by the services' `main`: configuration from the environment and logging. An
-/// error has already been reported on stderr; its exit code is returned. The settings stored in
-/// the database's `config` table are merged in by the service once the database answers (see
-/// [`config::with_db_settings`]): a service never runs on defaults because the database was
-/// down when it started.
-pub fn service_config(prog: &str) -> Result<config::Config, std::process::ExitCode> {
+/// Start-up shared by the services' `main`: configuration from the environment (with the
+/// service's own database user, see [`config::Service`]) and logging. An error has already been
+/// reported on stderr; its exit code is returned. The settings stored in the database's `config`
+/// table are merged in by the service once the database answers (see
+/// [`config::with_db_settings`]): a service never runs on defaults because the database was down
+/// when it started.
+pub fn service_config(service: config::Service) -> Result<config::Config, std::process::ExitCode> {
     init_tls();
-    let config = config::Config::from_env().map_err(|e| exit::report(prog, &e.into()))?;
+    let prog = service.program();
+    let config =
+        config::Config::from_env_for(service).map_err(|e| exit::report(prog, &e.into()))?;
     logging::init(&config.log);
+    for warning in config.database.warnings() {
+        tracing::warn!("{warning}");
+    }
     Ok(config)
 }
 

@@ -34,7 +34,7 @@ pub async fn wait_for_database(
             checked?;
             tokio::time::timeout(
                 Duration::from_secs(10),
-                crate::config::with_db_settings(&cfg.env, &client),
+                crate::config::with_db_settings(cfg, &client),
             )
             .await
             .map_err(|_| anyhow::Error::from(db::DbError::Timeout(10)))?

@@ -312,7 +312,7 @@ impl Writer {
     async fn reload(&mut self, session: &Session) {
         let read = tokio::time::timeout(
             Duration::from_secs(10),
-            kick_shared::config::with_db_settings(&self.cfg.config.env, &session.work),
+            kick_shared::config::with_db_settings(&self.cfg.config, &session.work),
         )
         .await;
         match read {

@@ -10,7 +10,7 @@ use kick_shared::exit::EXIT_CODES_HELP;
     name = "kick-writer",
     version = kick_shared::VERSION,
     about = "Apply staged Kick events to streamers and status history (LISTEN raw_events).",
-    long_about = "Apply staged Kick events to streamers and status history.\n\nConfiguration comes from .env and the environment: DATABASE_URL (or DATABASE_HOST, DATABASE_PORT, DATABASE_NAME, DATABASE_USER, DATABASE_PASSWORD, DATABASE_SSLMODE), BATCH_SIZE, KICK_OFFLINE_GRACE, KICK_RAW_RETENTION, WRITER_POLL_INTERVAL, METRICS_ADDR, LOG_LEVEL, LOG_FORMAT.",
+    long_about = "Apply staged Kick events to streamers and status history.\n\nConfiguration comes from .env and the environment: DATABASE_URL (or DATABASE_HOST, DATABASE_PORT, DATABASE_NAME, DATABASE_USER, DATABASE_PASSWORD, DATABASE_SSLMODE, DATABASE_SSLROOTCERT; the PG* variables and ~/.pgpass as fallbacks), WRITER_DATABASE_USER, BATCH_SIZE, KICK_OFFLINE_GRACE, KICK_RAW_RETENTION, WRITER_POLL_INTERVAL, METRICS_ADDR, LOG_LEVEL, LOG_FORMAT.",
     after_help = EXIT_CODES_HELP
 )]
 struct Cli {}
@@ -25,7 +25,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         };
     }
-    let config = match kick_shared::service_config("kick-writer") {
+    let config = match kick_shared::service_config(kick_shared::config::Service::Writer) {
         Ok(c) => c,
         Err(code) => return code,
     };

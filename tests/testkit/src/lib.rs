@@ -2,6 +2,10 @@
 //! a private directory, so it can never collide with a server on port 5432), started once per test
 //! binary, and a fresh migrated database per test (`CREATE DATABASE … TEMPLATE`).
 //!
+//! For the tests of connection settings, [`Cluster::start_tcp`] also listens on 127.0.0.1 at a
+//! free port: in plain text, or TLS only, with a server certificate from a test CA made for the
+//! occasion (see [`TestCerts`]).
+//!
 //! PostgreSQL refuses to run as root, so when the tests run as root the cluster runs as the
 //! unprivileged `postgres` system user (created by Debian's package), through `setpriv`.
 //!
@@ -24,10 +28,10 @@ const TEMPLATE: &str = "kick_template";
 
 const SUPERVISOR: &str = r#"
 set -u
-bindir=$1; data=$2; sock=$3; port=$4; root=$5; runas=$6
+bindir=$1; data=$2; sock=$3; port=$4; root=$5; runas=$6; listen=$7
 pid=
 start() {
-  $runas "$bindir/postgres" -D "$data" -k "$sock" -p "$port" -c listen_addresses= \
+  $runas "$bindir/postgres" -D "$data" -k "$sock" -p "$port" -c "listen_addresses=$listen" \
     -c fsync=on -c synchronous_commit=on -c max_connections=400 -c shared_buffers=64MB \
     -c unix_socket_permissions=0777 -c log_min_messages=warning >>"$root/postgres.log" 2>&1 &
   pid=$!
@@ -54,8 +58,31 @@ pub struct Cluster {
     root: PathBuf,
     bindir: PathBuf,
     port: u16,
+    /// Set for a TLS cluster: the CA that signed its certificate, and one that did not.
+    certs: Option<TestCerts>,
     control: Mutex<ChildStdin>,
     _supervisor: Mutex<Child>,
+}
+
+/// How a cluster from [`Cluster::start_tcp`] accepts TCP connections on 127.0.0.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tcp {
+    /// `ssl = off`: plain text only.
+    Plain,
+    /// `ssl = on` and only `hostssl` rules, so a plain TCP connection is refused. The server's
+    /// certificate is for `localhost` only (not for `127.0.0.1`), signed by [`TestCerts::ca`].
+    TlsOnly,
+}
+
+/// Certificates made for a TLS cluster (removed with it).
+#[derive(Debug, Clone)]
+pub struct TestCerts {
+    /// PEM of the CA that signed the server's certificate.
+    pub ca: PathBuf,
+    /// PEM of another CA, which signed nothing this server presents.
+    pub other_ca: PathBuf,
+    /// The names in the server certificate's subjectAltName.
+    pub server_names: Vec<String>,
 }
 
 fn bindir() -> PathBuf {
@@ -102,6 +129,17 @@ fn run_as() -> Option<(u32, u32)> {
 impl Cluster {
     /// Starts a new private cluster (for tests that stop or restart the server).
     pub fn start() -> Cluster {
+        Self::start_with(None, &[])
+    }
+
+    /// Starts a new private cluster that also listens on 127.0.0.1 at a free port, as `tcp`
+    /// says. `hba_rules` go first in `pg_hba.conf`, before the rules that let `kick_test` in
+    /// without a password (e.g. a rule asking one role for a password).
+    pub fn start_tcp(tcp: Tcp, hba_rules: &[&str]) -> Cluster {
+        Self::start_with(Some(tcp), hba_rules)
+    }
+
+    fn start_with(tcp: Option<Tcp>, hba_rules: &[&str]) -> Cluster {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let bindir = bindir();
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
@@ -142,7 +180,39 @@ impl Cluster {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = 20000 + (rand::random::<u16>() % 40000);
+        let port = match tcp {
+            // The port is in the socket file's name only: any will do.
+            None => 20000 + (rand::random::<u16>() % 40000),
+            Some(_) => free_tcp_port(),
+        };
+        let mut certs = None;
+        if let Some(tcp) = tcp {
+            let mut hba: Vec<String> = vec!["local all all trust".into()];
+            hba.extend(hba_rules.iter().map(|r| r.to_string()));
+            let kind = match tcp {
+                Tcp::Plain => "host",
+                Tcp::TlsOnly => "hostssl",
+            };
+            hba.push(format!("{kind} all all 127.0.0.1/32 trust"));
+            hba.push(format!("{kind} all all ::1/128 trust"));
+            std::fs::write(data.join("pg_hba.conf"), hba.join("\n") + "\n").unwrap();
+            if tcp == Tcp::TlsOnly {
+                let made = make_certs(&root.join("tls"), user);
+                let mut conf = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(data.join("postgresql.conf"))
+                    .unwrap();
+                writeln!(
+                    conf,
+                    "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'",
+                    root.join("tls/server.crt").display(),
+                    root.join("tls/server.key").display()
+                )
+                .unwrap();
+                certs = Some(made);
+            }
+        }
+        let listen = if tcp.is_some() { "127.0.0.1" } else { "" };
         let runas = match user {
             Some((uid, gid)) => format!("setpriv --reuid={uid} --regid={gid} --clear-groups"),
             None => String::new(),
@@ -155,6 +225,7 @@ impl Cluster {
             .arg(port.to_string())
             .arg(&root)
             .arg(runas)
+            .arg(listen)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -165,6 +236,7 @@ impl Cluster {
             root,
             bindir,
             port,
+            certs,
             control: Mutex::new(control),
             _supervisor: Mutex::new(child),
         };
@@ -299,6 +371,22 @@ impl Cluster {
         DbConfig::from_source(&Source::from_pairs(self.env(dbname))).unwrap()
     }
 
+    /// The certificates of a [`Tcp::TlsOnly`] cluster.
+    pub fn certs(&self) -> Option<&TestCerts> {
+        self.certs.as_ref()
+    }
+
+    /// The `DATABASE_*` variables that reach `dbname` over TCP at `host` (`localhost` or
+    /// `127.0.0.1`), as the superuser, with no `DATABASE_SSLMODE`: the default, or the test's.
+    pub fn tcp_env(&self, host: &str, dbname: &str) -> Vec<(String, String)> {
+        vec![
+            ("DATABASE_HOST".into(), host.into()),
+            ("DATABASE_PORT".into(), self.port.to_string()),
+            ("DATABASE_NAME".into(), dbname.into()),
+            ("DATABASE_USER".into(), SUPERUSER.into()),
+        ]
+    }
+
     /// The `DATABASE_*` variables that point a process at `dbname` in this cluster.
     pub fn env(&self, dbname: &str) -> Vec<(String, String)> {
         vec![
@@ -337,6 +425,107 @@ impl Cluster {
     pub fn with_template(self) -> Self {
         self.create_template();
         self
+    }
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now.
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Makes a test CA, a server certificate for `localhost` signed by it, and a second CA, with the
+/// `openssl` command. The server's key belongs to `owner` (the server's user), mode 0600, as
+/// PostgreSQL demands.
+fn make_certs(dir: &Path, owner: Option<(u32, u32)>) -> TestCerts {
+    std::fs::create_dir_all(dir).unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl (apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for (name, cn) in [
+        ("ca", "kick-monitor test CA"),
+        ("other-ca", "another test CA"),
+    ] {
+        write(
+            &format!("{name}.cnf"),
+            &format!(
+                "[req]\ndistinguished_name = dn\nprompt = no\nx509_extensions = v3_ca\n\
+                 [dn]\nCN = {cn}\n\
+                 [v3_ca]\nbasicConstraints = critical, CA:TRUE\n\
+                 keyUsage = critical, keyCertSign, cRLSign\nsubjectKeyIdentifier = hash\n"
+            ),
+        );
+        let (cnf, key, crt) = (
+            format!("{name}.cnf"),
+            format!("{name}.key"),
+            format!("{name}.crt"),
+        );
+        let mut args = vec!["req", "-x509", "-config", &cnf, "-days", "2"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &crt]);
+        openssl(&args);
+    }
+    let server_names = vec!["localhost".to_owned()];
+    write(
+        "server.cnf",
+        "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = localhost\n\
+         [v3_server]\nbasicConstraints = critical, CA:FALSE\n\
+         keyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth\n\
+         subjectAltName = DNS:localhost\nauthorityKeyIdentifier = keyid\n",
+    );
+    let mut args = vec!["req", "-new", "-config", "server.cnf"];
+    args.extend(ec);
+    args.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    openssl(&args);
+    let serial = format!("{}", rand::random::<u32>() | 1);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        &serial,
+        "-days",
+        "2",
+        "-extfile",
+        "server.cnf",
+        "-extensions",
+        "v3_server",
+        "-out",
+        "server.crt",
+    ]);
+    let key = dir.join("server.key");
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&key, Some(uid), Some(gid)).unwrap();
+    }
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    TestCerts {
+        ca: dir.join("ca.crt"),
+        other_ca: dir.join("other-ca.crt"),
+        server_names,
     }
 }
 
