@@ -6,14 +6,38 @@ use std::process::Command;
 use kick_testkit::Cluster;
 
 fn admin(env: &[(String, String)], args: &[&str]) -> (i32, String, String) {
+    admin_with_stdin(env, args, None)
+}
+
+/// Runs the real binary; `stdin` is piped in and closed (without it, stdin is empty).
+fn admin_with_stdin(
+    env: &[(String, String)],
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> (i32, String, String) {
+    use std::io::Write;
+    use std::process::Stdio;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kick-admin"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap())
-        .current_dir(std::env::temp_dir());
+        .current_dir(std::env::temp_dir())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.args(args).output().unwrap();
+    let mut child = cmd.args(args).spawn().unwrap();
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        // The binary may refuse before reading (exit 64): a closed pipe is fine then.
+        let _ = pipe.write_all(input);
+    }
+    let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -232,8 +256,9 @@ async fn prune_deletes_only_old_processed_rows() {
 mod with_kick {
     //! Commands that talk to Kick, against kick-sim.
 
-    use super::*;
     use serde_json::{Value, json};
+
+    use super::*;
 
     struct Env {
         sim: kick_sim::SimHandle,
@@ -263,6 +288,22 @@ mod with_kick {
         tokio::task::spawn_blocking(move || {
             let a: Vec<&str> = args.iter().map(String::as_str).collect();
             admin(&env, &a)
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn run_stdin(
+        env: &[(String, String)],
+        args: &[&str],
+        stdin: &[u8],
+    ) -> (i32, String, String) {
+        let env = env.to_vec();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let stdin = stdin.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            admin_with_stdin(&env, &a, Some(&stdin))
         })
         .await
         .unwrap()
@@ -484,7 +525,7 @@ mod with_kick {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn config_secrets_are_encrypted_and_need_the_key() {
+    async fn config_secrets_come_from_stdin_are_encrypted_and_need_the_key() {
         let e = setup(1).await;
         let dir = std::env::temp_dir().join(format!("kick-key-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -503,43 +544,129 @@ mod with_kick {
             64,
             "no silent overwrite"
         );
-        assert_eq!(
-            run(
-                &env,
-                &[
-                    "config",
-                    "set",
-                    "KICK_CLIENT_SECRET",
-                    "sim-secret",
-                    "--secret"
-                ]
-            )
-            .await
-            .0,
-            0
-        );
+        // A secret comes from standard input (here a pipe, with echo's newline), never from the
+        // arguments, which hold only the key's name.
+        let args = ["config", "set", "KICK_CLIENT_SECRET", "--secret"];
+        assert!(!args.iter().any(|a| a.contains("sim-secret")));
+        let (code, out, err) = run_stdin(&env, &args, b"sim-secret\n").await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("set KICK_CLIENT_SECRET (encrypted)"), "{out}");
+        assert!(!out.contains("sim-secret") && !err.contains("sim-secret"));
         assert_eq!(
             run(&env, &["config", "set", "KICK_RECONCILE_INTERVAL", "60s"])
                 .await
                 .0,
             0
         );
-        let stored: String =
-            e.db.client()
-                .await
-                .query_one(
-                    "SELECT value FROM config WHERE key = 'KICK_CLIENT_SECRET'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
+        let stored = |key: &'static str| {
+            let db = &e.db;
+            async move {
+                db.client()
+                    .await
+                    .query_opt(
+                        "SELECT value, encrypted FROM config WHERE key = $1",
+                        &[&key],
+                    )
+                    .await
+                    .unwrap()
+                    .map(|r| (r.get::<_, String>(0), r.get::<_, bool>(1)))
+            }
+        };
+        let (ciphertext, encrypted) = stored("KICK_CLIENT_SECRET").await.unwrap();
         assert!(
-            !stored.contains("sim-secret") && stored.starts_with("v1:"),
-            "{stored}"
+            encrypted && !ciphertext.contains("sim-secret") && ciphertext.starts_with("v1:"),
+            "{ciphertext}"
         );
         let (code, out, _) = run(&env, &["config", "get", "KICK_CLIENT_SECRET"]).await;
-        assert_eq!((code, out.trim()), (0, "sim-secret"));
+        assert_eq!((code, out.as_str()), (0, "sim-secret\n"));
+        // A value on the command line for a secret is refused with a hint (64); nothing changes.
+        for args in [
+            &[
+                "config",
+                "set",
+                "KICK_CLIENT_SECRET",
+                "leaked-value",
+                "--secret",
+            ][..],
+            &["config", "set", "KICK_CLIENT_SECRET", "leaked-value"],
+            &[
+                "config",
+                "set",
+                "DATABASE_PASSWORD",
+                "leaked-value",
+                "--secret",
+            ],
+            &[
+                "config",
+                "set",
+                "KICK_RECONCILE_INTERVAL",
+                "leaked-value",
+                "--secret",
+            ],
+        ] {
+            let (code, out, err) = run(&env, args).await;
+            assert_eq!(code, 64, "{args:?}: {out}{err}");
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+            assert!(
+                err.contains("secrets are read from standard input: echo -n"),
+                "{err}"
+            );
+            assert!(!err.contains("leaked-value") && !out.contains("leaked-value"));
+        }
+        assert_eq!(
+            stored("KICK_CLIENT_SECRET").await.unwrap().0,
+            ciphertext,
+            "unchanged"
+        );
+        assert_eq!(stored("DATABASE_PASSWORD").await, None);
+        assert_eq!(
+            stored("KICK_RECONCILE_INTERVAL").await,
+            Some(("60s".into(), false))
+        );
+        // A key that is secret by nature is encrypted without --secret; exactly one trailing
+        // newline is removed.
+        let (code, out, err) = run_stdin(
+            &env,
+            &["config", "set", "WEBHOOK_SECRET"],
+            b"two words \n\n",
+        )
+        .await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(stored("WEBHOOK_SECRET").await.unwrap().1);
+        let (_, out, _) = run(&env, &["config", "get", "WEBHOOK_SECRET"]).await;
+        assert_eq!(out, "two words \n\n");
+        // Any key is a secret with --secret.
+        let (code, out, err) =
+            run_stdin(&env, &["config", "set", "API_TOKEN", "--secret"], b"t0ken").await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(stored("API_TOKEN").await.unwrap().1);
+        let (_, out, _) = run(&env, &["config", "get", "API_TOKEN"]).await;
+        assert_eq!(out, "t0ken\n");
+        assert_eq!(run(&env, &["config", "unset", "API_TOKEN"]).await.0, 0);
+        // An empty secret is refused (65); so is a plain setting without a value (64).
+        for input in [&b""[..], b"\n"] {
+            let (code, _, err) =
+                run_stdin(&env, &["config", "set", "OTHER_SECRET", "--secret"], input).await;
+            assert_eq!(code, 65, "{input:?}: {err}");
+            assert!(err.contains("empty secret"), "{err}");
+        }
+        assert_eq!(stored("OTHER_SECRET").await, None);
+        assert_eq!(
+            run(&env, &["config", "set", "KICK_RECONCILE_INTERVAL"])
+                .await
+                .0,
+            64
+        );
+        // Without the config key, it fails before reading the secret (77).
+        let (code, _, err) = run_stdin(
+            &e.env,
+            &["config", "set", "OTHER_SECRET", "--secret"],
+            b"never-read",
+        )
+        .await;
+        assert_eq!(code, 77, "{err}");
+        assert!(!err.contains("never-read"));
+        assert_eq!(run(&env, &["config", "unset", "WEBHOOK_SECRET"]).await.0, 0);
         let (code, out, _) = run(&env, &["config", "list"]).await;
         assert_eq!(code, 0);
         assert!(
