@@ -11,6 +11,7 @@ use kick_shared::exit::{EXIT_CODES_HELP, Exit};
 
 mod config_cmd;
 pub mod db;
+mod secret_input;
 mod status;
 pub mod streamers;
 mod table;

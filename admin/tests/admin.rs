@@ -6,16 +6,40 @@ use std::process::Command;
 use kick_testkit::Cluster;
 
 fn admin(env: &[(String, String)], args: &[&str]) -> (i32, String, String) {
+    admin_with_stdin(env, args, None)
+}
+
+/// Runs the real binary; `stdin` is piped in and closed (without it, stdin is empty).
+fn admin_with_stdin(
+    env: &[(String, String)],
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> (i32, String, String) {
+    use std::io::Write;
+    use std::process::Stdio;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kick-admin"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap())
         // Never the packaged settings of this machine, if kick-monitor is installed.
         .env("KICK_MONITOR_ENV_FILE", "/dev/null")
-        .current_dir(std::env::temp_dir());
+        .current_dir(std::env::temp_dir())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.args(args).output().unwrap();
+    let mut child = cmd.args(args).spawn().unwrap();
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        // The binary may refuse before reading (exit 64): a closed pipe is fine then.
+        let _ = pipe.write_all(input);
+    }
+    let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -234,8 +258,12 @@ async fn prune_deletes_only_old_processed_rows() {
 mod with_kick {
     //! Commands that talk to Kick, against kick-sim.
 
-    use super::*;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
     use serde_json::{Value, json};
+
+    use super::*;
 
     struct Env {
         sim: kick_sim::SimHandle,
@@ -270,8 +298,159 @@ mod with_kick {
         .unwrap()
     }
 
+    async fn run_stdin(
+        env: &[(String, String)],
+        args: &[&str],
+        stdin: &[u8],
+    ) -> (i32, String, String) {
+        let env = env.to_vec();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let stdin = stdin.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            admin_with_stdin(&env, &a, Some(&stdin))
+        })
+        .await
+        .unwrap()
+    }
+
     async fn count(db: &kick_testkit::TestDb, sql: &str) -> i64 {
         db.client().await.query_one(sql, &[]).await.unwrap().get(0)
+    }
+
+    async fn go_live(e: &Env, slug: &str) {
+        reqwest::Client::new()
+            .post(format!("{}/control/streamers/{slug}/live", e.sim.url()))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+    }
+
+    /// Kick as kick-sim plays it, behind a proxy that adds what the simulator cannot do (yet):
+    /// public API endpoints that fail (Kick deprecated `/public/v1/livestreams` in June 2026),
+    /// and slugs other than `streamerN`. An alias shows the simulator's `streamer1` to kick-admin
+    /// as, say, `some-user`, and the old slug is then gone, as after a rename on Kick. Only
+    /// `KICK_API_URL` points here; OAuth stays on the simulator.
+    struct KickProxy {
+        url: String,
+        state: Arc<Mutex<ProxyState>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    #[derive(Debug, Clone, Default)]
+    struct ProxyState {
+        /// (slug on Kick, slug in the simulator).
+        aliases: Vec<(String, String)>,
+        /// Path → the HTTP status it fails with.
+        failing: HashMap<String, u16>,
+    }
+
+    impl ProxyState {
+        fn sim_slug(&self, kick_slug: &str) -> String {
+            if let Some((_, sim)) = self.aliases.iter().find(|(k, _)| k == kick_slug) {
+                return sim.clone();
+            }
+            if self.aliases.iter().any(|(_, sim)| sim == kick_slug) {
+                // Renamed: the simulator's own slug no longer exists on "Kick".
+                return format!("gone-{kick_slug}");
+            }
+            kick_slug.to_owned()
+        }
+    }
+
+    impl KickProxy {
+        async fn start(sim: &kick_sim::SimHandle) -> KickProxy {
+            use axum::extract::State;
+            use axum::http::{HeaderMap, StatusCode, Uri, header};
+            use axum::response::{IntoResponse, Response};
+
+            type Shared = (String, Arc<Mutex<ProxyState>>);
+            async fn forward(
+                State((sim_url, state)): State<Shared>,
+                uri: Uri,
+                headers: HeaderMap,
+            ) -> Response {
+                let st = state.lock().unwrap().clone();
+                let path = uri.path();
+                if let Some(&status) = st.failing.get(path) {
+                    let status = StatusCode::from_u16(status).unwrap();
+                    let body = json!({"message": status.canonical_reason()}).to_string();
+                    return (status, [(header::CONTENT_TYPE, "application/json")], body)
+                        .into_response();
+                }
+                let query: Vec<String> = uri
+                    .query()
+                    .unwrap_or("")
+                    .split('&')
+                    .filter(|p| !p.is_empty())
+                    .map(|pair| match pair.split_once('=') {
+                        Some(("slug", v)) => format!("slug={}", st.sim_slug(v)),
+                        _ => pair.to_owned(),
+                    })
+                    .collect();
+                let mut req =
+                    reqwest::Client::new().get(format!("{sim_url}{path}?{}", query.join("&")));
+                if let Some(auth) = headers.get(header::AUTHORIZATION) {
+                    req = req.header("authorization", auth.to_str().unwrap());
+                }
+                let resp = req.send().await.unwrap();
+                let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+                let mut body = resp.text().await.unwrap();
+                for (kick, sim) in &st.aliases {
+                    body = body.replace(
+                        &format!("\"slug\":\"{sim}\""),
+                        &format!("\"slug\":\"{kick}\""),
+                    );
+                }
+                (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+            }
+
+            let state = Arc::new(Mutex::new(ProxyState::default()));
+            let app = axum::Router::new()
+                .fallback(forward)
+                .with_state((sim.url(), state.clone()));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let task = tokio::spawn(async move {
+                axum::serve(listener, app).await.unwrap();
+            });
+            KickProxy { url, state, task }
+        }
+
+        /// `env` with the public API behind this proxy.
+        fn env(&self, env: &[(String, String)]) -> Vec<(String, String)> {
+            let mut env = env.to_vec();
+            env.push(("KICK_API_URL".into(), self.url.clone()));
+            env
+        }
+
+        /// From now on, the simulator's `sim_slug` is `kick_slug` on Kick (replacing an earlier
+        /// alias of it).
+        fn alias(&self, kick_slug: &str, sim_slug: &str) {
+            let mut st = self.state.lock().unwrap();
+            st.aliases.retain(|(_, s)| s != sim_slug);
+            st.aliases.push((kick_slug.into(), sim_slug.into()));
+        }
+
+        fn fail(&self, path: &str, status: u16) {
+            self.state
+                .lock()
+                .unwrap()
+                .failing
+                .insert(path.into(), status);
+        }
+
+        fn heal(&self) {
+            self.state.lock().unwrap().failing.clear();
+        }
+    }
+
+    impl Drop for KickProxy {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,6 +555,309 @@ mod with_kick {
             0
         );
         assert_eq!(count(&e.db, "SELECT count(*) FROM status_events").await, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn channel_id_conflicts_name_the_owner_and_write_nothing() {
+        let e = setup(6).await;
+        // streamer3 is live: Kick gives its channel id, 2000039.
+        go_live(&e, "streamer3").await;
+        // The operator gave streamer2 that channel id by mistake.
+        let (code, out, err) = run(
+            &e.env,
+            &["streamers", "add", "streamer2", "--channel-id", "2000039"],
+        )
+        .await;
+        assert_eq!(code, 0, "{out}{err}");
+        // The same id for another streamer: 65, one line naming the owner; nothing written.
+        let (code, out, err) = run(
+            &e.env,
+            &["streamers", "add", "streamer1", "--channel-id", "2000039"],
+        )
+        .await;
+        assert_eq!(code, 65, "{out}{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.contains("streamer1: channel id 2000039 already belongs to streamer streamer2"),
+            "{err}"
+        );
+        assert_eq!(count(&e.db, "SELECT count(*) FROM streamers").await, 1);
+        assert_eq!(run(&e.env, &["streamers", "show", "streamer1"]).await.0, 66);
+        // A channel id learned from Kick conflicts the same way, and `add` is all or nothing.
+        let (code, _, err) = run(&e.env, &["streamers", "add", "streamer0", "streamer3"]).await;
+        assert_eq!(code, 65, "{err}");
+        assert!(
+            err.contains("streamer3: channel id 2000039 already belongs to streamer streamer2")
+                && err.contains("nothing was added"),
+            "{err}"
+        );
+        assert_eq!(count(&e.db, "SELECT count(*) FROM streamers").await, 1);
+        // `import` reports conflicts per line and adds the rest.
+        let dir = std::env::temp_dir().join(format!("kick-conflict-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("names.txt");
+        std::fs::write(
+            &file,
+            "streamer4\nstreamer5 2000039\nstreamer3\nghost\nstreamer0 7\nSTREAMER1 7\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let (code, out, err) = run(&e.env, &["streamers", "import", path]).await;
+        assert_eq!(code, 65, "conflicts win over unknown names: {out}{err}");
+        for want in [
+            "2 added, 0 already present, 0 renamed, 3 in conflict, 1 not found on kick",
+            "line 2: streamer5: channel id 2000039 already belongs to streamer streamer2",
+            "line 3: streamer3: channel id 2000039 already belongs to streamer streamer2",
+            "line 6: streamer1: channel id 7 already belongs to streamer streamer0",
+            "not found: ghost",
+        ] {
+            assert!(out.contains(want), "{want}: {out}");
+        }
+        assert_eq!(
+            count(
+                &e.db,
+                "SELECT count(*) FROM streamers WHERE username IN ('streamer0', 'streamer4')"
+            )
+            .await,
+            2
+        );
+        assert_eq!(count(&e.db, "SELECT count(*) FROM streamers").await, 3);
+        let (code, out, _) = run(&e.env, &["streamers", "import", path, "--json"]).await;
+        assert_eq!(code, 65);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let lines: Vec<i64> = v["conflicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["line"].as_i64().unwrap())
+            .collect();
+        assert_eq!(lines, [2, 3, 6], "{v}");
+        assert_eq!(
+            (v["added"].as_i64(), v["existing"].as_i64()),
+            (Some(0), Some(2))
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_streamer_renamed_on_kick_keeps_its_row_and_history() {
+        let e = setup(3).await;
+        assert_eq!(run(&e.env, &["streamers", "add", "streamer1"]).await.0, 0);
+        let c = e.db.client().await;
+        c.batch_execute(
+            "INSERT INTO status_events (streamer_id, previous_status, new_status, occurred_at, source, raw_event_id)
+             SELECT id, 'unknown', 'online', now(), 'realtime', 1 FROM streamers WHERE username = 'streamer1';
+             -- As if streamer1 had been stored under the name it had on Kick before a rename.
+             UPDATE streamers SET username = 'old-name' WHERE username = 'streamer1';",
+        )
+        .await
+        .unwrap();
+        let id = count(&e.db, "SELECT id FROM streamers").await;
+        let (code, out, err) = run(&e.env, &["streamers", "add", "streamer1", "--json"]).await;
+        assert_eq!(code, 0, "{out}{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let s = &v["streamers"][0];
+        assert_eq!(
+            (&s["outcome"], &s["renamed_from"], &s["added"]),
+            (&json!("renamed"), &json!("old-name"), &json!(false)),
+            "{v}"
+        );
+        assert_eq!(
+            count(
+                &e.db,
+                "SELECT id FROM streamers WHERE username = 'streamer1'"
+            )
+            .await,
+            id
+        );
+        assert_eq!(count(&e.db, "SELECT count(*) FROM status_events").await, 1);
+        let (code, out, _) = run(&e.env, &["streamers", "history", "streamer1", "--json"]).await;
+        assert_eq!(code, 0);
+        assert_eq!(
+            serde_json::from_str::<Value>(&out).unwrap()["history"][0]["new_status"],
+            "online"
+        );
+        assert_eq!(run(&e.env, &["streamers", "show", "old-name"]).await.0, 66);
+        c.batch_execute("UPDATE streamers SET username = 'older' WHERE username = 'streamer1'")
+            .await
+            .unwrap();
+        let (code, out, _) = run(&e.env, &["streamers", "add", "streamer1"]).await;
+        assert_eq!(code, 0);
+        assert!(
+            out.contains("renamed older -> streamer1 (user 1000007, channel id not known yet)"),
+            "{out}"
+        );
+        // Same slug and user id: already added.
+        let (code, out, _) = run(&e.env, &["streamers", "add", "streamer1"]).await;
+        assert_eq!(code, 0);
+        assert!(
+            out.contains("streamer1 is already added (user 1000007"),
+            "{out}"
+        );
+        // A stored slug that Kick now gives to another user is a conflict, not a rename.
+        c.batch_execute("UPDATE streamers SET username = 'streamer2' WHERE username = 'streamer1'")
+            .await
+            .unwrap();
+        let (code, _, err) = run(&e.env, &["streamers", "add", "streamer2"]).await;
+        assert_eq!(code, 65, "{err}");
+        assert!(
+            err.contains(
+                "streamer2 is stored for kick user 1000007, but on kick it is now user 1000014"
+            ),
+            "{err}"
+        );
+        assert_eq!(count(&e.db, "SELECT count(*) FROM streamers").await, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn usernames_become_kicks_slugs_and_renames_follow_kick() {
+        let e = setup(3).await;
+        let proxy = KickProxy::start(&e.sim).await;
+        let env = proxy.env(&e.env);
+        // On Kick, the user `Some_User` has the slug `some-user`.
+        proxy.alias("some-user", "streamer1");
+        let (code, out, err) = run(&env, &["streamers", "add", "Some_User"]).await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(
+            out.contains("added some-user (user 1000007, channel id not known yet)"),
+            "{out}"
+        );
+        assert_eq!(
+            count(
+                &e.db,
+                "SELECT count(*) FROM streamers WHERE username = 'some-user'"
+            )
+            .await,
+            1
+        );
+        for form in ["Some_User", "some-user", " SOME-USER ", "some_user"] {
+            let (code, out, err) = run(&env, &["streamers", "show", form]).await;
+            assert_eq!(code, 0, "{form:?}: {err}");
+            assert!(out.contains("username         some-user"), "{out}");
+        }
+        assert_eq!(run(&env, &["streamers", "history", "Some_User"]).await.0, 0);
+        let (code, out, _) = run(&env, &["streamers", "disable", "some_user"]).await;
+        assert_eq!((code, out.as_str()), (0, "disabled some-user\n"));
+        assert_eq!(run(&env, &["streamers", "enable", "Some_User"]).await.0, 0);
+        // Longer than Kick allows: bad input before any lookup.
+        let (code, _, err) = run(&env, &["streamers", "add", &"a".repeat(26)]).await;
+        assert_eq!(code, 65, "{err}");
+        // Renamed on Kick: same user, new slug; the old slug no longer resolves.
+        proxy.alias("new-name", "streamer1");
+        let (code, out, err) = run(&env, &["streamers", "add", "New_Name"]).await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("renamed some-user -> new-name"), "{out}");
+        assert_eq!(run(&env, &["streamers", "add", "some-user"]).await.0, 66);
+        // `import` renames too.
+        proxy.alias("third-name", "streamer1");
+        let dir = std::env::temp_dir().join(format!("kick-rename-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("names.txt");
+        std::fs::write(&file, "Third_Name\nstreamer2\n").unwrap();
+        let (code, out, err) = run(&env, &["streamers", "import", file.to_str().unwrap()]).await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(
+            out.contains("1 added, 0 already present, 1 renamed")
+                && out.contains("renamed new-name -> third-name"),
+            "{out}"
+        );
+        assert_eq!(run(&env, &["streamers", "remove", "THIRD_NAME"]).await.0, 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_channel_id_and_display_name_lookups_never_fail_add() {
+        let e = setup(5).await;
+        let proxy = KickProxy::start(&e.sim).await;
+        let env = proxy.env(&e.env);
+        go_live(&e, "streamer3").await;
+        // Kick removed the livestreams endpoint; the users endpoint fails too.
+        proxy.fail("/public/v1/livestreams", 404);
+        proxy.fail("/public/v1/users", 500);
+        let (code, out, err) = run(
+            &env,
+            &["streamers", "add", "streamer3", "streamer1", "--json"],
+        )
+        .await;
+        assert_eq!(code, 0, "{out}{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let live = &v["streamers"][0];
+        assert_eq!(
+            (
+                &live["username"],
+                &live["kick_channel_id"],
+                &live["display_name"]
+            ),
+            (&json!("streamer3"), &Value::Null, &Value::Null),
+            "{v}"
+        );
+        let notes = live["notes"].to_string();
+        assert!(
+            notes.contains(
+                "channel id not learned: livestreams lookup failed (kick answered http 404"
+            ) && notes.contains("display name not learned: users lookup failed"),
+            "{notes}"
+        );
+        // Not live: no channel id was looked up, so only the display name is missing.
+        assert_eq!(
+            v["streamers"][1]["notes"].as_array().unwrap().len(),
+            1,
+            "{v}"
+        );
+        assert_eq!(
+            count(&e.db, "SELECT count(*) FROM streamers WHERE kick_channel_id IS NULL AND display_name IS NULL").await,
+            2
+        );
+        // Human output says so too, and so does `import`.
+        assert_eq!(run(&env, &["streamers", "remove", "streamer3"]).await.0, 0);
+        let (code, out, _) = run(&env, &["streamers", "add", "streamer3"]).await;
+        assert_eq!(code, 0);
+        assert!(
+            out.contains("added streamer3 (user 1000021, channel id not known yet)")
+                && out.contains("  note: channel id not learned: livestreams lookup failed"),
+            "{out}"
+        );
+        assert_eq!(run(&env, &["streamers", "remove", "streamer3"]).await.0, 0);
+        let dir = std::env::temp_dir().join(format!("kick-nolive-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("names.txt");
+        std::fs::write(&file, "streamer3\nstreamer4\n").unwrap();
+        let (code, out, err) = run(&env, &["streamers", "import", file.to_str().unwrap()]).await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(
+            out.contains("note (1 streamer): channel id not learned")
+                && out.contains("note (2 streamers): display name not learned"),
+            "{out}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+        // The channels lookup (slug to user id) stays required.
+        proxy.fail("/public/v1/channels", 500);
+        let (code, _, err) = run(&env, &["streamers", "add", "streamer0"]).await;
+        assert_eq!(code, 69, "{err}");
+        assert_eq!(
+            count(
+                &e.db,
+                "SELECT count(*) FROM streamers WHERE username = 'streamer0'"
+            )
+            .await,
+            0
+        );
+        // Once Kick answers again, adding the streamer again learns its channel id.
+        proxy.heal();
+        let (code, out, _) = run(&env, &["streamers", "add", "streamer3"]).await;
+        assert_eq!(code, 0);
+        assert!(
+            out.contains("streamer3 is already added (user 1000021, channel 2000039)"),
+            "{out}"
+        );
+        assert_eq!(
+            count(
+                &e.db,
+                "SELECT kick_channel_id FROM streamers WHERE username = 'streamer3'"
+            )
+            .await,
+            2000039
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,7 +968,7 @@ mod with_kick {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn config_secrets_are_encrypted_and_need_the_key() {
+    async fn config_secrets_come_from_stdin_are_encrypted_and_need_the_key() {
         let e = setup(1).await;
         let dir = std::env::temp_dir().join(format!("kick-key-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -505,43 +987,129 @@ mod with_kick {
             64,
             "no silent overwrite"
         );
-        assert_eq!(
-            run(
-                &env,
-                &[
-                    "config",
-                    "set",
-                    "KICK_CLIENT_SECRET",
-                    "sim-secret",
-                    "--secret"
-                ]
-            )
-            .await
-            .0,
-            0
-        );
+        // A secret comes from standard input (here a pipe, with echo's newline), never from the
+        // arguments, which hold only the key's name.
+        let args = ["config", "set", "KICK_CLIENT_SECRET", "--secret"];
+        assert!(!args.iter().any(|a| a.contains("sim-secret")));
+        let (code, out, err) = run_stdin(&env, &args, b"sim-secret\n").await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("set KICK_CLIENT_SECRET (encrypted)"), "{out}");
+        assert!(!out.contains("sim-secret") && !err.contains("sim-secret"));
         assert_eq!(
             run(&env, &["config", "set", "KICK_RECONCILE_INTERVAL", "60s"])
                 .await
                 .0,
             0
         );
-        let stored: String =
-            e.db.client()
-                .await
-                .query_one(
-                    "SELECT value FROM config WHERE key = 'KICK_CLIENT_SECRET'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
+        let stored = |key: &'static str| {
+            let db = &e.db;
+            async move {
+                db.client()
+                    .await
+                    .query_opt(
+                        "SELECT value, encrypted FROM config WHERE key = $1",
+                        &[&key],
+                    )
+                    .await
+                    .unwrap()
+                    .map(|r| (r.get::<_, String>(0), r.get::<_, bool>(1)))
+            }
+        };
+        let (ciphertext, encrypted) = stored("KICK_CLIENT_SECRET").await.unwrap();
         assert!(
-            !stored.contains("sim-secret") && stored.starts_with("v1:"),
-            "{stored}"
+            encrypted && !ciphertext.contains("sim-secret") && ciphertext.starts_with("v1:"),
+            "{ciphertext}"
         );
         let (code, out, _) = run(&env, &["config", "get", "KICK_CLIENT_SECRET"]).await;
-        assert_eq!((code, out.trim()), (0, "sim-secret"));
+        assert_eq!((code, out.as_str()), (0, "sim-secret\n"));
+        // A value on the command line for a secret is refused with a hint (64); nothing changes.
+        for args in [
+            &[
+                "config",
+                "set",
+                "KICK_CLIENT_SECRET",
+                "leaked-value",
+                "--secret",
+            ][..],
+            &["config", "set", "KICK_CLIENT_SECRET", "leaked-value"],
+            &[
+                "config",
+                "set",
+                "DATABASE_PASSWORD",
+                "leaked-value",
+                "--secret",
+            ],
+            &[
+                "config",
+                "set",
+                "KICK_RECONCILE_INTERVAL",
+                "leaked-value",
+                "--secret",
+            ],
+        ] {
+            let (code, out, err) = run(&env, args).await;
+            assert_eq!(code, 64, "{args:?}: {out}{err}");
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+            assert!(
+                err.contains("secrets are read from standard input: echo -n"),
+                "{err}"
+            );
+            assert!(!err.contains("leaked-value") && !out.contains("leaked-value"));
+        }
+        assert_eq!(
+            stored("KICK_CLIENT_SECRET").await.unwrap().0,
+            ciphertext,
+            "unchanged"
+        );
+        assert_eq!(stored("DATABASE_PASSWORD").await, None);
+        assert_eq!(
+            stored("KICK_RECONCILE_INTERVAL").await,
+            Some(("60s".into(), false))
+        );
+        // A key that is secret by nature is encrypted without --secret; exactly one trailing
+        // newline is removed.
+        let (code, out, err) = run_stdin(
+            &env,
+            &["config", "set", "WEBHOOK_SECRET"],
+            b"two words \n\n",
+        )
+        .await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(stored("WEBHOOK_SECRET").await.unwrap().1);
+        let (_, out, _) = run(&env, &["config", "get", "WEBHOOK_SECRET"]).await;
+        assert_eq!(out, "two words \n\n");
+        // Any key is a secret with --secret.
+        let (code, out, err) =
+            run_stdin(&env, &["config", "set", "API_TOKEN", "--secret"], b"t0ken").await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(stored("API_TOKEN").await.unwrap().1);
+        let (_, out, _) = run(&env, &["config", "get", "API_TOKEN"]).await;
+        assert_eq!(out, "t0ken\n");
+        assert_eq!(run(&env, &["config", "unset", "API_TOKEN"]).await.0, 0);
+        // An empty secret is refused (65); so is a plain setting without a value (64).
+        for input in [&b""[..], b"\n"] {
+            let (code, _, err) =
+                run_stdin(&env, &["config", "set", "OTHER_SECRET", "--secret"], input).await;
+            assert_eq!(code, 65, "{input:?}: {err}");
+            assert!(err.contains("empty secret"), "{err}");
+        }
+        assert_eq!(stored("OTHER_SECRET").await, None);
+        assert_eq!(
+            run(&env, &["config", "set", "KICK_RECONCILE_INTERVAL"])
+                .await
+                .0,
+            64
+        );
+        // Without the config key, it fails before reading the secret (77).
+        let (code, _, err) = run_stdin(
+            &e.env,
+            &["config", "set", "OTHER_SECRET", "--secret"],
+            b"never-read",
+        )
+        .await;
+        assert_eq!(code, 77, "{err}");
+        assert!(!err.contains("never-read"));
+        assert_eq!(run(&env, &["config", "unset", "WEBHOOK_SECRET"]).await.0, 0);
         let (code, out, _) = run(&env, &["config", "list"]).await;
         assert_eq!(code, 0);
         assert!(
