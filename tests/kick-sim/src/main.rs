@@ -59,7 +59,7 @@ the result; null switches a limit off.
        M: 429 (Retry-After), 500, html (challenge, 200), 403 (challenge), 423 (country block),
           huge-body (valid JSON of `bytes`), huge-expires-in (oauth; default 18446744073709551615),
           wrong-types (api: ids as strings/objects, is_live as a string), slow (after delay_ms),
-          normal (clears the given families; all by default)
+          normal (clears the given families; all by default, the --web-challenge-every one too)
        api = /public/*, oauth = /oauth/token, negotiation = /api/v1/realtime/*,
        web = /api/v2/channels/{slug}; default [\"api\"] ([\"oauth\"] for huge-expires-in)
   POST /control/api {\"v1_livestreams_removed\":true,\"missing_user_ids\":[1000007],
