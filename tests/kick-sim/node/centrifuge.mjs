@@ -1,13 +1,17 @@
 // centrifuge (Centrifugo's official JS SDK) against kick-sim: negotiate like Kick's web client,
 // get a guest token, connect, subscribe to a channel feed, and print the first publication.
-// Usage: node centrifuge.mjs <base http url> <channel id>
+// Usage: node centrifuge.mjs <base http url> <channel id> [per-channel]
+// With "per-channel", negotiation uses the channel's own endpoint (its region on a realistic sim).
 import { Centrifuge } from "centrifuge";
 import WebSocket from "ws";
 
-const [base, channelId] = process.argv.slice(2);
+const [base, channelId, mode] = process.argv.slice(2);
 const headers = { "Content-Type": "application/json", Origin: "https://kick.com" };
 const clientId = crypto.randomUUID();
-const neg = await (await fetch(`${base}/api/v1/realtime/connection`, {
+const negotiation = mode === "per-channel"
+  ? `${base}/api/v1/realtime/channels/${channelId}/chat/connection`
+  : `${base}/api/v1/realtime/connection`;
+const neg = await (await fetch(negotiation, {
   method: "POST", headers,
   body: JSON.stringify({ client: { id: clientId, type: "web" }, capabilities: { accepted_providers: [{ provider: "centrifugo" }] } }),
 })).json();

@@ -2,13 +2,20 @@
 //! in Kick's shapes: `{"data": …, "message": …}` envelopes, OAuth bodies without an envelope,
 //! at most 50 ids or slugs per channels request, a whole request failing with 400 on one unknown
 //! slug, and negotiation refusing any Origin but `https://kick.com`.
+//!
+//! Switchable realism: channels missing from `/public/v1/channels` answers, the deprecated
+//! `/public/v1/livestreams` gone (404) beside `/public/v2/livestreams` (cursor paging, no
+//! broadcaster filter, no channel id), a token bucket per app token, per-channel negotiation
+//! answering the channel's region, a dead Pusher key offered first, and the Events API's limits
+//! (subscriptions per event type, at most 50 ids per DELETE). Every handler also applies the
+//! fault of its family (`faults`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, RawQuery, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,8 +23,10 @@ use axum::{Form, Json, Router};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+use crate::faults::{Family, Twist, too_many_requests};
+use crate::limits::TokenBucket;
 use crate::world::{Streamer, api_time};
-use crate::{RestFault, Sim, TokenInfo};
+use crate::{Sim, TokenInfo};
 
 type S = State<Arc<Sim>>;
 
@@ -28,6 +37,7 @@ pub fn routes() -> Router<Arc<Sim>> {
         .route("/oauth/token/introspect", post(introspect))
         .route("/public/v1/channels", get(channels))
         .route("/public/v1/livestreams", get(livestreams))
+        .route("/public/v2/livestreams", get(livestreams_v2))
         .route("/public/v1/users", get(users))
         .route("/public/v1/public-key", get(public_key))
         .route(
@@ -35,6 +45,10 @@ pub fn routes() -> Router<Arc<Sim>> {
             get(list_subs).post(create_subs).delete(delete_subs),
         )
         .route("/api/v1/realtime/connection", post(negotiate))
+        .route(
+            "/api/v1/realtime/channels/{channel_id}/chat/connection",
+            post(negotiate_channel),
+        )
         .route("/api/v1/realtime/auth/connection", post(guest_token))
 }
 
@@ -75,11 +89,28 @@ fn issue(sim: &Sim, refresh: bool) -> Value {
     }
 }
 
+/// A token answer, with a hostile `expires_in` when the OAuth fault says so (the token itself
+/// is valid for `token_ttl` either way).
+fn token_answer(mut answer: Value, twist: &Twist) -> Response {
+    match &twist.expires_in {
+        None => {}
+        Some(None) => {
+            answer.as_object_mut().unwrap().remove("expires_in");
+        }
+        Some(Some(v)) => answer["expires_in"] = v.clone(),
+    }
+    Json(answer).into_response()
+}
+
 async fn token(State(sim): S, Form(form): Form<HashMap<String, String>>) -> Response {
+    let twist = match sim.gate(Family::Oauth).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
     let creds_ok = form.get("client_id") == Some(&sim.opts.client_id)
         && form.get("client_secret") == Some(&sim.opts.client_secret);
     match form.get("grant_type").map(String::as_str) {
-        Some("client_credentials") if creds_ok => Json(issue(&sim, false)).into_response(),
+        Some("client_credentials") if creds_ok => token_answer(issue(&sim, false), &twist),
         Some("refresh_token") if creds_ok => {
             let rt = form.get("refresh_token").cloned().unwrap_or_default();
             let valid = sim
@@ -89,7 +120,7 @@ async fn token(State(sim): S, Form(form): Form<HashMap<String, String>>) -> Resp
                 .remove(&rt)
                 .is_some_and(|t| t.refresh && t.expires > Instant::now());
             if valid {
-                Json(issue(&sim, true)).into_response()
+                token_answer(issue(&sim, true), &twist)
             } else {
                 (
                     StatusCode::UNAUTHORIZED,
@@ -127,47 +158,35 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Checks the app token and any injected REST fault.
+/// Applies the API's fault, checks the app token, then its rate limit.
 #[allow(clippy::result_large_err)] // a handler's early return: it is a response either way
-fn authorize(sim: &Sim, headers: &HeaderMap) -> Result<(), Response> {
-    sim.api_requests.fetch_add(1, Ordering::Relaxed);
-    match sim.rest_fault() {
-        Some(RestFault::RateLimited { retry_after }) => {
-            return Err((
-                StatusCode::TOO_MANY_REQUESTS,
-                [(header::RETRY_AFTER, retry_after.to_string())],
-                Json(json!({"message": "Too Many Requests"})),
-            )
-                .into_response());
-        }
-        Some(RestFault::ServerError) => {
-            return Err(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal Server Error",
-            ));
-        }
-        Some(RestFault::Html) => {
-            return Err((
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "text/html; charset=UTF-8")],
-                "<!DOCTYPE html><html><head><title>Just a moment...</title></head><body>cf_chl_opt</body></html>",
-            )
-                .into_response());
-        }
-        None => {}
-    }
-    let valid = bearer(headers).is_some_and(|t| {
+async fn authorize(sim: &Sim, headers: &HeaderMap) -> Result<Twist, Response> {
+    sim.counters.api_requests.fetch_add(1, Ordering::Relaxed);
+    let twist = sim.gate(Family::Api).await?;
+    let token = bearer(headers).filter(|t| {
         sim.tokens
             .lock()
             .unwrap()
-            .get(&t)
+            .get(t)
             .is_some_and(|i| !i.refresh && i.expires > Instant::now())
     });
-    if valid {
-        Ok(())
-    } else {
-        Err(error(StatusCode::UNAUTHORIZED, "Unauthorized"))
+    let Some(token) = token else {
+        return Err(error(StatusCode::UNAUTHORIZED, "Unauthorized"));
+    };
+    let limit = sim.settings.lock().unwrap().api_rate_limit;
+    if let Some(limit) = limit {
+        let mut buckets = sim.buckets.lock().unwrap();
+        let bucket = buckets
+            .entry(token)
+            .or_insert_with(|| TokenBucket::full(limit));
+        if let Err(wait) = bucket.take(limit, Instant::now()) {
+            sim.counters
+                .api_rate_limited
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(too_many_requests(wait.as_secs_f64().ceil().max(1.0) as u64));
+        }
     }
+    Ok(twist)
 }
 
 async fn introspect(State(sim): S, headers: HeaderMap) -> Response {
@@ -183,7 +202,7 @@ async fn introspect(State(sim): S, headers: HeaderMap) -> Response {
 }
 
 /// Repeated query parameters (`?slug=a&slug=b`).
-fn multi(raw: &Option<String>, key: &str) -> Vec<String> {
+pub(crate) fn multi(raw: &Option<String>, key: &str) -> Vec<String> {
     url_pairs(raw.as_deref().unwrap_or(""))
         .into_iter()
         .filter(|(k, _)| k == key)
@@ -227,6 +246,24 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The `wrong-types` fault: ids become strings or objects (alternately), `is_live` a string.
+fn mangle(items: &mut [Value], id_fields: &[&str]) {
+    for (k, item) in items.iter_mut().enumerate() {
+        for field in id_fields {
+            if let Some(v) = item.get(*field).cloned() {
+                item[*field] = if k % 2 == 0 {
+                    json!(v.to_string())
+                } else {
+                    json!({ "id": v })
+                };
+            }
+        }
+        if let Some(live) = item.pointer_mut("/stream/is_live") {
+            *live = json!(live.to_string());
+        }
+    }
+}
+
 fn channel_item(s: &Streamer) -> Value {
     json!({
         "active_subscribers_count": 0,
@@ -252,9 +289,10 @@ fn channel_item(s: &Streamer) -> Value {
 }
 
 async fn channels(State(sim): S, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
-    if let Err(r) = authorize(&sim, &headers) {
-        return r;
-    }
+    let twist = match authorize(&sim, &headers).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
     let slugs = multi(&raw, "slug");
     let ids = multi(&raw, "broadcaster_user_id");
     if slugs.len() + ids.len() > 50 {
@@ -266,10 +304,13 @@ async fn channels(State(sim): S, headers: HeaderMap, RawQuery(raw): RawQuery) ->
             "use either slug or broadcaster_user_id",
         );
     }
+    let missing = sim.settings.lock().unwrap().missing_user_ids.clone();
     let w = sim.world.lock().unwrap();
     let mut out = Vec::new();
     for slug in &slugs {
         match w.by_slug.get(&slug.to_lowercase()) {
+            // Banned or otherwise hidden channels are simply absent from the answer.
+            Some(i) if missing.contains(&w.streamers[*i].user_id) => {}
             Some(i) => out.push(channel_item(&w.streamers[*i])),
             // Kick fails the whole request on one unknown slug.
             None => {
@@ -284,17 +325,27 @@ async fn channels(State(sim): S, headers: HeaderMap, RawQuery(raw): RawQuery) ->
         let Ok(id) = id.parse::<i64>() else {
             return error(StatusCode::BAD_REQUEST, "Invalid request");
         };
+        if missing.contains(&id) {
+            continue;
+        }
         if let Some(i) = w.by_user.get(&id) {
             out.push(channel_item(&w.streamers[*i]));
         }
+    }
+    if twist.wrong_types {
+        mangle(&mut out, &["broadcaster_user_id"]);
     }
     Json(json!({"data": out, "message": "OK"})).into_response()
 }
 
 async fn livestreams(State(sim): S, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
-    if let Err(r) = authorize(&sim, &headers) {
-        return r;
+    if sim.settings.lock().unwrap().v1_livestreams_removed {
+        return error(StatusCode::NOT_FOUND, "Not Found");
     }
+    let twist = match authorize(&sim, &headers).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
     let ids = multi(&raw, "broadcaster_user_id");
     if ids.len() > 50 {
         return error(StatusCode::BAD_REQUEST, "too many values: at most 50");
@@ -316,7 +367,7 @@ async fn livestreams(State(sim): S, headers: HeaderMap, RawQuery(raw): RawQuery)
             .take(limit)
             .collect()
     };
-    let out: Vec<Value> = pick
+    let mut out: Vec<Value> = pick
         .iter()
         .map(|s| {
             json!({
@@ -335,15 +386,110 @@ async fn livestreams(State(sim): S, headers: HeaderMap, RawQuery(raw): RawQuery)
             })
         })
         .collect();
+    if twist.wrong_types {
+        mangle(&mut out, &["broadcaster_user_id", "channel_id"]);
+    }
     Json(json!({"data": out, "message": "OK"})).into_response()
 }
 
-async fn users(State(sim): S, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
-    if let Err(r) = authorize(&sim, &headers) {
-        return r;
+/// Where a v2 page starts: after the stream with this (start instant, user id).
+fn cursor_key(s: &Streamer) -> (i64, i64) {
+    (
+        s.started_at.map(|t| t.timestamp_micros()).unwrap_or(0),
+        s.user_id,
+    )
+}
+
+fn encode_cursor(key: (i64, i64)) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}:{}", key.0, key.1))
+}
+
+fn decode_cursor(cursor: &str) -> Option<(i64, i64)> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()?;
+    let (a, b) = std::str::from_utf8(&raw).ok()?.split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// `GET /public/v2/livestreams`: every live stream, oldest-started first, paged by an opaque
+/// cursor (`pagination.next_cursor`, empty on the last page); no broadcaster filter and no
+/// channel id.
+async fn livestreams_v2(State(sim): S, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+    let twist = match authorize(&sim, &headers).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let first = |k: &str| multi(&raw, k).into_iter().next();
+    let limit = match first("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(l)) if (1..=1000).contains(&l) => l,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "limit must be from 1 to 1000"),
+    };
+    let after = match first("cursor").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => match decode_cursor(&c) {
+            Some(k) => Some(k),
+            None => return error(StatusCode::BAD_REQUEST, "Invalid cursor"),
+        },
+    };
+    let languages = multi(&raw, "language_code");
+    if languages.len() > 25 {
+        return error(StatusCode::BAD_REQUEST, "too many values: at most 25");
     }
+    // Every simulated stream is in category 15 ("Just Chatting") and in English.
+    let category_ok = first("category_id").is_none_or(|c| c == "15");
+    let language_ok = languages.is_empty() || languages.iter().any(|l| l == "en");
     let w = sim.world.lock().unwrap();
-    let out: Vec<Value> = multi(&raw, "id")
+    let mut live: Vec<&Streamer> = w
+        .streamers
+        .iter()
+        .filter(|s| s.live && category_ok && language_ok)
+        .filter(|s| after.is_none_or(|a| cursor_key(s) > a))
+        .collect();
+    live.sort_by_key(|s| cursor_key(s));
+    let more = live.len() > limit;
+    live.truncate(limit);
+    let next_cursor = match (more, live.last()) {
+        (true, Some(last)) => encode_cursor(cursor_key(last)),
+        _ => String::new(),
+    };
+    let mut out: Vec<Value> = live
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.livestream_id,
+                "title": s.title,
+                "viewer_count": 10,
+                "thumbnail": "",
+                "broadcaster_user": {
+                    "id": s.user_id,
+                    "username": s.display_name,
+                    "profile_picture": "https://kick.com/img/default-profile-pictures/default2.jpeg",
+                },
+                "channel": {"slug": s.slug},
+                "category": {"id": 15, "name": "Just Chatting", "thumbnail": ""},
+                "language_code": "en",
+                "started_at": s.started_at.map(api_time),
+                "tags": [],
+                "has_mature_content": false,
+            })
+        })
+        .collect();
+    if twist.wrong_types {
+        mangle(&mut out, &["id"]);
+    }
+    Json(json!({"data": out, "message": "OK", "pagination": {"next_cursor": next_cursor}}))
+        .into_response()
+}
+
+async fn users(State(sim): S, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+    let twist = match authorize(&sim, &headers).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let w = sim.world.lock().unwrap();
+    let mut out: Vec<Value> = multi(&raw, "id")
         .iter()
         .filter_map(|id| id.parse::<i64>().ok())
         .filter_map(|id| w.by_user.get(&id))
@@ -352,6 +498,9 @@ async fn users(State(sim): S, headers: HeaderMap, RawQuery(raw): RawQuery) -> Re
             json!({"email": "", "name": s.display_name, "profile_picture": "", "user_id": s.user_id})
         })
         .collect();
+    if twist.wrong_types {
+        mangle(&mut out, &["user_id"]);
+    }
     Json(json!({"data": out, "message": "OK"})).into_response()
 }
 
@@ -363,24 +512,42 @@ async fn public_key() -> Response {
     Json(json!({"data": {"public_key": pem}, "message": "OK"})).into_response()
 }
 
-async fn list_subs(State(sim): S, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&sim, &headers) {
+async fn list_subs(State(sim): S, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+    if let Err(r) = authorize(&sim, &headers).await {
         return r;
     }
-    let subs = sim.subscriptions.lock().unwrap().clone();
+    let filter: Vec<i64> = multi(&raw, "broadcaster_user_id")
+        .iter()
+        .filter_map(|id| id.parse().ok())
+        .collect();
+    let subs: Vec<Value> = sim
+        .subscriptions
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            filter.is_empty()
+                || s["broadcaster_user_id"]
+                    .as_i64()
+                    .is_some_and(|id| filter.contains(&id))
+        })
+        .cloned()
+        .collect();
     Json(json!({"data": subs, "message": "OK"})).into_response()
 }
 
 async fn create_subs(State(sim): S, headers: HeaderMap, Json(body): Json<Value>) -> Response {
-    if let Err(r) = authorize(&sim, &headers) {
+    if let Err(r) = authorize(&sim, &headers).await {
         return r;
     }
+    // With an app token the broadcaster must be named (a user token would imply it).
     let Some(user) = body.get("broadcaster_user_id").and_then(Value::as_i64) else {
         return error(
             StatusCode::BAD_REQUEST,
             "broadcaster_user_id is required with an app token",
         );
     };
+    let limit = sim.settings.lock().unwrap().events_subscription_limit;
     let mut out = Vec::new();
     let mut subs = sim.subscriptions.lock().unwrap();
     for e in body
@@ -389,7 +556,12 @@ async fn create_subs(State(sim): S, headers: HeaderMap, Json(body): Json<Value>)
         .cloned()
         .unwrap_or_default()
     {
-        let id = format!("01SIM{:021}", subs.len() + 1);
+        let in_use = subs.iter().filter(|s| s["event"] == e["name"]).count();
+        if limit.is_some_and(|l| in_use >= l) {
+            out.push(json!({"name": e["name"], "version": e["version"], "error": "subscription limit reached"}));
+            continue;
+        }
+        let id = crate::webhooks::ulid();
         let now = api_time(chrono::Utc::now());
         subs.push(json!({"app_id": sim.opts.client_id, "broadcaster_user_id": user, "created_at": now, "event": e["name"], "id": id, "method": "webhook", "updated_at": now, "version": e["version"]}));
         out.push(json!({"name": e["name"], "version": e["version"], "subscription_id": id}));
@@ -398,10 +570,14 @@ async fn create_subs(State(sim): S, headers: HeaderMap, Json(body): Json<Value>)
 }
 
 async fn delete_subs(State(sim): S, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
-    if let Err(r) = authorize(&sim, &headers) {
+    if let Err(r) = authorize(&sim, &headers).await {
         return r;
     }
     let ids = multi(&raw, "id");
+    let limit = sim.settings.lock().unwrap().events_delete_limit;
+    if limit.is_some_and(|l| ids.len() > l) {
+        return error(StatusCode::BAD_REQUEST, "Invalid request");
+    }
     sim.subscriptions
         .lock()
         .unwrap()
@@ -417,13 +593,23 @@ pub fn origin_ok(headers: &HeaderMap) -> bool {
     }
 }
 
-async fn negotiate(State(sim): S, headers: HeaderMap, body: Option<Json<Value>>) -> Response {
-    if !origin_ok(&headers) || headers.get(header::ORIGIN).is_none() {
-        return error(StatusCode::FORBIDDEN, "Forbidden");
+/// What every `/api/v1/realtime/*` request goes through: counted, then the negotiation fault,
+/// then the Origin check (the POSTs want `Origin: https://kick.com`).
+#[allow(clippy::result_large_err)] // a handler's early return: it is a response either way
+async fn realtime_gate(sim: &Sim, headers: &HeaderMap) -> Result<(), Response> {
+    sim.counters.negotiation.lock().unwrap().hit();
+    sim.gate(Family::Negotiation).await?;
+    if !origin_ok(headers) || headers.get(header::ORIGIN).is_none() {
+        return Err(error(StatusCode::FORBIDDEN, "Forbidden"));
     }
+    Ok(())
+}
+
+/// The negotiation answer for a client accepting `body`'s providers, pointing Centrifugo at
+/// region `region`.
+fn connections(sim: &Sim, body: Option<&Value>, region: usize) -> Response {
     let accepted: Vec<String> = body
-        .as_ref()
-        .and_then(|b| b.0.pointer("/capabilities/accepted_providers"))
+        .and_then(|b| b.pointer("/capabilities/accepted_providers"))
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
@@ -431,18 +617,55 @@ async fn negotiate(State(sim): S, headers: HeaderMap, body: Option<Json<Value>>)
                 .collect()
         })
         .unwrap_or_else(|| vec!["centrifugo".into(), "pusher".into()]);
-    let base = sim.base_url.lock().unwrap().replace("http://", "ws://");
-    let connections: Vec<Value> = sim
-        .opts
-        .providers
-        .iter()
-        .filter(|p| accepted.contains(p))
-        .map(|p| match p.as_str() {
-            "centrifugo" => json!({"provider": "centrifugo", "credentials": {"url": format!("{base}/connection/websocket")}}),
-            _ => json!({"provider": "pusher", "credentials": {"app_key": sim.opts.pusher_key, "cluster": "us2"}}),
-        })
+    let dead_first = sim.settings.lock().unwrap().pusher_dead_key_first;
+    let pusher = |key: &str| json!({"provider": "pusher", "credentials": {"app_key": key, "cluster": "us2"}});
+    let centrifugo =
+        json!({"provider": "centrifugo", "credentials": {"url": sim.centrifugo_url(region)}});
+    let offered: Vec<Value> = if dead_first {
+        vec![pusher(&sim.opts.dead_pusher_key), centrifugo]
+    } else {
+        sim.opts
+            .providers
+            .iter()
+            .map(|p| match p.as_str() {
+                "centrifugo" => centrifugo.clone(),
+                _ => pusher(&sim.opts.pusher_key),
+            })
+            .collect()
+    };
+    let connections: Vec<Value> = offered
+        .into_iter()
+        .filter(|c| accepted.iter().any(|a| c["provider"] == a.as_str()))
         .collect();
     Json(json!({"data": {"connections": connections, "mode": "websocket"}})).into_response()
+}
+
+/// `POST /api/v1/realtime/connection`: the general negotiation (the first region).
+async fn negotiate(State(sim): S, headers: HeaderMap, body: Option<Json<Value>>) -> Response {
+    if let Err(r) = realtime_gate(&sim, &headers).await {
+        return r;
+    }
+    connections(&sim, body.as_ref().map(|b| &b.0), 0)
+}
+
+/// `POST /api/v1/realtime/channels/{channel_id}/chat/connection`: the channel's own region.
+async fn negotiate_channel(
+    State(sim): S,
+    Path(channel_id): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<Value>>,
+) -> Response {
+    if let Err(r) = realtime_gate(&sim, &headers).await {
+        return r;
+    }
+    let region = channel_id.parse::<i64>().ok().and_then(|id| {
+        let w = sim.world.lock().unwrap();
+        w.by_channel.get(&id).map(|i| w.streamers[*i].region_idx)
+    });
+    match region {
+        Some(region) => connections(&sim, body.as_ref().map(|b| &b.0), region),
+        None => error(StatusCode::NOT_FOUND, "Channel not found"),
+    }
 }
 
 /// A guest connection JWT (`sub: guest:<uuid>`), valid for `guest_token_ttl`.
@@ -463,8 +686,8 @@ pub fn guest_jwt(sim: &Sim, client_id: &str) -> String {
 }
 
 async fn guest_token(State(sim): S, headers: HeaderMap, body: Option<Json<Value>>) -> Response {
-    if !origin_ok(&headers) || headers.get(header::ORIGIN).is_none() {
-        return error(StatusCode::FORBIDDEN, "Forbidden");
+    if let Err(r) = realtime_gate(&sim, &headers).await {
+        return r;
     }
     let client = body
         .as_ref()

@@ -2,30 +2,66 @@
 //! CLI, the demo, the end-to-end tests and the benchmarks run against a real network server.
 //!
 //! One HTTP port serves everything: OAuth (`/oauth/*`, id.kick.com shapes), the public API
-//! (`/public/v1/*`, api.kick.com shapes), realtime negotiation (`/api/v1/realtime/*`,
-//! web.kick.com shapes), the Centrifugo WebSocket (`/connection/websocket`), the Pusher protocol 7
-//! WebSocket (`/app/{key}`), and the control API (`/control/*`) that tests use to make streamers
-//! go live, inject faults and read back what was published.
+//! (`/public/v1/*`, `/public/v2/livestreams`, api.kick.com shapes), realtime negotiation
+//! (`/api/v1/realtime/*`, web.kick.com shapes), the website API (`/api/v2/channels/{slug}`,
+//! kick.com shapes), the Centrifugo WebSocket (`/connection/websocket`, and one
+//! `/region/{region}/connection/websocket` per region), the Pusher protocol 7 WebSocket
+//! (`/app/{key}`), and the control API (`/control/*`) that tests use to make streamers go live,
+//! inject faults and hostile frames, and read back what was published.
+//!
+//! `Options::default()` is the friendly Kick the collector was written against;
+//! `Options::realistic()` switches on every awkward behaviour of the real one (regions,
+//! subscription limits, slugs that differ from usernames, the deprecated v1 livestreams endpoint
+//! gone, a dead Pusher key offered first, missing channels, rate limits, Cloudflare on the
+//! website API, webhook subscription limits). Each behaviour is also its own option.
+//!
+//! # Layout
+//!
+//! - `api`: OAuth, the public API, realtime negotiation.
+//! - `web`: the website API (`/api/v2/channels/{slug}`).
+//! - `ws`: the Centrifugo and Pusher WebSocket servers.
+//! - `sockets`: the socket registry, publication routing (per region) and subscription stats.
+//! - `faults`: REST faults per endpoint family (429, 403 challenge, 423, huge bodies, …).
+//! - `hostile`: raw and generated hostile WebSocket frames.
+//! - `limits`: request-rate counters and token buckets.
+//! - `settings`: the behaviours that can change at runtime.
+//! - `control`: the control API.
+//! - `webhooks`: signed `livestream.status.updated` deliveries.
+//! - `world`: the streamers.
 
 pub mod api;
 pub mod control;
+pub mod faults;
+pub mod hostile;
+pub mod limits;
+pub mod settings;
+pub mod sockets;
+pub mod web;
 pub mod webhooks;
 pub mod world;
 pub mod ws;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use tokio::sync::mpsc;
+use axum::body::Bytes;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::faults::{Family, Fault};
+use crate::limits::{RequestRate, TokenBucket};
+use crate::settings::Settings;
+use crate::sockets::Sockets;
 use crate::world::{Published, World};
 
 /// Start-up options (the `kick-sim` command line).
+///
+/// The fields after `noise_rate` are the realistic behaviours: all off in `Options::default()`,
+/// all on in `Options::realistic()`.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub streamers: usize,
@@ -44,6 +80,46 @@ pub struct Options {
     pub activity_timeout: Duration,
     /// Background noise events per second (followers, subscriptions…) spread over live channels.
     pub noise_rate: f64,
+    /// Centrifugo regions. Empty: one Centrifugo endpoint (`/connection/websocket`) that carries
+    /// every channel. Otherwise streamer `i` lives in region `i % n`, each region is its own
+    /// endpoint (`/region/{region}/connection/websocket`; `/connection/websocket` is the first
+    /// region), and a channel's publications reach only sockets of its region. Realistic:
+    /// `us-east-1`, `us-west-2` (both seen in Kick's negotiation answers).
+    pub regions: Vec<String>,
+    /// Subscriptions per Centrifugo connection; the next subscribe is answered with error 106
+    /// "limit exceeded". Realistic: 128 (Kick's real limit is unknown; Centrifugo's own default
+    /// is 128 channels per client).
+    pub centrifugo_subscription_limit: Option<usize>,
+    /// Every n-th streamer (index ≡ n−1 mod n) has a username with underscores and a slug with
+    /// hyphens (`The_Streamer_9` → `the-streamer-9`), as Kick derives slugs. Realistic: 10.
+    pub underscore_usernames_every: Option<usize>,
+    /// `GET /public/v1/livestreams` answers 404, as a removed endpoint would (deprecated since
+    /// 2026-06-23; `/public/v2/livestreams` replaces it). Realistic: on.
+    pub v1_livestreams_removed: bool,
+    /// The negotiation offers `pusher` first with `dead_pusher_key` (answered with
+    /// `pusher:error` 4001 and close 4001), then `centrifugo`. Realistic: on.
+    pub pusher_dead_key_first: bool,
+    /// The Pusher key offered when `pusher_dead_key_first` is on: Kick's 2023 key by default.
+    pub dead_pusher_key: String,
+    /// Every n-th streamer (index ≡ n/2 mod n) is missing from `/public/v1/channels` answers,
+    /// as banned channels are. Realistic: 50.
+    pub missing_channels_every: Option<usize>,
+    /// A token bucket per app token on the official API (`/public/*`); an empty bucket answers
+    /// 429 with Retry-After. Realistic: 10 requests/s, burst 20 (Kick publishes no limits).
+    pub api_rate_limit: Option<limits::RateLimit>,
+    /// Every n-th request to the website API (`/api/v2/channels/{slug}`) is answered with a
+    /// Cloudflare challenge (403). Realistic: 4 (Kick: "some API requests might fail randomly
+    /// and solving a JS challenge is required"). 1 blocks every request.
+    pub web_challenge_every: Option<u64>,
+    /// Webhook subscriptions per event type for the app; beyond it the POST answers a per-item
+    /// error "subscription limit reached". Realistic: 10,000 (Kick's documented limit).
+    pub events_subscription_limit: Option<usize>,
+    /// `DELETE /public/v1/events/subscriptions` with more ids than this fails with 400.
+    /// Realistic: 50 (Kick: ~330 failed every time, 50 works).
+    pub events_delete_limit: Option<usize>,
+    /// After this many consecutive failed deliveries of an event type, the app's subscriptions
+    /// to it are deleted (Kick: after failing for over a day). Realistic: 20.
+    pub webhook_unsubscribe_after: Option<u32>,
 }
 
 impl Default for Options {
@@ -59,6 +135,41 @@ impl Default for Options {
             ping_interval: Duration::from_secs(25),
             activity_timeout: Duration::from_secs(120),
             noise_rate: 0.0,
+            regions: Vec::new(),
+            centrifugo_subscription_limit: None,
+            underscore_usernames_every: None,
+            v1_livestreams_removed: false,
+            pusher_dead_key_first: false,
+            dead_pusher_key: "eb1d5f283081a78b932c".into(),
+            missing_channels_every: None,
+            api_rate_limit: None,
+            web_challenge_every: None,
+            events_subscription_limit: None,
+            events_delete_limit: None,
+            webhook_unsubscribe_after: None,
+        }
+    }
+}
+
+impl Options {
+    /// The defaults with every realistic behaviour switched on (values in the field docs).
+    pub fn realistic() -> Self {
+        Self {
+            regions: vec!["us-east-1".into(), "us-west-2".into()],
+            centrifugo_subscription_limit: Some(128),
+            underscore_usernames_every: Some(10),
+            v1_livestreams_removed: true,
+            pusher_dead_key_first: true,
+            missing_channels_every: Some(50),
+            api_rate_limit: Some(limits::RateLimit {
+                per_second: 10.0,
+                burst: 20,
+            }),
+            web_challenge_every: Some(4),
+            events_subscription_limit: Some(10_000),
+            events_delete_limit: Some(50),
+            webhook_unsubscribe_after: Some(20),
+            ..Self::default()
         }
     }
 }
@@ -67,12 +178,14 @@ impl Default for Options {
 #[derive(Debug, Clone)]
 pub enum Out {
     Text(Arc<str>),
+    /// A binary frame (neither Kick transport sends any: a hostile input).
+    Binary(Bytes),
     Close(u16, String),
     /// Stop answering and sending anything, keeping the TCP connection open.
     Stall,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     Centrifugo,
@@ -80,31 +193,24 @@ pub enum Transport {
 }
 
 #[derive(Debug)]
-struct SocketEntry {
-    transport: Transport,
-    tx: mpsc::Sender<Out>,
-    subs: HashSet<String>,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Sockets {
-    next: u64,
-    map: HashMap<u64, SocketEntry>,
-    by_channel: HashMap<String, HashSet<u64>>,
-}
-
-/// A REST fault in force until a deadline.
-#[derive(Debug, Clone)]
-pub enum RestFault {
-    RateLimited { retry_after: u64 },
-    ServerError,
-    Html,
-}
-
-#[derive(Debug)]
 pub(crate) struct TokenInfo {
     expires: Instant,
     refresh: bool,
+}
+
+/// Request and delivery counters reported by `/control/stats`.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) api_requests: AtomicU64,
+    /// 429s answered by the official API's rate limit (not by injected faults).
+    pub(crate) api_rate_limited: AtomicU64,
+    /// Every request to `/api/v1/realtime/*` (general and per-channel negotiation, guest tokens).
+    pub(crate) negotiation: Mutex<RequestRate>,
+    /// Every request to the website API.
+    pub(crate) web: Mutex<RequestRate>,
+    pub(crate) webhook_sent: AtomicU64,
+    pub(crate) webhook_failed: AtomicU64,
+    pub(crate) webhook_unsubscribed: AtomicU64,
 }
 
 /// The simulator's shared state.
@@ -118,9 +224,16 @@ pub struct Sim {
     pub(crate) tokens: Mutex<HashMap<String, TokenInfo>>,
     /// Guest JWT → expiry.
     pub(crate) guest_tokens: Mutex<HashMap<String, Instant>>,
-    pub(crate) rest_fault: Mutex<Option<(RestFault, Instant)>>,
+    /// REST faults in force, per endpoint family.
+    pub(crate) faults: Mutex<HashMap<Family, Fault>>,
+    /// Behaviours that the control API can change at runtime.
+    pub(crate) settings: Mutex<Settings>,
+    /// The official API's token buckets, per app token.
+    pub(crate) buckets: Mutex<HashMap<String, TokenBucket>>,
+    pub(crate) counters: Counters,
     pub(crate) subscriptions: Mutex<Vec<serde_json::Value>>,
-    pub(crate) api_requests: AtomicU64,
+    /// Consecutive failed webhook deliveries, per event type.
+    pub(crate) webhook_failures: Mutex<HashMap<String, u32>>,
     pub(crate) flapping: Mutex<Option<CancellationToken>>,
     pub base_url: Mutex<String>,
     pub(crate) webhook_target: Mutex<webhooks::Target>,
@@ -131,17 +244,26 @@ const PUBLISHED_CAP: usize = 2_000_000;
 
 impl Sim {
     pub fn new(opts: Options) -> Arc<Self> {
+        let world = World::generate(opts.streamers, &world::Shape::of(&opts));
+        let settings = Settings::from_options(&opts, &world);
+        let mut faults = HashMap::new();
+        if let Some(every) = opts.web_challenge_every {
+            faults.insert(Family::Web, Fault::standing_challenge(every));
+        }
         Arc::new(Sim {
-            world: Mutex::new(World::generate(opts.streamers)),
+            world: Mutex::new(world),
+            sockets: Mutex::new(Sockets::new(opts.regions.len().max(1))),
             opts,
-            sockets: Mutex::default(),
             published: Mutex::default(),
             seq: AtomicU64::new(0),
             tokens: Mutex::default(),
             guest_tokens: Mutex::default(),
-            rest_fault: Mutex::default(),
+            faults: Mutex::new(faults),
+            settings: Mutex::new(settings),
+            buckets: Mutex::default(),
+            counters: Counters::default(),
             subscriptions: Mutex::default(),
-            api_requests: AtomicU64::new(0),
+            webhook_failures: Mutex::default(),
             flapping: Mutex::default(),
             base_url: Mutex::default(),
             webhook_target: Mutex::default(),
@@ -158,7 +280,7 @@ impl Sim {
     /// Sets streamer `idx` live or offline and publishes the event on both transports.
     /// Returns false when the streamer was already in that state.
     pub fn set_live(self: &Arc<Self>, idx: usize, live: bool) -> bool {
-        let (name, data, channel, slug, ls, snapshot) = {
+        let (name, data, channel, slug, ls, region, snapshot) = {
             let mut w = self.world.lock().unwrap();
             let Some((name, data)) = w.set_live(idx, live) else {
                 return false;
@@ -170,12 +292,13 @@ impl Sim {
                 format!("channel.{}", s.channel_id),
                 s.slug.clone(),
                 s.livestream_id,
+                s.region_idx,
                 s.clone(),
             )
         };
         webhooks::status_updated(self, &snapshot);
         let at_us = chrono::Utc::now().timestamp_micros();
-        self.publish(&channel, name, &data);
+        self.publish_in(Some(region), &channel, name, &data);
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let mut p = self.published.lock().unwrap();
         if p.len() >= PUBLISHED_CAP {
@@ -191,108 +314,6 @@ impl Sim {
             livestream_id: ls,
         });
         true
-    }
-
-    /// Publishes one Kick event on a feed to every subscribed socket, in each socket's protocol.
-    pub fn publish(&self, channel: &str, event: &str, data: &str) {
-        let pusher: Arc<str> =
-            serde_json::json!({"event": event, "data": data, "channel": channel})
-                .to_string()
-                .into();
-        let centrifugo: Arc<str> =
-            serde_json::json!({"push": {"channel": channel, "pub": {"data": {"event": event, "data": data}}}})
-                .to_string()
-                .into();
-        let sockets = self.sockets.lock().unwrap();
-        let Some(ids) = sockets.by_channel.get(channel) else {
-            return;
-        };
-        for id in ids {
-            if let Some(s) = sockets.map.get(id) {
-                let text = match s.transport {
-                    Transport::Pusher => pusher.clone(),
-                    Transport::Centrifugo => centrifugo.clone(),
-                };
-                // A client too slow to keep a queue of 4096 frames is disconnected, as servers do.
-                if s.tx.try_send(Out::Text(text)).is_err() {
-                    let _ = s.tx.try_send(Out::Close(3008, "slow".into()));
-                }
-            }
-        }
-    }
-
-    pub(crate) fn register_socket(&self, transport: Transport) -> (u64, mpsc::Receiver<Out>) {
-        let (tx, rx) = mpsc::channel(4096);
-        let mut s = self.sockets.lock().unwrap();
-        s.next += 1;
-        let id = s.next;
-        s.map.insert(
-            id,
-            SocketEntry {
-                transport,
-                tx,
-                subs: HashSet::new(),
-            },
-        );
-        (id, rx)
-    }
-
-    pub(crate) fn unregister_socket(&self, id: u64) {
-        let mut s = self.sockets.lock().unwrap();
-        if let Some(e) = s.map.remove(&id) {
-            for ch in e.subs {
-                if let Some(set) = s.by_channel.get_mut(&ch) {
-                    set.remove(&id);
-                    if set.is_empty() {
-                        s.by_channel.remove(&ch);
-                    }
-                }
-            }
-        }
-    }
-
-    pub(crate) fn subscribe(&self, id: u64, channel: &str) -> bool {
-        let mut s = self.sockets.lock().unwrap();
-        let Some(e) = s.map.get_mut(&id) else {
-            return false;
-        };
-        let new = e.subs.insert(channel.to_owned());
-        s.by_channel
-            .entry(channel.to_owned())
-            .or_default()
-            .insert(id);
-        new
-    }
-
-    pub(crate) fn unsubscribe(&self, id: u64, channel: &str) {
-        let mut s = self.sockets.lock().unwrap();
-        if let Some(e) = s.map.get_mut(&id) {
-            e.subs.remove(channel);
-        }
-        if let Some(set) = s.by_channel.get_mut(channel) {
-            set.remove(&id);
-        }
-    }
-
-    /// Sends `out` to every socket (optionally only of one transport, or only a fraction).
-    pub fn to_sockets(&self, transport: Option<Transport>, fraction: f64, out: &Out) -> usize {
-        let s = self.sockets.lock().unwrap();
-        let mut n = 0;
-        for (i, e) in s.map.values().enumerate() {
-            if transport.is_some_and(|t| t != e.transport) {
-                continue;
-            }
-            // Deterministic spread: every k-th socket for a fraction.
-            if fraction < 1.0
-                && (i as f64 * fraction).floor() == ((i + 1) as f64 * fraction).floor()
-            {
-                continue;
-            }
-            if e.tx.try_send(out.clone()).is_ok() {
-                n += 1;
-            }
-        }
-        n
     }
 
     /// Every streamer's slug and whether it is live: the truth tests compare against.
@@ -321,20 +342,17 @@ impl Sim {
         self.world.lock().unwrap().streamers.len()
     }
 
-    pub fn socket_count(&self) -> (usize, usize) {
-        let s = self.sockets.lock().unwrap();
-        (s.map.len(), s.map.values().map(|e| e.subs.len()).sum())
+    /// The name of region `idx` (`None` when regions are off).
+    pub fn region_name(&self, idx: usize) -> Option<&str> {
+        self.opts.regions.get(idx).map(String::as_str)
     }
 
-    pub(crate) fn rest_fault(&self) -> Option<RestFault> {
-        let mut f = self.rest_fault.lock().unwrap();
-        match &*f {
-            Some((fault, until)) if Instant::now() < *until => Some(fault.clone()),
-            Some(_) => {
-                *f = None;
-                None
-            }
-            None => None,
+    /// The Centrifugo WebSocket URL of region `idx` (the only endpoint when regions are off).
+    pub fn centrifugo_url(&self, idx: usize) -> String {
+        let base = self.base_url.lock().unwrap().replace("http://", "ws://");
+        match self.region_name(idx) {
+            Some(r) => format!("{base}/region/{r}/connection/websocket"),
+            None => format!("{base}/connection/websocket"),
         }
     }
 }
@@ -396,8 +414,10 @@ impl Drop for SimHandle {
 
 pub fn router(sim: Arc<Sim>) -> Router {
     api::routes()
+        .merge(web::routes())
         .merge(ws::routes())
         .merge(control::routes())
+        .merge(hostile::routes())
         .with_state(sim)
 }
 

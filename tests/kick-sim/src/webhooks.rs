@@ -3,7 +3,12 @@
 //! signature over `messageId.timestamp.body`, verifiable with the key that
 //! `GET /public/v1/public-key` serves. (Kick's own private key is Kick's: the simulator signs
 //! with a key pair of its own and serves that public key.)
+//!
+//! A failed delivery (no answer, or not 2xx) is not retried, as on Kick. With
+//! `webhook_unsubscribe_after` set, that many consecutive failures of an event type delete the
+//! app's subscriptions to it (Kick does so after a day of failures).
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -109,12 +114,13 @@ pub fn status_updated(sim: &Arc<Sim>, s: &Streamer) {
     let timestamp = api_time(now);
     let signature = sign(&id, &timestamp, &body);
     let http = sim.http.clone();
+    let sim = sim.clone();
     let sends = if target.duplicate { 2 } else { 1 };
     tokio::spawn(async move {
         tokio::time::sleep(target.delay).await;
         for _ in 0..sends {
             // Kick does not retry a failed delivery; neither does the simulator.
-            let _ = http
+            let res = http
                 .post(&url)
                 .header("Content-Type", "application/json")
                 .header("Kick-Event-Message-Id", &id)
@@ -126,8 +132,33 @@ pub fn status_updated(sim: &Arc<Sim>, s: &Streamer) {
                 .body(body.clone())
                 .send()
                 .await;
+            let ok = res.is_ok_and(|r| r.status().is_success());
+            delivered(&sim, "livestream.status.updated", ok);
         }
     });
+}
+
+/// Counts a delivery; enough consecutive failures of an event type unsubscribe the app from it.
+fn delivered(sim: &Sim, event: &str, ok: bool) {
+    let c = &sim.counters;
+    c.webhook_sent.fetch_add(1, Ordering::Relaxed);
+    let mut failures = sim.webhook_failures.lock().unwrap();
+    if ok {
+        failures.remove(event);
+        return;
+    }
+    c.webhook_failed.fetch_add(1, Ordering::Relaxed);
+    let n = failures.entry(event.to_owned()).or_default();
+    *n += 1;
+    let limit = sim.settings.lock().unwrap().webhook_unsubscribe_after;
+    if limit.is_some_and(|l| *n >= l) {
+        failures.remove(event);
+        let mut subs = sim.subscriptions.lock().unwrap();
+        let before = subs.len();
+        subs.retain(|s| s["event"] != event);
+        c.webhook_unsubscribed
+            .fetch_add((before - subs.len()) as u64, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]

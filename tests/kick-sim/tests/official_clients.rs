@@ -74,12 +74,24 @@ async fn run(
 
 #[tokio::test]
 async fn pusher_js_and_centrifuge_js_receive_a_live_flip() {
+    live_flip(kick_sim::Options::default()).await;
+}
+
+/// On a realistic sim the channel's Centrifugo region comes from the per-channel negotiation
+/// (streamer 3 is not in the first region).
+#[tokio::test]
+async fn pusher_js_and_centrifuge_js_receive_a_live_flip_realistic() {
+    live_flip(kick_sim::Options::realistic()).await;
+}
+
+async fn live_flip(base: kick_sim::Options) {
     let Some(dir) = node_dir() else { return };
+    let realistic = !base.regions.is_empty();
     let sim = kick_sim::start(
         "127.0.0.1:0".parse().unwrap(),
         kick_sim::Options {
             streamers: 5,
-            ..Default::default()
+            ..base
         },
     )
     .await
@@ -100,7 +112,10 @@ async fn pusher_js_and_centrifuge_js_receive_a_live_flip() {
     assert_eq!(got["data"]["livestream"]["channel_id"], s.channel_id);
     // centrifuge-js: negotiation, guest token, connect, subscribe, publication.
     let s = truth(3);
-    let args = vec![sim.url(), s.channel_id.to_string()];
+    let mut args = vec![sim.url(), s.channel_id.to_string()];
+    if realistic {
+        args.push("per-channel".into());
+    }
     let got = run(&dir, "centrifuge.mjs", &args, &sim, 3).await;
     let s = truth(3);
     assert_eq!(got["publication"]["event"], "App\\Events\\StreamerIsLive");
