@@ -1,130 +1,177 @@
 //! `kick-admin status`: one health view, usable as a monitoring check. Exit 0 when healthy; 69
-//! when the database is unreachable or not migrated, no collector has a fresh heartbeat, a
-//! collector has no socket up, or the queue is stuck (oldest pending event older than 60 s).
+//! when anything is not doing its job, with one line per problem naming what and since when:
+//! the database unreachable, hung or not migrated; no collector running; a collector whose
+//! heartbeat is stale, or that reports problems of its own (staging stalled or failing, a task
+//! restarting, its clock skewed, no socket up…); the queue stuck (the writer's oldest pending row
+//! too old). It answers within [`DEADLINE`] even when the database hangs.
+//!
+//! A collector that stopped beating is *stale* (a problem) for [`GONE_AFTER`], then *gone*:
+//! listed, no longer a problem (a restarted collector takes over its own row: its identity is
+//! stable), and reaped after a day by the running collectors.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kick_shared::config::Config;
 use kick_shared::db;
 use kick_shared::exit::Exit;
+use kick_shared::health::Problem;
+use serde::Serialize;
 use serde_json::json;
 
+/// The whole command answers within this.
+pub const DEADLINE: Duration = Duration::from_secs(8);
 /// A heartbeat older than this means the collector is gone or hung (it beats every 10 s).
 const STALE_HEARTBEAT_S: f64 = 30.0;
+/// A collector silent for this long is gone: listed, no longer failing the check.
+pub const GONE_AFTER: Duration = Duration::from_secs(90);
 /// A pending event older than this means no writer is draining.
 const STUCK_QUEUE_S: f64 = 60.0;
 
+/// A collector's heartbeat row, as status shows it.
+#[derive(Debug, Serialize)]
+struct Collector {
+    id: String,
+    host: String,
+    pid: i32,
+    state: &'static str,
+    heartbeat_at: DateTime<Utc>,
+    heartbeat_age_seconds: f64,
+    stale: bool,
+    started_at: DateTime<Utc>,
+    sockets: i32,
+    sockets_up: i32,
+    subscriptions: i32,
+    watched_channels: i32,
+    transport: String,
+    version: String,
+    healthy: bool,
+    problems: Vec<Problem>,
+    buffered: i32,
+    spooled: i32,
+    oldest_buffered_at: Option<DateTime<Utc>>,
+    clock_skew_ms: Option<i32>,
+}
+
+#[derive(Debug, Serialize)]
+struct Transition {
+    username: String,
+    from: String,
+    to: String,
+    occurred_at: DateTime<Utc>,
+    source: String,
+}
+
+/// One line about a problem: `<what> (since <when>)`.
+fn line(what: &str, since: Option<DateTime<Utc>>) -> String {
+    match since {
+        Some(t) => format!("{what} (since {})", t.format("%Y-%m-%d %H:%M:%S UTC")),
+        None => what.to_owned(),
+    }
+}
+
 pub async fn run(json_out: bool, config: &Config) -> anyhow::Result<Exit> {
-    let client = db::connect(&config.database).await?;
-    let migrations = db::migration_status(&client).await?;
-    let migrated = migrations.iter().all(|m| m.applied_on.is_some());
-    if !migrated {
+    match tokio::time::timeout(DEADLINE, collect(config)).await {
+        Ok(Ok(report)) => Ok(report.print(json_out, config)),
+        Ok(Err(e)) => {
+            let what = format!("database: {}", format!("{e:#}").replace('\n', " "));
+            Ok(Report::unreachable(what).print(json_out, config))
+        }
+        Err(_) => Ok(Report::unreachable(format!(
+            "database: no answer within {}s (hung or unreachable: {})",
+            DEADLINE.as_secs(),
+            config.database.describe()
+        ))
+        .print(json_out, config)),
+    }
+}
+
+/// Everything status found.
+#[derive(Debug, Default)]
+struct Report {
+    reachable: bool,
+    migrated: bool,
+    problems: Vec<String>,
+    collectors: Vec<Collector>,
+    pending: i64,
+    oldest_pending: f64,
+    streamers: Vec<(String, i64)>,
+    last: Vec<Transition>,
+}
+
+impl Report {
+    fn unreachable(problem: String) -> Report {
+        Report {
+            problems: vec![problem],
+            ..Report::default()
+        }
+    }
+
+    fn print(&self, json_out: bool, config: &Config) -> Exit {
+        let healthy = self.problems.is_empty();
         if json_out {
-            println!(
-                "{}",
-                json!({"healthy": false, "database": {"reachable": true, "migrated": false}, "problems": ["database not migrated"]})
-            );
+            let counts: serde_json::Map<String, serde_json::Value> = self
+                .streamers
+                .iter()
+                .map(|(s, n)| (s.clone(), json!(n)))
+                .collect();
+            let out = json!({
+                "healthy": healthy,
+                "problems": self.problems,
+                "database": {"reachable": self.reachable, "migrated": self.migrated,
+                             "target": config.database.describe()},
+                "collectors": self.collectors,
+                "queue": {"pending": self.pending, "oldest_pending_age_seconds": self.oldest_pending},
+                "streamers": counts,
+                "last_transitions": self.last,
+            });
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         } else {
-            println!("database: reachable, NOT migrated (run `kick-admin db migrate`)");
+            self.print_text(config);
         }
-        return Ok(Exit::Unavailable);
+        if healthy { Exit::Ok } else { Exit::Unavailable }
     }
-    let mut problems: Vec<String> = Vec::new();
-    let collectors = client
-        .query(
-            "SELECT id, host, pid, extract(epoch FROM now() - heartbeat_at)::float8, sockets, sockets_up, subscriptions,
-                    transport, version, started_at
-             FROM collectors ORDER BY id",
-            &[],
-        )
-        .await?;
-    let mut fresh = 0;
-    let mut cs = Vec::new();
-    for r in &collectors {
-        let id: String = r.get(0);
-        let age: f64 = r.get(3);
-        let (sockets, up): (i32, i32) = (r.get(4), r.get(5));
-        let stale = age > STALE_HEARTBEAT_S;
-        if stale {
-            problems.push(format!("collector {id}: heartbeat {age:.0}s old"));
-        } else {
-            fresh += 1;
-            if sockets > 0 && up == 0 {
-                problems.push(format!("collector {id}: no socket up (0/{sockets})"));
-            }
-        }
-        cs.push(json!({"id": id, "host": r.get::<_, String>(1), "pid": r.get::<_, i32>(2), "heartbeat_age_seconds": age,
-            "stale": stale, "sockets": sockets, "sockets_up": up, "subscriptions": r.get::<_, i32>(6),
-            "transport": r.get::<_, String>(7), "version": r.get::<_, String>(8), "started_at": r.get::<_, DateTime<Utc>>(9)}));
-    }
-    if fresh == 0 {
-        problems.push("no collector is running (no fresh heartbeat)".into());
-    }
-    let (pending, oldest) = db::pending_events(&client).await?;
-    if oldest > STUCK_QUEUE_S {
-        problems.push(format!(
-            "queue stuck: oldest pending event {oldest:.0}s old (is kick-writer running?)"
-        ));
-    }
-    let by_status: Vec<(String, i64)> = client
-        .query(
-            "SELECT status, count(*) FROM streamers WHERE enabled GROUP BY status ORDER BY status",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let last = client
-        .query(
-            "SELECT s.username, e.previous_status, e.new_status, e.occurred_at, e.source
-             FROM status_events e JOIN streamers s ON s.id = e.streamer_id ORDER BY e.id DESC LIMIT 10",
-            &[],
-        )
-        .await?;
-    let healthy = problems.is_empty();
-    if json_out {
-        let counts: serde_json::Map<String, serde_json::Value> = by_status
-            .iter()
-            .map(|(s, n)| (s.clone(), json!(n)))
-            .collect();
-        let transitions: Vec<_> = last
-            .iter()
-            .map(|r| json!({"username": r.get::<_, String>(0), "from": r.get::<_, String>(1), "to": r.get::<_, String>(2),
-                            "occurred_at": r.get::<_, DateTime<Utc>>(3), "source": r.get::<_, String>(4)}))
-            .collect();
-        let out = json!({
-            "healthy": healthy,
-            "problems": problems,
-            "database": {"reachable": true, "migrated": true, "target": config.database.describe()},
-            "collectors": cs,
-            "queue": {"pending": pending, "oldest_pending_age_seconds": oldest},
-            "streamers": counts,
-            "last_transitions": transitions,
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    } else {
+
+    fn print_text(&self, config: &Config) {
+        let healthy = self.problems.is_empty();
         println!(
             "health:    {}",
             if healthy {
                 "ok".to_owned()
             } else {
-                format!("PROBLEMS ({})", problems.len())
+                format!("PROBLEMS ({})", self.problems.len())
             }
         );
-        for p in &problems {
+        for p in &self.problems {
             println!("  - {p}");
         }
+        if !self.reachable {
+            println!("database:  {} (unreachable)", config.database.describe());
+            return;
+        }
+        if !self.migrated {
+            println!(
+                "database:  {} (NOT migrated: run `kick-admin db migrate`)",
+                config.database.describe()
+            );
+            return;
+        }
         println!("database:  {} (migrated)", config.database.describe());
-        let rows: Vec<Vec<String>> = cs
+        let rows: Vec<Vec<String>> = self
+            .collectors
             .iter()
             .map(|c| {
                 vec![
-                    c["id"].as_str().unwrap_or("").to_owned(),
-                    format!("{:.0}s", c["heartbeat_age_seconds"].as_f64().unwrap_or(0.0)),
-                    format!("{}/{}", c["sockets_up"], c["sockets"]),
-                    c["subscriptions"].to_string(),
-                    c["transport"].as_str().unwrap_or("").to_owned(),
-                    c["version"].as_str().unwrap_or("").to_owned(),
+                    c.id.clone(),
+                    c.state.to_owned(),
+                    format!("{:.0}s", c.heartbeat_age_seconds),
+                    format!("{}/{}", c.sockets_up, c.sockets),
+                    format!("{}/{}", c.subscriptions, c.watched_channels),
+                    format!("{}/{}", c.buffered, c.spooled),
+                    c.clock_skew_ms
+                        .map_or("-".into(), |s| format!("{:.1}s", f64::from(s) / 1e3)),
+                    c.transport.clone(),
+                    c.version.clone(),
                 ]
             })
             .collect();
@@ -134,17 +181,24 @@ pub async fn run(json_out: bool, config: &Config) -> anyhow::Result<Exit> {
             crate::table::render(
                 &[
                     "ID",
+                    "STATE",
                     "HEARTBEAT",
                     "SOCKETS UP",
-                    "SUBSCRIPTIONS",
+                    "SUBSCRIBED",
+                    "BUFFERED/SPOOLED",
+                    "SKEW",
                     "TRANSPORT",
                     "VERSION"
                 ],
                 &rows
             )
         );
-        println!("queue:     {pending} pending, oldest {oldest:.1}s");
-        let counts: Vec<String> = by_status
+        println!(
+            "queue:     {} pending, oldest {:.1}s",
+            self.pending, self.oldest_pending
+        );
+        let counts: Vec<String> = self
+            .streamers
             .iter()
             .map(|(s, n)| format!("{} {n}", crate::paint_status(s)))
             .collect();
@@ -156,18 +210,17 @@ pub async fn run(json_out: bool, config: &Config) -> anyhow::Result<Exit> {
                 counts.join(", ")
             }
         );
-        if !last.is_empty() {
+        if !self.last.is_empty() {
             println!("last transitions:");
-            let rows: Vec<Vec<String>> = last
+            let rows: Vec<Vec<String>> = self
+                .last
                 .iter()
-                .map(|r| {
+                .map(|t| {
                     vec![
-                        r.get::<_, DateTime<Utc>>(3)
-                            .format("%Y-%m-%d %H:%M:%S")
-                            .to_string(),
-                        r.get::<_, String>(0),
-                        format!("{} -> {}", r.get::<_, String>(1), r.get::<_, String>(2)),
-                        r.get::<_, String>(4),
+                        t.occurred_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                        t.username.clone(),
+                        format!("{} -> {}", t.from, t.to),
+                        t.source.clone(),
                     ]
                 })
                 .collect();
@@ -177,5 +230,132 @@ pub async fn run(json_out: bool, config: &Config) -> anyhow::Result<Exit> {
             );
         }
     }
-    Ok(if healthy { Exit::Ok } else { Exit::Unavailable })
+}
+
+async fn collect(config: &Config) -> anyhow::Result<Report> {
+    let client = db::bounded_connect(Duration::from_secs(5), db::connect(&config.database)).await?;
+    client
+        .batch_execute("SET statement_timeout = '5s'")
+        .await
+        .map_err(db::DbError::from)?;
+    let mut r = Report {
+        reachable: true,
+        ..Report::default()
+    };
+    let migrations = db::migration_status(&client).await?;
+    r.migrated = migrations.iter().all(|m| m.applied_on.is_some());
+    if !r.migrated {
+        r.problems
+            .push("database not migrated: run `kick-admin db migrate`".into());
+        return Ok(r);
+    }
+    let rows = client
+        .query(
+            "SELECT id, host, pid, heartbeat_at, extract(epoch FROM now() - heartbeat_at)::float8 AS age,
+                    started_at, sockets, sockets_up, subscriptions, watched_channels, transport, version,
+                    healthy, problems, buffered, spooled, oldest_buffered_at, clock_skew_ms
+             FROM collectors ORDER BY id",
+            &[],
+        )
+        .await?;
+    let mut live = 0;
+    for row in &rows {
+        let age: f64 = row.get("age");
+        let problems: Vec<Problem> =
+            serde_json::from_value(row.get::<_, serde_json::Value>("problems")).unwrap_or_default();
+        let heartbeat_at: DateTime<Utc> = row.get("heartbeat_at");
+        let state = if age <= STALE_HEARTBEAT_S {
+            "running"
+        } else if age <= GONE_AFTER.as_secs_f64() {
+            "stale"
+        } else {
+            "gone"
+        };
+        let c = Collector {
+            id: row.get("id"),
+            host: row.get("host"),
+            pid: row.get("pid"),
+            state,
+            heartbeat_at,
+            heartbeat_age_seconds: age,
+            stale: state != "running",
+            started_at: row.get("started_at"),
+            sockets: row.get("sockets"),
+            sockets_up: row.get("sockets_up"),
+            subscriptions: row.get("subscriptions"),
+            watched_channels: row.get("watched_channels"),
+            transport: row.get("transport"),
+            version: row.get("version"),
+            healthy: row.get("healthy"),
+            problems,
+            buffered: row.get("buffered"),
+            spooled: row.get("spooled"),
+            oldest_buffered_at: row.get("oldest_buffered_at"),
+            clock_skew_ms: row.get("clock_skew_ms"),
+        };
+        match state {
+            "running" => {
+                live += 1;
+                for p in &c.problems {
+                    r.problems.push(line(
+                        &format!("collector {}: {}", c.id, p.what),
+                        Some(p.since),
+                    ));
+                }
+            }
+            "stale" => r.problems.push(line(
+                &format!(
+                    "collector {}: heartbeat stale ({age:.0}s old; gone after {}s)",
+                    c.id,
+                    GONE_AFTER.as_secs()
+                ),
+                Some(heartbeat_at),
+            )),
+            _ => {}
+        }
+        r.collectors.push(c);
+    }
+    if live == 0 && !r.collectors.iter().any(|c| c.state == "stale") {
+        let since = r.collectors.iter().map(|c| c.heartbeat_at).max();
+        r.problems
+            .push(line("no collector is running (no fresh heartbeat)", since));
+    }
+    let (pending, oldest) = db::pending_events(&client).await?;
+    r.pending = pending;
+    r.oldest_pending = oldest;
+    if oldest > STUCK_QUEUE_S {
+        let since = Utc::now() - chrono::Duration::milliseconds((oldest * 1e3) as i64);
+        r.problems.push(line(
+            &format!(
+                "queue stuck: {pending} events pending, the oldest {oldest:.0}s old (is kick-writer running?)"
+            ),
+            Some(since),
+        ));
+    }
+    r.streamers = client
+        .query(
+            "SELECT status, count(*) AS n FROM streamers WHERE enabled GROUP BY status ORDER BY status",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| (row.get("status"), row.get("n")))
+        .collect();
+    r.last = client
+        .query(
+            "SELECT s.username, e.previous_status, e.new_status, e.occurred_at, e.source
+             FROM status_events e JOIN streamers s ON s.id = e.streamer_id ORDER BY e.id DESC LIMIT 10",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| Transition {
+            username: row.get("username"),
+            from: row.get("previous_status"),
+            to: row.get("new_status"),
+            occurred_at: row.get("occurred_at"),
+            source: row.get("source"),
+        })
+        .collect();
+    Ok(r)
 }

@@ -1181,6 +1181,53 @@ mod with_kick {
         let (code, out, _) = run(&e.env, &["status", "--json"]).await;
         assert_eq!(code, 69);
         assert!(out.contains("queue stuck"), "{out}");
+        c.batch_execute("DELETE FROM raw_events").await.unwrap();
+        // A collector reporting a problem of its own: one line naming it and since when.
+        c.batch_execute(
+            r#"UPDATE collectors SET healthy = false,
+                 problems = '[{"what": "staging inserts failing: permission denied", "since": "2026-11-29T20:00:00Z"}]'"#,
+        )
+        .await
+        .unwrap();
+        let (code, out, _) = run(&e.env, &["status"]).await;
+        assert_eq!(code, 69, "{out}");
+        assert!(
+            out.contains("collector h:1: staging inserts failing: permission denied (since 2026-11-29 20:00:00 UTC)"),
+            "{out}"
+        );
+        // A collector that stopped beating: stale (a problem) for 90 s, then gone (listed only),
+        // as long as another collector is running.
+        c.batch_execute(
+            "UPDATE collectors SET healthy = true, problems = '[]', heartbeat_at = now() - interval '45 seconds'",
+        )
+        .await
+        .unwrap();
+        let (code, out, _) = run(&e.env, &["status"]).await;
+        assert_eq!(code, 69, "{out}");
+        assert!(out.contains("heartbeat stale"), "{out}");
+        c.batch_execute(
+            "UPDATE collectors SET heartbeat_at = now() - interval '100 seconds';
+             INSERT INTO collectors (id, host, pid, started_at, heartbeat_at, sockets, sockets_up, subscriptions, transport, version)
+             VALUES ('h2', 'h2', 2, now(), now(), 1, 1, 1, 'centrifugo', '0.1.0')",
+        )
+        .await
+        .unwrap();
+        let (code, out, _) = run(&e.env, &["status", "--json"]).await;
+        assert_eq!(code, 0, "{out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let gone = v["collectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == "h:1")
+            .unwrap();
+        assert_eq!(gone["state"], "gone");
+        c.batch_execute("DELETE FROM collectors WHERE id = 'h2'")
+            .await
+            .unwrap();
+        let (code, out, _) = run(&e.env, &["status"]).await;
+        assert_eq!(code, 69, "{out}");
+        assert!(out.contains("no collector is running"), "{out}");
         let (code, out, _) = run(&e.env, &["completions", "bash"]).await;
         assert_eq!(code, 0);
         assert!(out.contains("kick-admin"));

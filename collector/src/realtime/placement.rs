@@ -25,6 +25,9 @@ use crate::ctx::Ctx;
 use crate::gaps;
 use crate::reconcile::Request;
 
+/// No socket up for this long (with channels to watch) is a problem.
+pub const BLIND_AFTER: Duration = Duration::from_secs(60);
+
 /// How long a channel refused for another reason than a limit waits before it is tried again.
 pub const PARKED_FOR: Duration = Duration::from_secs(300);
 
@@ -49,6 +52,8 @@ struct Placement {
     events_tx: mpsc::UnboundedSender<SocketEvent>,
     /// The last desired set.
     desired: BTreeSet<i64>,
+    /// Since when no socket has been up while there are channels to watch.
+    blind_since: Option<(Instant, chrono::DateTime<chrono::Utc>)>,
 }
 
 /// Runs the placement until shutdown: `desired` is the set of channels to subscribe (updated by
@@ -66,6 +71,7 @@ pub async fn run(
         refused_by: HashMap::new(),
         events_tx,
         desired: BTreeSet::new(),
+        blind_since: None,
     };
     let first = desired.borrow_and_update().clone();
     p.apply(&first);
@@ -286,6 +292,33 @@ impl Placement {
             }
         }
         self.publish_metrics();
+        self.check_blind();
+    }
+
+    /// No socket up while there are channels to watch, for longer than [`BLIND_AFTER`]: a
+    /// problem (realtime coverage is gone; the API still reconciles).
+    fn check_blind(&mut self) {
+        let m = &self.ctx.metrics;
+        let up = m.sockets_up.load(Ordering::Relaxed);
+        if self.desired.is_empty() || up > 0 {
+            self.blind_since = None;
+            self.ctx.health.clear("sockets");
+            return;
+        }
+        let (t, since) = *self
+            .blind_since
+            .get_or_insert_with(|| (Instant::now(), chrono::Utc::now()));
+        if t.elapsed() >= BLIND_AFTER {
+            self.ctx.health.set_since(
+                "sockets",
+                format!(
+                    "no realtime socket up (0/{} sockets, {} channels): covered by the API only",
+                    m.sockets_total.load(Ordering::Relaxed),
+                    self.desired.len()
+                ),
+                since,
+            );
+        }
     }
 
     fn publish_metrics(&self) {
