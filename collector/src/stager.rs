@@ -13,9 +13,10 @@
 //! (base64) in the payload. One bad row affects only itself.
 //!
 //! **Outages.** Any other failure (the connection, a hung server, a permission problem) is an
-//! outage: after [`STALL`] without an answer, buffered events go to the [`Spool`] (fsync'd), and
-//! so does every event that arrives until the database answers again; then the spool is replayed
-//! in order, and normal staging resumes. At shutdown, what cannot be committed within a few
+//! outage: buffered events go to the [`Spool`] (fsync'd), and so does every event that arrives
+//! until the database answers again; then the spool is replayed in order, and normal staging
+//! resumes. An insert that takes longer than [`SUSPECT`] already sends new events to the spool
+//! while it is waited for (up to [`STALL`]): slow or hung, nothing waits in memory only. At shutdown, what cannot be committed within a few
 //! seconds is spooled too. A process killed at any moment therefore loses at most the events of
 //! the last second that had not yet reached the spool or the database.
 //!
@@ -41,12 +42,15 @@ use crate::metrics::CollectorMetrics;
 use crate::rows::{self, Staged};
 use crate::spool::{Spool, SpoolError};
 
-/// An insert without an answer for this long means the database is unavailable (or hung): the
-/// events go to the spool instead of waiting in memory.
-pub const STALL: Duration = Duration::from_secs(2);
+/// An insert without an answer for this long is given up: the database is hung (the server's
+/// own `statement_timeout` for the stager is the same). Until then the insert may still
+/// complete (a lock held by a migration, a slow disk) while new events go to the spool.
+pub const STALL: Duration = Duration::from_secs(15);
 /// An insert without an answer for this long is suspect: its batch and what arrives meanwhile
 /// are written to the spool at once (a normal commit takes milliseconds).
 pub const SUSPECT: Duration = Duration::from_millis(500);
+/// Connecting and `SELECT 1` must answer within this for the database to count as back.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// An event that waited longer than this is stamped with its (skew-corrected) observation time.
 const WAITED: Duration = Duration::from_secs(1);
 /// A buffered event older than this makes the collector unhealthy ("staging stalled").
@@ -414,7 +418,7 @@ impl Stager {
             }
             let n = st.pending.len().min(self.batch_size);
             let batch: Vec<Staged> = st.pending.drain(..n).collect();
-            if let Err(e) = self.commit(st, c, &batch).await {
+            if let Err(e) = self.commit(st, c, &batch, false).await {
                 conn = None;
                 self.note_outage(st, &e);
             }
@@ -425,7 +429,13 @@ impl Stager {
     /// ([`SUSPECT`]), the batch and everything arriving meanwhile go to the spool at once (so a
     /// kill now loses nothing; a later replay dedupes what did commit); after [`STALL`] without
     /// an answer, it gives up (an outage).
-    async fn commit(&self, st: &mut State, c: &mut Conn, batch: &[Staged]) -> Result<(), String> {
+    async fn commit(
+        &self,
+        st: &mut State,
+        c: &mut Conn,
+        batch: &[Staged],
+        batch_in_spool: bool,
+    ) -> Result<(), String> {
         let skew = self.status.skew_ms.load(Ordering::Relaxed);
         let fut = insert_isolating(c, batch, &self.collector_id, skew);
         tokio::pin!(fut);
@@ -433,6 +443,7 @@ impl Stager {
         tokio::pin!(stall);
         let suspect = tokio::time::sleep(SUSPECT);
         tokio::pin!(suspect);
+        // A batch read from the spool is there already: it is never written again.
         let mut spooling = false;
         let result = loop {
             tokio::select! {
@@ -443,13 +454,15 @@ impl Stager {
                 },
                 _ = &mut suspect, if !spooling => {
                     spooling = true;
-                    let waiting: Vec<Staged> = st.pending.drain(..).collect();
-                    st.pending.extend(batch.iter().cloned());
-                    st.pending.extend(waiting);
+                    if !batch_in_spool {
+                        let waiting: Vec<Staged> = st.pending.drain(..).collect();
+                        st.pending.extend(batch.iter().cloned());
+                        st.pending.extend(waiting);
+                    }
                     self.spool_pending(st);
                 }
                 _ = &mut stall => {
-                    if !spooling {
+                    if !spooling && !batch_in_spool {
                         st.pending.extend(batch.iter().cloned());
                     }
                     return Err(format!("no answer within {}s", STALL.as_secs()));
@@ -473,7 +486,7 @@ impl Stager {
             }
             Err(e) => {
                 self.metrics.db_errors.inc();
-                if !spooling {
+                if !spooling && !batch_in_spool {
                     // Unknown whether it committed: keep it (a replay dedupes).
                     let waiting: Vec<Staged> = st.pending.drain(..).collect();
                     st.pending.extend(batch.iter().cloned());
@@ -497,7 +510,7 @@ impl Stager {
             if rows.is_empty() {
                 break;
             }
-            self.commit(st, c, &rows).await?;
+            self.commit(st, c, &rows, true).await?;
             offset = next;
             // Events arriving meanwhile wait in memory; past half the buffer they join the spool
             // (whose end this loop reads too), so memory stays bounded during a long replay.
@@ -511,7 +524,7 @@ impl Stager {
         Ok(())
     }
 
-    /// Opens a connection and proves the server answers (within twice [`STALL`]: connecting to
+    /// Opens a connection and proves the server answers (within [`PROBE_TIMEOUT`]: connecting to
     /// a hung server must not hang us), spooling whatever arrives meanwhile.
     async fn probe_while_spooling(
         &self,
@@ -519,7 +532,7 @@ impl Stager {
         shutdown: &CancellationToken,
     ) -> Result<Conn, String> {
         let db = self.db.clone();
-        let probe = tokio::time::timeout(STALL * 2, async move {
+        let probe = tokio::time::timeout(PROBE_TIMEOUT, async move {
             let c = connect(&db).await.map_err(|e| e.to_string())?;
             c.client
                 .simple_query("SELECT 1")
@@ -533,7 +546,7 @@ impl Stager {
             tokio::select! {
                 r = &mut probe => return match r {
                     Ok(r) => r,
-                    Err(_) => Err(format!("database did not answer within {}s", (STALL * 2).as_secs())),
+                    Err(_) => Err(format!("database did not answer within {}s", PROBE_TIMEOUT.as_secs())),
                 },
                 ev = st.rx.recv() => if let Some(ev) = ev {
                     st.pending.push_back(ev);
@@ -613,7 +626,10 @@ impl Stager {
                 };
                 let n = st.pending.len().min(self.batch_size);
                 let batch: Vec<Staged> = st.pending.drain(..n).collect();
-                if self.commit(st, c, &batch).await.is_err() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let done = tokio::time::timeout(left, self.commit(st, c, &batch, false)).await;
+                if !matches!(done, Ok(Ok(()))) {
+                    // Unknown whether it committed: spooled below (a replay dedupes).
                     for ev in batch.into_iter().rev() {
                         st.pending.push_front(ev);
                     }

@@ -186,9 +186,12 @@ pub async fn listen(
 
 /// How long a migration waits for a lock before giving up (and retrying): a migration that
 /// queues behind a reader must not stall every service query queued behind it.
-pub const MIGRATION_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
-/// Attempts per migration when its lock is not available in time.
-const MIGRATION_ATTEMPTS: u32 = 20;
+pub const MIGRATION_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// The pause between attempts: longer than the lock timeout, so that the services' queries that
+/// queued behind an attempt drain before the next one.
+const MIGRATION_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(3);
+/// Attempts when a lock is not available in time (about two minutes in all).
+const MIGRATION_ATTEMPTS: u32 = 25;
 
 /// Applies pending migrations; returns the names of those applied now (empty: already current).
 /// Safe to run concurrently (the runs serialize on an advisory lock, and the second finds
@@ -248,7 +251,7 @@ pub async fn migrate_with(
                 attempt += 1;
                 if attempt < MIGRATION_ATTEMPTS && lock_timeout {
                     tracing::warn!(attempt, "migration waited too long for a lock; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    tokio::time::sleep(MIGRATION_RETRY_PAUSE).await;
                     continue;
                 }
                 break Err(DbError::Migrate(text));
@@ -272,6 +275,11 @@ fn postgres_cause(e: &refinery::Error) -> Option<&tokio_postgres::Error> {
         cause = c.source();
     }
     None
+}
+
+/// The migrations embedded in this build (tests add one to them to migrate while busy).
+pub fn embedded_migrations() -> Vec<refinery::Migration> {
+    embedded::migrations::runner().get_migrations().to_vec()
 }
 
 /// The schema version this build needs: its newest migration.

@@ -96,3 +96,18 @@ pub fn spawn_watchdog(
         }
     });
 }
+
+impl Liveness {
+    /// Awaits `fut`, beating `name` every second meanwhile: a loop waiting on a bounded call
+    /// (a query with a timeout) is alive, not stuck.
+    pub async fn while_beating<F: Future>(&self, name: &'static str, fut: F) -> F::Output {
+        tokio::pin!(fut);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                out = &mut fut => return out,
+                _ = tick.tick() => self.beat(name),
+            }
+        }
+    }
+}

@@ -131,6 +131,8 @@ pub async fn run_with_metrics(
         else {
             return Ok(());
         };
+        // From here the writer's own loop proves liveness.
+        liveness.forget("main");
         let sync = cfg.apply.synchronous_commit;
         let mut cfg = WriterConfig::from_config(config);
         // Keep what the caller chose explicitly (tests use synchronous commits).
@@ -182,7 +184,12 @@ impl Writer {
         let mut failures: u32 = 0;
         while !self.shutdown.is_cancelled() {
             self.liveness.beat("writer");
-            let session = tokio::time::timeout(Duration::from_secs(10), Session::open(&self.cfg))
+            let session = self
+                .liveness
+                .while_beating(
+                    "writer",
+                    tokio::time::timeout(Duration::from_secs(10), Session::open(&self.cfg)),
+                )
                 .await
                 .map_err(|_| anyhow::Error::from(db::DbError::Timeout(10)))
                 .and_then(|r| r);
@@ -248,38 +255,56 @@ impl Writer {
     async fn serve(&mut self, session: &mut Session) -> anyhow::Result<()> {
         loop {
             self.liveness.beat("writer");
-            session
-                .drain(&self.cfg, &self.metrics, &self.health)
+            let liveness = self.liveness.clone();
+            liveness
+                .while_beating(
+                    "writer",
+                    session.drain(&self.cfg, &self.metrics, &self.health),
+                )
                 .await?;
             self.health.clear("apply");
             if !self.cfg.apply.rules.offline_grace.is_zero() {
-                let n = db::bounded(
-                    STATEMENT_TIMEOUT.as_secs(),
-                    apply::confirm_due_offlines(
-                        &mut session.work,
-                        &session.st,
-                        self.cfg.apply.rules.offline_grace,
-                    ),
-                )
-                .await?;
+                let n = self
+                    .liveness
+                    .while_beating(
+                        "writer",
+                        db::bounded(
+                            STATEMENT_TIMEOUT.as_secs(),
+                            apply::confirm_due_offlines(
+                                &mut session.work,
+                                &session.st,
+                                self.cfg.apply.rules.offline_grace,
+                            ),
+                        ),
+                    )
+                    .await?;
                 self.metrics.outcomes.add("applied", n as u64);
             }
             if self.last_prune.elapsed() > Duration::from_secs(60) {
                 self.last_prune = Instant::now();
-                let n = tokio::time::timeout(
-                    Duration::from_secs(120),
-                    db::prune_processed(&session.work, self.cfg.config.raw_retention),
-                )
-                .await
-                .map_err(|_| db::DbError::Timeout(120))??;
+                let n = self
+                    .liveness
+                    .while_beating(
+                        "writer",
+                        tokio::time::timeout(
+                            Duration::from_secs(120),
+                            db::prune_processed(&session.work, self.cfg.config.raw_retention),
+                        ),
+                    )
+                    .await
+                    .map_err(|_| db::DbError::Timeout(120))??;
                 if n > 0 {
                     tracing::info!(deleted = n, "pruned processed raw_events past retention");
                 }
             }
             if self.last_gauges.elapsed() >= GAUGES_EVERY {
                 self.last_gauges = Instant::now();
-                session
-                    .refresh_queue_gauges(&self.metrics, &self.health)
+                let liveness = self.liveness.clone();
+                liveness
+                    .while_beating(
+                        "writer",
+                        session.refresh_queue_gauges(&self.metrics, &self.health),
+                    )
                     .await?;
             }
             let wait = self
@@ -299,7 +324,8 @@ impl Writer {
                         reload |= n.channel() == channel::CONFIG_CHANGED;
                     }
                     if reload {
-                        self.reload(session).await;
+                        let liveness = self.liveness.clone();
+                        liveness.while_beating("writer", self.reload(session)).await;
                     }
                     self.metrics.wakeups.inc();
                 }

@@ -10,6 +10,7 @@ use kick_writer::apply::{self, ApplyConfig, Statements};
 use kick_writer::metrics::WriterMetrics;
 use kick_writer::transition::Rules;
 use kick_writer::{WriterConfig, run_with_metrics};
+use serde_json::json;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -731,4 +732,260 @@ async fn offline_grace_survives_restart_and_confirms() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(h, ["online", "offline"], "the blip is not a new session");
+}
+
+/// Waits until `f` holds (or fails after `limit`).
+async fn until<F, Fut>(what: &str, limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let t0 = Instant::now();
+    while !f().await {
+        assert!(t0.elapsed() < limit, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_cannot_be_applied_is_marked_error_alone() {
+    let db = kick_testkit::fresh_db().await;
+    let c = db.client().await;
+    for (i, name) in ["ann", "ben", "cid"].iter().enumerate() {
+        add_streamer(&c, name, 100 + i as i64, 200 + i as i64).await;
+    }
+    // The database refuses one history row for its content (a constraint we add): the batch
+    // holding it fails as a whole.
+    c.batch_execute(
+        "ALTER TABLE status_events ADD CONSTRAINT poison CHECK (livestream_id IS DISTINCT FROM 666)",
+    )
+    .await
+    .unwrap();
+    stage(
+        &c,
+        "realtime",
+        "StreamerIsLive",
+        Some(200),
+        None,
+        Some(5),
+        "a",
+        json!({}),
+    )
+    .await;
+    stage(
+        &c,
+        "realtime",
+        "StreamerIsLive",
+        Some(201),
+        None,
+        Some(666),
+        "b",
+        json!({}),
+    )
+    .await;
+    stage(
+        &c,
+        "realtime",
+        "StreamerIsLive",
+        Some(202),
+        None,
+        Some(7),
+        "c",
+        json!({}),
+    )
+    .await;
+    let shutdown = CancellationToken::new();
+    let metrics = Arc::new(WriterMetrics::default());
+    let task = tokio::spawn(run_with_metrics(
+        WriterConfig::from_config(db.app_config(&[("WRITER_POLL_INTERVAL", "50ms")])),
+        shutdown.clone(),
+        metrics.clone(),
+    ));
+    until("queue drained", Duration::from_secs(10), || async {
+        kick_shared::db::pending_events(&c).await.unwrap().0 == 0
+    })
+    .await;
+    let o = outcomes(&c).await;
+    assert_eq!(o[0], ("a".into(), "applied".into()));
+    assert!(o[1].1.starts_with("error: 23514"), "{o:?}");
+    assert_eq!(o[2], ("c".into(), "applied".into()));
+    assert_eq!(status_of(&c, "ann").await.0, "online");
+    assert_eq!(status_of(&c, "ben").await.0, "unknown");
+    assert_eq!(status_of(&c, "cid").await.0, "online");
+    // The queue goes on after it.
+    stage(
+        &c,
+        "realtime",
+        "StreamerIsLive",
+        Some(201),
+        None,
+        Some(9),
+        "d",
+        json!({}),
+    )
+    .await;
+    until("the next row applies", Duration::from_secs(5), || async {
+        status_of(&c, "ben").await.0 == "online"
+    })
+    .await;
+    assert_eq!(metrics.outcomes.get("error"), 1);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn two_streamers_naming_one_channel_in_a_batch_do_not_block_the_queue() {
+    let db = kick_testkit::fresh_db().await;
+    let mut c = db.client().await;
+    for (name, user) in [("dee", 301_i64), ("eve", 302)] {
+        c.execute(
+            "INSERT INTO streamers (username, kick_user_id) VALUES ($1, $2)",
+            &[&name, &user],
+        )
+        .await
+        .unwrap();
+    }
+    // The API reveals the same channel id for both (a mistake on Kick's side, or a rename).
+    stage(
+        &c,
+        "api",
+        "StreamerIsLive",
+        Some(900),
+        Some(301),
+        None,
+        "x",
+        json!({}),
+    )
+    .await;
+    stage(
+        &c,
+        "api",
+        "StreamerIsLive",
+        Some(900),
+        Some(302),
+        None,
+        "y",
+        json!({}),
+    )
+    .await;
+    drain(&mut c, &cfg(10)).await;
+    let owners: i64 = c
+        .query_one(
+            "SELECT count(*) FROM streamers WHERE kick_channel_id = 900",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owners, 1, "learned once");
+    assert_eq!(kick_shared::db::pending_events(&c).await.unwrap().0, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_changed_in_the_database_apply_without_a_restart() {
+    let db = kick_testkit::fresh_db().await;
+    let c = db.client().await;
+    add_streamer(&c, "fay", 400, 500).await;
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run_with_metrics(
+        WriterConfig::from_config(db.app_config(&[("WRITER_POLL_INTERVAL", "50ms")])),
+        shutdown.clone(),
+        Arc::new(WriterMetrics::default()),
+    ));
+    stage(
+        &c,
+        "realtime",
+        "StreamerIsLive",
+        Some(500),
+        None,
+        Some(1),
+        "l1",
+        json!({}),
+    )
+    .await;
+    until("online", Duration::from_secs(5), || async {
+        status_of(&c, "fay").await.0 == "online"
+    })
+    .await;
+    // An offline grace set with `kick-admin config set` (a `config_changed` NOTIFY).
+    c.batch_execute("INSERT INTO config (key, value) VALUES ('KICK_OFFLINE_GRACE', '1h')")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stage(
+        &c,
+        "realtime",
+        "StopStreamBroadcast",
+        Some(500),
+        None,
+        Some(1),
+        "s1",
+        json!({}),
+    )
+    .await;
+    until("processed", Duration::from_secs(5), || async {
+        kick_shared::db::pending_events(&c).await.unwrap().0 == 0
+    })
+    .await;
+    assert_eq!(
+        outcomes(&c).await.last().unwrap().1,
+        "pending",
+        "the grace read from the database applies"
+    );
+    assert_eq!(status_of(&c, "fay").await.0, "online");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_started_while_the_database_is_down_waits_for_its_settings() {
+    let cluster: &'static Cluster = Box::leak(Box::new(Cluster::start().with_template()));
+    let db = cluster.fresh_db().await;
+    let c = db.client().await;
+    add_streamer(&c, "gus", 600, 700).await;
+    c.batch_execute("INSERT INTO config (key, value) VALUES ('KICK_OFFLINE_GRACE', '1h')")
+        .await
+        .unwrap();
+    stage(
+        &c,
+        "realtime",
+        "StreamerIsLive",
+        Some(700),
+        None,
+        Some(1),
+        "l",
+        json!({}),
+    )
+    .await;
+    stage(
+        &c,
+        "realtime",
+        "StopStreamBroadcast",
+        Some(700),
+        None,
+        Some(1),
+        "s",
+        json!({}),
+    )
+    .await;
+    drop(c);
+    cluster.stop();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run_with_metrics(
+        WriterConfig::from_config(db.app_config(&[("WRITER_POLL_INTERVAL", "50ms")])),
+        shutdown.clone(),
+        Arc::new(WriterMetrics::default()),
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.start_again();
+    let c = db.client().await;
+    until("processed", Duration::from_secs(20), || async {
+        kick_shared::db::pending_events(&c).await.unwrap().0 == 0
+    })
+    .await;
+    // Not the default (offline at once): the grace stored in the database.
+    assert_eq!(status_of(&c, "gus").await.0, "online");
+    assert_eq!(outcomes(&c).await.last().unwrap().1, "pending");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
 }

@@ -60,6 +60,21 @@ impl Service {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+    /// CPU time (user + system) the process has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) are space-separated; utime and
+        // stime are fields 14 and 15, in clock ticks (100 per second on Linux).
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<u64> = after
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+        Duration::from_millis(ticks * 10)
+    }
+
     /// Resident set size now and at its peak, in KiB (from /proc).
     pub fn rss_kib(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -151,11 +166,30 @@ impl Stack {
 
     /// Starts `kick-collector` or `kick-writer`, logging to a file in the stack's directory.
     pub fn spawn(&self, name: &'static str, extra: &[(&str, &str)]) -> Service {
+        self.spawn_wrapped(name, &[], extra)
+    }
+
+    /// [`Stack::spawn`] through a wrapper command (e.g. `prlimit --nofile=64`): the service is
+    /// the wrapper's last argument, which must exec it (so the pid is the service's).
+    pub fn spawn_wrapped(
+        &self,
+        name: &'static str,
+        wrapper: &[&str],
+        extra: &[(&str, &str)],
+    ) -> Service {
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = self.dir.join(format!("{name}-{n}.log"));
         let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(bin_dir().join(name));
+        let bin = bin_dir().join(name);
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(&bin),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&bin);
+                c
+            }
+        };
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .current_dir(&self.dir);
@@ -295,5 +329,158 @@ impl Stack {
         let text = std::fs::read_to_string(&svc.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+/// A stand-in for systemd's notify socket: every datagram a service sends (`READY=1`,
+/// `WATCHDOG=1`, `STATUS=…`, `STOPPING=1`) is recorded with its arrival time.
+#[derive(Debug)]
+pub struct NotifySocket {
+    pub path: PathBuf,
+    messages: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
+}
+
+impl NotifySocket {
+    pub fn bind(dir: &std::path::Path, name: &str) -> NotifySocket {
+        let path = dir.join(format!("notify-{name}.sock"));
+        let _ = std::fs::remove_file(&path);
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let m = messages.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                m.lock().unwrap().push((Instant::now(), text));
+            }
+        });
+        NotifySocket { path, messages }
+    }
+
+    /// The environment a service needs to report here, with a watchdog of `watchdog`.
+    pub fn env(&self, watchdog: Duration) -> Vec<(&'static str, String)> {
+        vec![
+            ("NOTIFY_SOCKET", self.path.display().to_string()),
+            ("WATCHDOG_USEC", watchdog.as_micros().to_string()),
+        ]
+    }
+
+    /// Whether a datagram containing `text` arrived.
+    pub fn saw(&self, text: &str) -> bool {
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, m)| m.contains(text))
+    }
+
+    /// The longest time without `WATCHDOG=1` between `from` and `to` (the edges count).
+    pub fn longest_watchdog_gap(&self, from: Instant, to: Instant) -> Duration {
+        let times: Vec<Instant> = self
+            .messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, m)| m.contains("WATCHDOG=1") && *t >= from && *t <= to)
+            .map(|(t, _)| *t)
+            .collect();
+        let mut last = from;
+        let mut longest = Duration::ZERO;
+        for t in times.into_iter().chain([to]) {
+            longest = longest.max(t.duration_since(last));
+            last = t;
+        }
+        longest
+    }
+}
+
+impl Stack {
+    fn http(&self) -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
+    /// Runs `kick-admin` with the stack's environment (never this machine's packaged files);
+    /// returns (exit code, stdout, stderr) and how long it took.
+    pub fn admin(&self, args: &[&str]) -> (i32, String, String, Duration) {
+        let t0 = Instant::now();
+        let out = Command::new(bin_dir().join("kick-admin"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KICK_MONITOR_ENV_FILE", "/dev/null")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            t0.elapsed(),
+        )
+    }
+
+    /// Every realtime event kick-sim published after `since_seq`, as the dedupe keys the
+    /// collector stages them under.
+    pub async fn published_keys(&self, since_seq: u64) -> Vec<String> {
+        let v = self
+            .http()
+            .get(format!(
+                "{}/control/published?since={since_seq}",
+                self.sim.url()
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap();
+        v["published"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let chan = p["channel"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("channel.");
+                let ls = p["livestream_id"].as_i64().unwrap_or(0);
+                let kind = if p["live"].as_bool().unwrap() {
+                    "live"
+                } else {
+                    "stop"
+                };
+                format!("rt:{kind}:{chan}:{ls}")
+            })
+            .collect()
+    }
+
+    /// The sequence number of the last published event.
+    pub async fn last_seq(&self) -> u64 {
+        let v = self
+            .http()
+            .get(format!(
+                "{}/control/published?since=0&limit=1",
+                self.sim.url()
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap();
+        v["last_seq"].as_u64().unwrap_or(0)
+    }
+
+    /// How many of `keys` are staged, and how many rows they have in all (dedupe keys are
+    /// unique, so the two agree unless something is badly wrong).
+    pub async fn staged(&self, keys: &[String]) -> i64 {
+        let c = self.client().await;
+        c.query_one(
+            "SELECT count(*) FROM raw_events WHERE dedupe_key = ANY($1)",
+            &[&keys],
+        )
+        .await
+        .unwrap()
+        .get(0)
     }
 }

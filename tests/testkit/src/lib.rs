@@ -37,7 +37,17 @@ start() {
   pid=$!
 }
 stop() {
-  if [ -n "$pid" ]; then kill -"$1" "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; pid=; fi
+  if [ -n "$pid" ]; then
+    pkill -CONT -P "$pid" 2>/dev/null; kill -CONT "$pid" 2>/dev/null
+    kill -"$1" "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; pid=
+  fi
+}
+# A hung server: every process of the cluster stopped (SIGSTOP), connections stay open.
+pause() {
+  if [ -n "$pid" ]; then kill -STOP "$pid" 2>/dev/null; pkill -STOP -P "$pid" 2>/dev/null; fi
+}
+resume() {
+  if [ -n "$pid" ]; then pkill -CONT -P "$pid" 2>/dev/null; kill -CONT "$pid" 2>/dev/null; fi
 }
 start
 while read -r cmd; do
@@ -46,6 +56,8 @@ while read -r cmd; do
     crash) stop QUIT ;;
     start) start ;;
     restart) stop INT; start ;;
+    pause) pause ;;
+    resume) resume ;;
   esac
 done
 stop INT
@@ -356,6 +368,18 @@ impl Cluster {
     pub fn restart(&self) {
         self.command("restart");
         self.wait_ready(true);
+    }
+
+    /// Hangs the server: SIGSTOP on the postmaster and every backend (connections stay open and
+    /// silent, as with a hung machine). [`Cluster::resume`] lets it go on.
+    pub fn pause(&self) {
+        self.command("pause");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    pub fn resume(&self) {
+        self.command("resume");
+        std::thread::sleep(Duration::from_millis(300));
     }
 
     /// The socket directory (the host for clients) and port.

@@ -1,0 +1,406 @@
+//! Faults of the world, with the real binaries: a hung PostgreSQL (every process SIGSTOPped) for
+//! 90 s under flips, PostgreSQL down when the services boot, a collector killed during an
+//! outage, clocks five minutes off, and a migration while the services are busy. In every case
+//! nothing that Kick published is lost, no service is killed by its watchdog, and health says
+//! what is wrong while it is wrong.
+
+use std::time::{Duration, Instant};
+
+use kick_e2e::{NotifySocket, Service, Stack};
+use kick_sim::Options;
+use serde_json::json;
+
+const STREAMERS: usize = 100;
+/// The watchdog interval the services are given (systemd's `WatchdogSec`).
+const WATCHDOG: Duration = Duration::from_secs(10);
+
+fn opts() -> Options {
+    Options {
+        streamers: STREAMERS,
+        ping_interval: Duration::from_secs(1),
+        activity_timeout: Duration::from_secs(2),
+        ..Options::default()
+    }
+}
+
+const SETTINGS: &[(&str, &str)] = &[
+    ("KICK_SILENCE_GRACE", "2s"),
+    ("KICK_RECONCILE_INTERVAL", "10s"),
+    ("KICK_CHANNELS_PER_CONNECTION", "50"),
+    ("WRITER_POLL_INTERVAL", "200ms"),
+    ("KICK_REALTIME_TRANSPORT", "centrifugo"),
+];
+
+struct Running {
+    stack: Stack,
+    writer: Service,
+    collector: Service,
+    notify_writer: NotifySocket,
+    notify_collector: NotifySocket,
+}
+
+async fn running() -> Running {
+    let stack = Stack::start(opts(), SETTINGS).await;
+    let notify_writer = NotifySocket::bind(&stack.dir, "writer");
+    let notify_collector = NotifySocket::bind(&stack.dir, "collector");
+    let env_w = notify_writer.env(WATCHDOG);
+    let env_c = notify_collector.env(WATCHDOG);
+    let writer = stack.spawn("kick-writer", &as_refs(&env_w));
+    let collector = stack.spawn("kick-collector", &as_refs(&env_c));
+    stack
+        .wait_subscribed(STREAMERS as i64, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
+    stack.converge(Duration::from_secs(30)).await.unwrap();
+    Running {
+        stack,
+        writer,
+        collector,
+        notify_writer,
+        notify_collector,
+    }
+}
+
+fn as_refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// Waits until `kick-admin status` exits `code`; returns its output.
+async fn status_becomes(stack: &Stack, code: i32, within: Duration) -> String {
+    let t0 = Instant::now();
+    loop {
+        let (got, out, err, took) = stack.admin(&["status"]);
+        assert!(
+            took < Duration::from_secs(10),
+            "status answers within 10 s (took {took:?})"
+        );
+        if got == code {
+            return out;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "status never exited {code} within {within:?}: last {got}\n{out}\n{err}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Every realtime event published since `seq` is staged exactly once.
+async fn all_staged(stack: &Stack, seq: u64, within: Duration) {
+    let keys = stack.published_keys(seq).await;
+    assert!(!keys.is_empty(), "something was published");
+    let t0 = Instant::now();
+    loop {
+        let n = stack.staged(&keys).await;
+        if n == keys.len() as i64 {
+            return;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "only {n} of {} published events staged",
+            keys.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_hung_for_90s_under_flips_loses_nothing_and_kills_nothing() {
+    let mut r = running().await;
+    let seq = r.stack.last_seq().await;
+    r.stack.control("/control/flap", json!({"rate": 20})).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let paused = Instant::now();
+    r.stack.cluster.pause();
+    // Degraded, and said so, while it lasts (status itself answers within 10 s).
+    let out = status_becomes(&r.stack, 69, Duration::from_secs(30)).await;
+    assert!(out.contains("database"), "{out}");
+    while paused.elapsed() < Duration::from_secs(90) {
+        assert!(
+            r.collector.is_running(),
+            "{}",
+            r.stack.log_tail(&r.collector)
+        );
+        assert!(r.writer.is_running(), "{}", r.stack.log_tail(&r.writer));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    r.stack.cluster.resume();
+    let resumed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    r.stack.control("/control/flap/stop", json!({})).await;
+    all_staged(&r.stack, seq, Duration::from_secs(60)).await;
+    r.stack
+        .converge(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", r.stack.log_tail(&r.collector)));
+    status_becomes(&r.stack, 0, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    r.stack.check_history().await.unwrap();
+    // The watchdog was fed all along: a hung database degrades the services, never kills them.
+    for (name, n, svc) in [
+        ("collector", &r.notify_collector, &r.collector),
+        ("writer", &r.notify_writer, &r.writer),
+    ] {
+        let gap = n.longest_watchdog_gap(paused, resumed + Duration::from_secs(5));
+        assert!(
+            gap < WATCHDOG,
+            "{name}: {gap:?} without WATCHDOG=1 (limit {WATCHDOG:?})\n{}",
+            std::fs::read_to_string(&svc.log).unwrap_or_default()
+        );
+    }
+    assert_eq!(r.collector.terminate(), Some(0));
+    assert_eq!(r.writer.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_at_boot_for_2_minutes() {
+    let stack = Stack::start(opts(), SETTINGS).await;
+    stack
+        .client()
+        .await
+        .batch_execute("INSERT INTO config (key, value) VALUES ('KICK_OFFLINE_GRACE', '0s')")
+        .await
+        .unwrap();
+    stack.cluster.stop();
+    let notify_w = NotifySocket::bind(&stack.dir, "writer");
+    let notify_c = NotifySocket::bind(&stack.dir, "collector");
+    let (env_w, env_c) = (notify_w.env(WATCHDOG), notify_c.env(WATCHDOG));
+    let booted = Instant::now();
+    let mut writer = stack.spawn("kick-writer", &as_refs(&env_w));
+    let mut collector = stack.spawn("kick-collector", &as_refs(&env_c));
+    // Ready without the database (the spool takes events): systemd must not restart them.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(notify_c.saw("READY=1"), "collector sent READY");
+    assert!(notify_w.saw("READY=1"), "writer sent READY");
+    // Streamers go live while the database is down.
+    for i in 0..5 {
+        stack
+            .control(&format!("/control/streamers/streamer{i}/live"), json!({}))
+            .await;
+    }
+    while booted.elapsed() < Duration::from_secs(120) {
+        assert!(collector.is_running(), "{}", stack.log_tail(&collector));
+        assert!(writer.is_running(), "{}", stack.log_tail(&writer));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    stack.cluster.start_again();
+    let up = Instant::now();
+    stack
+        .wait_subscribed(STREAMERS as i64, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
+    stack
+        .converge(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
+    status_becomes(&stack, 0, Duration::from_secs(60)).await;
+    eprintln!("converged {:?} after the database came up", up.elapsed());
+    for (name, n) in [("collector", &notify_c), ("writer", &notify_w)] {
+        let gap = n.longest_watchdog_gap(booted + Duration::from_secs(1), Instant::now());
+        assert!(gap < WATCHDOG, "{name}: {gap:?} without WATCHDOG=1");
+    }
+    assert_eq!(collector.terminate(), Some(0));
+    assert_eq!(writer.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_killed_during_an_outage_loses_nothing() {
+    let mut r = running().await;
+    let seq = r.stack.last_seq().await;
+    r.stack.cluster.pause();
+    // Kick keeps publishing; the collector spools.
+    for i in 0..10 {
+        r.stack
+            .control(&format!("/control/streamers/streamer{i}/live"), json!({}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    r.collector.kill9();
+    let mut collector = r.stack.spawn("kick-collector", &[]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    r.stack.cluster.resume();
+    all_staged(&r.stack, seq, Duration::from_secs(30)).await;
+    r.stack
+        .converge(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", r.stack.log_tail(&collector)));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    r.stack.check_history().await.unwrap();
+    assert_eq!(collector.terminate(), Some(0));
+    assert_eq!(r.writer.terminate(), Some(0));
+}
+
+/// libfaketime's preload library (Debian's `libfaketime`).
+fn faketime() -> String {
+    for p in [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ] {
+        if std::path::Path::new(p).exists() {
+            return p.to_owned();
+        }
+    }
+    panic!("libfaketime is not installed (apt-get install libfaketime; ./scripts/test does)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collectors_with_skewed_clocks_order_events_by_the_database() {
+    let stack = Stack::start(opts(), SETTINGS).await;
+    let lib = faketime();
+    let mut writer = stack.spawn("kick-writer", &[]);
+    // Two collectors, five minutes fast and five minutes slow, both covering every channel.
+    let skewed = |offset: &'static str, id: &'static str| {
+        vec![
+            ("LD_PRELOAD", lib.clone()),
+            ("FAKETIME", offset.to_owned()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+            ("FAKETIME_NO_CACHE", "1".to_owned()),
+            ("COLLECTOR_ID", id.to_owned()),
+        ]
+    };
+    let fast_env = skewed("+300", "fast");
+    let slow_env = skewed("-300", "slow");
+    let mut fast = stack.spawn("kick-collector", &as_refs(&fast_env));
+    let mut slow = stack.spawn("kick-collector", &as_refs(&slow_env));
+    stack
+        .wait_subscribed(2 * STREAMERS as i64, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&fast)));
+    stack.converge(Duration::from_secs(30)).await.unwrap();
+    // Sessions flip quickly: the last one must win, whichever collector staged what first.
+    for round in 0..3 {
+        for i in 0..10 {
+            let slug = format!("streamer{i}");
+            stack
+                .control(&format!("/control/streamers/{slug}/live"), json!({}))
+                .await;
+            if round < 2 {
+                stack
+                    .control(&format!("/control/streamers/{slug}/offline"), json!({}))
+                    .await;
+            }
+        }
+    }
+    stack
+        .converge(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&fast)));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack.check_history().await.unwrap();
+    // The skew is measured, exported and reported.
+    let out = status_becomes(&stack, 69, Duration::from_secs(30)).await;
+    assert!(out.contains("clock skew"), "{out}");
+    let c = stack.client().await;
+    let skews: Vec<(String, Option<i32>)> = c
+        .query("SELECT id, clock_skew_ms FROM collectors ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for (id, skew) in &skews {
+        let skew = skew.unwrap_or(0);
+        let want = if id == "fast" { 300_000 } else { -300_000 };
+        assert!(
+            (skew - want).abs() < 5_000,
+            "{id}: measured skew {skew} ms, want about {want}"
+        );
+    }
+    // Rows are ordered by the database's clock; the collectors' own times are kept aside.
+    let off: f64 = c
+        .query_one(
+            "SELECT max(abs(extract(epoch FROM received_at - now())))::float8 FROM raw_events
+             WHERE source = 'realtime' AND received_at > now() - interval '2 minutes'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(off < 120.0, "received_at is the database's clock ({off}s)");
+    for s in [&mut fast, &mut slow, &mut writer] {
+        assert_eq!(s.terminate(), Some(0), "{}", stack.log_tail(s));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_while_busy_never_stalls_the_services_beyond_its_lock_timeout() {
+    let mut r = running().await;
+    r.stack.control("/control/flap", json!({"rate": 20})).await;
+    // A long reader holds a lock the migration needs.
+    let blocker = r.stack.client().await;
+    blocker
+        .batch_execute("BEGIN; SELECT count(*) FROM raw_events;")
+        .await
+        .unwrap();
+    let cfg = r.stack.db.config.clone();
+    let migration = tokio::spawn(async move {
+        let m = refinery::Migration::unapplied(
+            "V900__busy_test",
+            "ALTER TABLE raw_events ADD COLUMN busy_test integer;",
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        let mut all = kick_shared::db::embedded_migrations();
+        all.push(m);
+        let applied = kick_shared::db::migrate_with(&cfg, refinery::Runner::new(&all)).await;
+        (applied, t0.elapsed())
+    });
+    // While the migration waits for the lock (and retries), flips keep being applied.
+    let mut worst = Duration::ZERO;
+    let t0 = Instant::now();
+    let mut i = 0;
+    while t0.elapsed() < Duration::from_secs(10) {
+        let slug = format!("streamer{}", 50 + i % 10);
+        i += 1;
+        let live = !r.stack.truth()[&slug];
+        let flipped = Instant::now();
+        r.stack
+            .control(
+                &format!(
+                    "/control/streamers/{slug}/{}",
+                    if live { "live" } else { "offline" }
+                ),
+                json!({}),
+            )
+            .await;
+        let want = if live { "online" } else { "offline" };
+        let c = r.stack.client().await;
+        loop {
+            let s: String = c
+                .query_one("SELECT status FROM streamers WHERE username = $1", &[&slug])
+                .await
+                .unwrap()
+                .get(0);
+            if s == want {
+                break;
+            }
+            assert!(
+                flipped.elapsed() < Duration::from_secs(15),
+                "{slug} never became {want}\n{}\n{}",
+                r.stack.log_tail(&r.collector),
+                r.stack.log_tail(&r.writer)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        worst = worst.max(flipped.elapsed());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let (applied, took) = migration.await.unwrap();
+    assert_eq!(applied.unwrap(), vec!["V900__busy_test".to_owned()]);
+    assert!(
+        took >= Duration::from_secs(9),
+        "it waited for the reader: {took:?}"
+    );
+    let limit = kick_shared::db::MIGRATION_LOCK_TIMEOUT + Duration::from_secs(2);
+    assert!(
+        worst < limit,
+        "a flip took {worst:?} to apply while the migration waited (limit {limit:?})"
+    );
+    r.stack.control("/control/flap/stop", json!({})).await;
+    r.stack.converge(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(r.collector.terminate(), Some(0));
+    assert_eq!(r.writer.terminate(), Some(0));
+}

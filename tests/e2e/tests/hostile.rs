@@ -1,0 +1,383 @@
+//! Hostile input with the real binaries: frames, handshakes and REST answers no sane server
+//! sends. After each one, the valid events of other streamers sent right behind it are applied
+//! within a second, and the hostile one is visible (rejected rows in `raw_events`, counters),
+//! never silently lost and never blocking anyone else.
+
+use std::io::Read as _;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use kick_e2e::{Service, Stack};
+use kick_sim::Options;
+use serde_json::{Value, json};
+
+const STREAMERS: usize = 40;
+
+fn opts() -> Options {
+    Options {
+        streamers: STREAMERS,
+        ping_interval: Duration::from_secs(1),
+        activity_timeout: Duration::from_secs(2),
+        ..Options::default()
+    }
+}
+
+fn settings(transport: &'static str) -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("KICK_SILENCE_GRACE", "2s"),
+        ("KICK_RECONCILE_INTERVAL", "30s"),
+        ("KICK_CHANNELS_PER_CONNECTION", "10"),
+        ("WRITER_POLL_INTERVAL", "200ms"),
+        ("KICK_REALTIME_TRANSPORT", transport),
+    ]
+}
+
+async fn running(transport: &'static str, extra: &[(&str, &str)]) -> (Stack, Service, Service) {
+    let stack = Stack::start(opts(), &settings(transport)).await;
+    let writer = stack.spawn("kick-writer", &[]);
+    let collector = stack.spawn("kick-collector", extra);
+    stack
+        .wait_subscribed(STREAMERS as i64, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
+    stack.converge(Duration::from_secs(30)).await.unwrap();
+    (stack, writer, collector)
+}
+
+async fn status_of(stack: &Stack, slug: &str) -> String {
+    stack
+        .client()
+        .await
+        .query_one("SELECT status FROM streamers WHERE username = $1", &[&slug])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Flips `slug` live and returns how long until the `streamers` row says so.
+async fn live_within(stack: &Stack, slug: &str, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    stack
+        .control(&format!("/control/streamers/{slug}/live"), json!({}))
+        .await;
+    loop {
+        if status_of(stack, slug).await == "online" {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "{slug} not online within {limit:?} after a hostile input"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn count(stack: &Stack, sql: &str) -> i64 {
+    stack
+        .client()
+        .await
+        .query_one(sql, &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_affect_only_themselves() {
+    for transport in ["centrifugo", "pusher"] {
+        let (stack, mut writer, mut collector) = running(transport, &[]).await;
+        let b64 = base64::engine::general_purpose::STANDARD.encode([0u8, 159, 146, 150, 255]);
+        let hostile: Vec<(&str, Value)> = vec![
+            (
+                "garbage with NUL",
+                json!({"text": "\u{0}\u{1}{not json \u{fffd}"}),
+            ),
+            ("binary frame", json!({"binary": b64})),
+            (
+                "10 MB frame",
+                json!({"generate": {"kind": "huge-frame", "bytes": 10_000_000}}),
+            ),
+            (
+                "3000-deep JSON",
+                json!({"generate": {"kind": "deep-json", "depth": 3000}}),
+            ),
+            (
+                "3000-deep JSON in the data string",
+                json!({"generate": {"kind": "deep-json", "depth": 3000, "in_string": true}}),
+            ),
+            ("wrong types", json!({"generate": {"kind": "wrong-types"}})),
+            (
+                "huge numbers",
+                json!({"generate": {"kind": "huge-numbers"}}),
+            ),
+        ];
+        let mut worst = Duration::ZERO;
+        for (i, (what, body)) in hostile.iter().enumerate() {
+            let mut body = body.clone();
+            body["transport"] = json!(transport);
+            let v = stack.control("/control/sockets/raw", body).await;
+            assert!(v["sockets"].as_u64().unwrap_or(0) >= 1, "{what}: {v}");
+            // Right behind it, a valid event of another streamer.
+            let took = live_within(
+                &stack,
+                &format!("streamer{}", 10 + i),
+                Duration::from_secs(5),
+            )
+            .await;
+            eprintln!("{transport}: {what}: the next valid event applied in {took:?}");
+            worst = worst.max(took);
+        }
+        assert!(
+            worst < Duration::from_secs(1),
+            "{transport}: a valid event behind a hostile one took {worst:?}"
+        );
+        // A NUL in a stream title: staged made safe (the original kept), applied.
+        let t0 = Instant::now();
+        stack
+            .control(
+                "/control/streamers/streamer0/live",
+                json!({"title": "before\u{0}after"}),
+            )
+            .await;
+        let took = live_within(&stack, "streamer1", Duration::from_secs(5)).await;
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        while status_of(&stack, "streamer0").await != "online" {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "NUL title never applied"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let kept = count(
+            &stack,
+            "SELECT count(*) FROM raw_events WHERE event_name = 'StreamerIsLive'
+               AND payload->'unsafe_original' ? 'session_title'",
+        )
+        .await;
+        assert_eq!(kept, 1, "the original title is kept in the payload");
+        // The hostile frames are visible: rejected rows with their reason (never pending).
+        let rejected = count(
+            &stack,
+            "SELECT count(*) FROM raw_events WHERE outcome LIKE 'rejected:%' AND processed_at IS NOT NULL",
+        )
+        .await;
+        assert!(rejected >= 6, "{transport}: {rejected} rejected rows");
+        assert!(collector.is_running(), "{}", stack.log_tail(&collector));
+        stack.converge(Duration::from_secs(10)).await.unwrap();
+        stack.check_history().await.unwrap();
+        let (code, out, _, _) = stack.admin(&["status"]);
+        assert_eq!(code, 0, "{transport}: healthy after hostile frames\n{out}");
+        assert_eq!(collector.terminate(), Some(0));
+        assert_eq!(writer.terminate(), Some(0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_handshakes_are_clamped_not_fatal() {
+    let (stack, mut writer, mut collector) = running("centrifugo", &[]).await;
+    for hello in [
+        json!({"ping": u64::MAX, "ttl": u64::MAX}),
+        json!({"ping": 0, "ttl": 0}),
+        json!({"ping": null, "ttl": null}),
+    ] {
+        stack.control("/control/centrifugo", hello.clone()).await;
+        stack
+            .control("/control/sockets/drop", json!({"code": 3001}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stack
+            .wait_subscribed(STREAMERS as i64, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("{hello}: {e}\n{}", stack.log_tail(&collector)));
+        // Let the sockets run a few seconds with these numbers, then prove they still work.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let slug = format!("streamer{}", rand_index());
+        let took = live_within(&stack, &slug, Duration::from_secs(5)).await;
+        assert!(took < Duration::from_secs(1), "{hello}: {took:?}");
+        stack
+            .control(&format!("/control/streamers/{slug}/offline"), json!({}))
+            .await;
+    }
+    stack
+        .control("/control/centrifugo", json!({"reset": true}))
+        .await;
+    assert!(collector.is_running(), "{}", stack.log_tail(&collector));
+    let log = std::fs::read_to_string(&collector.log).unwrap();
+    assert!(!log.contains("panicked"), "no task panicked");
+    assert!(log.contains("clamped"), "the clamping is logged");
+    assert_eq!(collector.terminate(), Some(0));
+    assert_eq!(writer.terminate(), Some(0));
+}
+
+fn rand_index() -> usize {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(20);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_rest_answers_give_contract_exit_codes() {
+    let (stack, mut writer, mut collector) = running("centrifugo", &[]).await;
+    let (code, _, err, _) = stack.admin(&["streamers", "remove", "streamer5", "streamer6"]);
+    assert_eq!(code, 0, "{err}");
+    // A token that "lives" u64::MAX seconds: clamped, works.
+    stack
+        .control(
+            "/control/rest",
+            json!({"mode": "huge-expires-in", "endpoints": ["oauth"], "seconds": 60}),
+        )
+        .await;
+    let (code, out, err, _) = stack.admin(&["streamers", "add", "streamer5"]);
+    assert_eq!(code, 0, "huge expires_in: {out}{err}");
+    stack
+        .control("/control/rest", json!({"mode": "normal"}))
+        .await;
+    // A 10 MB API answer: refused (not read), one line, exit 69.
+    for (mode, extra) in [
+        ("huge-body", json!({"bytes": 10_485_760})),
+        ("wrong-types", json!({})),
+    ] {
+        let mut body = json!({"mode": mode, "endpoints": ["api"], "seconds": 60});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        stack.control("/control/rest", body).await;
+        let (code, out, err, _) = stack.admin(&["streamers", "add", "streamer6"]);
+        assert_eq!(code, 69, "{mode}: {out}{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{mode}: one line: {err}");
+    }
+    // The collector's reconciliation meets the same answers and survives.
+    stack
+        .control(
+            "/control/rest",
+            json!({"mode": "huge-body", "endpoints": ["api", "oauth"], "seconds": 8}),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(collector.is_running(), "{}", stack.log_tail(&collector));
+    stack
+        .control("/control/rest", json!({"mode": "normal"}))
+        .await;
+    let took = live_within(&stack, "streamer30", Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert_eq!(collector.terminate(), Some(0));
+    assert_eq!(writer.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_database_refuses_is_kept_rejected_and_blocks_nobody() {
+    let (stack, mut writer, mut collector) = running("centrifugo", &[]).await;
+    let poisoned: i64 = stack
+        .client()
+        .await
+        .query_one(
+            "SELECT kick_channel_id FROM streamers WHERE username = 'streamer3'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // The database refuses this streamer's rows for their content (a constraint we add).
+    stack
+        .client()
+        .await
+        .batch_execute(&format!(
+            "ALTER TABLE raw_events ADD CONSTRAINT hostile CHECK (topic IS DISTINCT FROM 'channel.{poisoned}')"
+        ))
+        .await
+        .unwrap();
+    // The refused event and a valid one in the same batch.
+    stack
+        .control("/control/streamers/streamer3/live", json!({}))
+        .await;
+    let took = live_within(&stack, "streamer4", Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let t0 = Instant::now();
+    loop {
+        let kept = count(
+            &stack,
+            "SELECT count(*) FROM raw_events WHERE outcome LIKE 'rejected: 23514%'",
+        )
+        .await;
+        if kept >= 1 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the refused row is kept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stack
+        .client()
+        .await
+        .batch_execute("ALTER TABLE raw_events DROP CONSTRAINT hostile")
+        .await
+        .unwrap();
+    // Staging goes on, and the reconcile repairs the refused streamer's status.
+    let took = live_within(&stack, "streamer7", Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    stack
+        .converge(Duration::from_secs(40))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
+    assert_eq!(collector.terminate(), Some(0));
+    assert_eq!(writer.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metrics_connection_flood_under_a_low_file_limit_does_not_spin() {
+    let stack = Stack::start(opts(), &settings("centrifugo")).await;
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let addr_s = addr.to_string();
+    let mut collector = stack.spawn_wrapped(
+        "kick-collector",
+        &["prlimit", "--nofile=64:64", "--"],
+        &[("METRICS_ADDR", addr_s.as_str())],
+    );
+    stack
+        .wait_subscribed(STREAMERS as i64, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
+    // Far more idle connections than the process has file descriptors left.
+    let mut idle = Vec::new();
+    for _ in 0..120 {
+        if let Ok(s) = std::net::TcpStream::connect(addr) {
+            idle.push(s);
+        }
+    }
+    let cpu0 = collector.cpu_time();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let spent = collector.cpu_time().saturating_sub(cpu0);
+    assert!(
+        spent < Duration::from_millis(800),
+        "the collector spent {spent:?} of CPU in 3 s under the flood"
+    );
+    drop(idle);
+    // Idle connections time out; the endpoint answers again.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        std::io::Write::write_all(
+            &mut s,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let metrics = get("/metrics");
+    assert!(metrics.contains("kick_collector_sockets_up"), "{metrics}");
+    let health = get("/healthz");
+    assert!(
+        health.starts_with("HTTP/1.1 200") || health.starts_with("HTTP/1.1 503"),
+        "{health}"
+    );
+    assert!(health.contains("\"healthy\""), "{health}");
+    assert!(collector.is_running());
+    assert_eq!(collector.terminate(), Some(0));
+}
