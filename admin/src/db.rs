@@ -140,6 +140,8 @@ const GRANTS: &str = "
     GRANT USAGE ON SEQUENCE status_events_id_seq TO kick_writer;
     GRANT SELECT ON v_pending_events, v_config_plain TO kick_collector, kick_writer;
     GRANT SELECT ON refinery_schema_history TO kick_collector, kick_writer;
+    GRANT SELECT, INSERT, UPDATE, DELETE ON channel_coverage, channel_regions TO kick_collector;
+    GRANT SELECT ON v_streamer_status TO kick_collector, kick_writer;
 ";
 
 /// Creates (or updates) the service roles and their grants; idempotent.

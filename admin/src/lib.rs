@@ -11,6 +11,7 @@ use kick_shared::exit::{EXIT_CODES_HELP, Exit};
 
 mod config_cmd;
 pub mod db;
+mod probe;
 mod secret_input;
 mod status;
 pub mod streamers;
@@ -38,6 +39,22 @@ pub enum Command {
     Config(ConfigCommand),
     /// Health of the whole system; exit 69 when a component is down or stale.
     Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check, against the real Kick, each assumption kick-monitor makes (needs the Internet
+    /// and credentials): OAuth, a channels lookup by slug, v1 livestreams, the realtime
+    /// negotiation (general and per channel), a guest token, a WebSocket subscribe. One line per
+    /// check; exit 0 only if all pass. Run it first, and include its output in bug reports.
+    Probe {
+        /// A streamer to look up; one whose username has an underscore also checks Kick's
+        /// `_` → `-` slug rule.
+        #[arg(long, default_value = "xqc")]
+        slug: String,
+        /// A realtime channel id to negotiate and subscribe (default: the streamer's, when it is
+        /// live).
+        #[arg(long)]
+        channel_id: Option<i64>,
         #[arg(long)]
         json: bool,
     },
@@ -84,7 +101,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         )
         .await;
     }
-    let needs_db_settings = matches!(cli.command, Command::Streamers(_));
+    let needs_db_settings = matches!(cli.command, Command::Streamers(_) | Command::Probe { .. });
     let mut config = Config::from_env_for(Service::Admin)?;
     kick_shared::logging::init(&kick_shared::config::LogConfig {
         // A CLI talks to a person: warnings and errors only, as text on stderr, unless asked.
@@ -108,6 +125,13 @@ pub async fn run_with(cli: Cli, config: &Config) -> anyhow::Result<Exit> {
         Command::Streamers(cmd) => streamers::run(cmd, config).await.context("streamers"),
         Command::Config(cmd) => config_cmd::run(cmd, config).await.context("config"),
         Command::Status { json } => status::run(json, config).await.context("status"),
+        Command::Probe {
+            slug,
+            channel_id,
+            json,
+        } => probe::run(config, &slug, channel_id, json)
+            .await
+            .context("probe"),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(

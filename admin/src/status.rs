@@ -96,6 +96,7 @@ struct Report {
     pending: i64,
     oldest_pending: f64,
     streamers: Vec<(String, i64)>,
+    coverage: Vec<(String, i64)>,
     last: Vec<Transition>,
 }
 
@@ -115,6 +116,11 @@ impl Report {
                 .iter()
                 .map(|(s, n)| (s.clone(), json!(n)))
                 .collect();
+            let coverage: serde_json::Map<String, serde_json::Value> = self
+                .coverage
+                .iter()
+                .map(|(s, n)| (s.clone(), json!(n)))
+                .collect();
             let out = json!({
                 "healthy": healthy,
                 "problems": self.problems,
@@ -123,6 +129,7 @@ impl Report {
                 "collectors": self.collectors,
                 "queue": {"pending": self.pending, "oldest_pending_age_seconds": self.oldest_pending},
                 "streamers": counts,
+                "coverage": coverage,
                 "last_transitions": self.last,
             });
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
@@ -210,6 +217,14 @@ impl Report {
                 counts.join(", ")
             }
         );
+        if !self.coverage.is_empty() {
+            let c: Vec<String> = self
+                .coverage
+                .iter()
+                .map(|(s, n)| format!("{s} {n}"))
+                .collect();
+            println!("coverage:  {}", c.join(", "));
+        }
         if !self.last.is_empty() {
             println!("last transitions:");
             let rows: Vec<Vec<String>> = self
@@ -340,6 +355,16 @@ async fn collect(config: &Config) -> anyhow::Result<Report> {
         .await?
         .iter()
         .map(|row| (row.get("status"), row.get("n")))
+        .collect();
+    r.coverage = client
+        .query(
+            "SELECT coverage, count(*) AS n FROM v_streamer_status WHERE enabled
+             GROUP BY coverage ORDER BY coverage",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| (row.get("coverage"), row.get("n")))
         .collect();
     r.last = client
         .query(

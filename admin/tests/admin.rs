@@ -1154,6 +1154,66 @@ mod with_kick {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn probe_checks_each_assumption_against_a_realistic_kick() {
+        let sim = kick_sim::start("127.0.0.1:0".parse().unwrap(), {
+            let mut o = kick_sim::Options::realistic();
+            o.streamers = 30;
+            o
+        })
+        .await
+        .unwrap();
+        let db = kick_testkit::fresh_db().await;
+        let mut env = db.env();
+        env.extend(sim.env());
+        // A streamer whose username has an underscore, served in the second region.
+        let s = sim.sim.streamer(9);
+        let (code, out, err) = run(
+            &env,
+            &[
+                "probe",
+                "--slug",
+                "The_Streamer_9",
+                "--channel-id",
+                &s.channel_id.to_string(),
+            ],
+        )
+        .await;
+        assert_eq!(code, 0, "{out}{err}");
+        for check in [
+            "ok   oauth",
+            "ok   channels by slug: slug the-streamer-9",
+            "the_streamer_9 is unknown: slugs use `-`",
+            "note v1 livestreams",
+            "ok   negotiation: centrifugo at",
+            "ok   channel negotiation",
+            "(another region)",
+            "ok   guest token",
+            "ok   websocket subscribe: connected and subscribed",
+        ] {
+            assert!(out.contains(check), "{check}:\n{out}");
+        }
+        // Kick refusing the negotiation: that line fails, and so does the probe.
+        reqwest::Client::new()
+            .post(format!("{}/control/rest", sim.url()))
+            .json(&json!({"mode": "403", "endpoints": ["negotiation"], "seconds": 60}))
+            .send()
+            .await
+            .unwrap();
+        let (code, out, _) = run(&env, &["probe", "--slug", "streamer1", "--json"]).await;
+        assert_eq!(code, 69, "{out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["passed"], false);
+        let neg = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "negotiation")
+            .unwrap();
+        assert_eq!(neg["ok"], false);
+        assert!(neg["evidence"].as_str().unwrap().contains("403"), "{neg}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn status_is_a_monitoring_check() {
         let e = setup(1).await;
         // No collector has ever run: unhealthy.

@@ -15,9 +15,10 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::CollectorMetrics;
-use crate::realtime::negotiate::Web;
+use crate::realtime::regions::{RecheckHandle, Rechecks};
 use crate::reconcile::ReconcileHandle;
 use crate::stager::{StagerHandle, StagerStatus};
+use kick_shared::kick::realtime::negotiate::Web;
 
 /// Queries of the control connection answer within this, or the connection is dropped and the
 /// caller sees [`DbError::Timeout`]: a hung database must not hang a loop.
@@ -36,6 +37,12 @@ pub struct Ctx {
     pub supervisor: Supervisor,
     pub shutdown: CancellationToken,
     pub reconcile: ReconcileHandle,
+    /// Asks `regions` to locate a channel again.
+    pub regions: RecheckHandle,
+    /// The queue behind `regions` (the task that reads it may restart).
+    pub region_rechecks: Rechecks,
+    /// The sockets the placement opened (so that a restarted placement can retire them).
+    pub sockets: std::sync::Mutex<Vec<Arc<crate::realtime::socket::SocketShared>>>,
     db: tokio::sync::Mutex<Option<Arc<Client>>>,
     transport: std::sync::Mutex<&'static str>,
     /// Set after a Pusher endpoint answered 4001 (its app key is gone): negotiation then
@@ -57,6 +64,8 @@ pub struct Parts {
     pub supervisor: Supervisor,
     pub shutdown: CancellationToken,
     pub reconcile: ReconcileHandle,
+    pub regions: RecheckHandle,
+    pub region_rechecks: Rechecks,
 }
 
 impl Ctx {
@@ -74,6 +83,9 @@ impl Ctx {
             supervisor: p.supervisor,
             shutdown: p.shutdown,
             reconcile: p.reconcile,
+            regions: p.regions,
+            region_rechecks: p.region_rechecks,
+            sockets: std::sync::Mutex::new(Vec::new()),
             db: tokio::sync::Mutex::new(None),
             transport: std::sync::Mutex::new(transport),
             pusher_dead: std::sync::atomic::AtomicBool::new(false),

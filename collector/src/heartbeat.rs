@@ -24,11 +24,30 @@ pub async fn run(ctx: Arc<Ctx>, started: DateTime<Utc>) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_reap = Instant::now() - Duration::from_secs(3600);
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    let mut reported = (usize::MAX, usize::MAX, usize::MAX);
     loop {
+        // Every EVERY, and sooner when the sockets changed (status should not lag them by 10 s).
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
+            _ = check.tick() => {
+                let m = &ctx.metrics;
+                let now = (
+                    m.sockets_total.load(Ordering::Relaxed),
+                    m.sockets_up.load(Ordering::Relaxed),
+                    m.subscriptions.load(Ordering::Relaxed),
+                );
+                if now == reported {
+                    continue;
+                }
+            }
         }
+        reported = (
+            ctx.metrics.sockets_total.load(Ordering::Relaxed),
+            ctx.metrics.sockets_up.load(Ordering::Relaxed),
+            ctx.metrics.subscriptions.load(Ordering::Relaxed),
+        );
         match beat(&ctx, started).await {
             Ok(()) => {
                 ctx.health.clear("database");

@@ -16,6 +16,7 @@ pub mod ctx;
 pub mod gaps;
 pub mod heartbeat;
 pub mod listen;
+pub mod lookup;
 pub mod metrics;
 pub mod realtime;
 pub mod reconcile;
@@ -38,9 +39,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ctx::{Ctx, Parts};
 use crate::metrics::CollectorMetrics;
-use crate::realtime::negotiate::Web;
 use crate::spool::{Spool, StateDir};
 use crate::stager::StagerStatus;
+use kick_shared::kick::realtime::negotiate::Web;
 
 /// Events waiting in memory for the database (beyond this, during an outage, they go to the
 /// spool). Realtime transitions of even 50,000 streamers come at a few per second.
@@ -225,6 +226,7 @@ pub async fn run_with_metrics(
         let api = ApiClient::new(cfg.kick.clone())?;
         let web = Web::new(api.http().clone(), WEB_RATE, WEB_BURST);
         let (reconcile_handle, reconcile_queue) = reconcile::queue();
+        let (recheck_handle, region_rechecks) = realtime::regions::rechecks();
         let (config_tx, config_rx) = watch::channel(Arc::new(cfg));
         let ctx = Arc::new(Ctx::new(Parts {
             config: config_rx,
@@ -238,11 +240,25 @@ pub async fn run_with_metrics(
             supervisor: sup.clone(),
             shutdown: shutdown.clone(),
             reconcile: reconcile_handle,
+            regions: recheck_handle,
+            region_rechecks,
         }));
         let first = listen::watched_channels(&ctx).await.unwrap_or_default();
         tracing::info!(channels = first.len(), "watching");
         let (desired_tx, desired_rx) = watch::channel(Arc::new(first));
         let (desired_tx, config_tx) = (Arc::new(desired_tx), Arc::new(config_tx));
+        let (region_tx, region_rx) = tokio::sync::mpsc::unbounded_channel();
+        let region_rx = Arc::new(tokio::sync::Mutex::new(region_rx));
+        let region_rechecks = ctx.region_rechecks.clone();
+        let desired_for_regions = desired_rx.clone();
+        spawn(&sup, "regions", &ctx, move |ctx| {
+            realtime::regions::run(
+                ctx,
+                desired_for_regions.clone(),
+                region_tx.clone(),
+                region_rechecks.clone(),
+            )
+        });
         spawn(&sup, "listener", &ctx, move |ctx| {
             listen::run(ctx, desired_tx.clone(), config_tx.clone())
         });
@@ -250,7 +266,7 @@ pub async fn run_with_metrics(
             reconcile::run(ctx, reconcile_queue.clone())
         });
         spawn(&sup, "placement", &ctx, move |ctx| {
-            realtime::placement::run(ctx, desired_rx.clone())
+            realtime::placement::run(ctx, desired_rx.clone(), region_rx.clone())
         });
         spawn(&sup, "heartbeat", &ctx, move |ctx| {
             heartbeat::run(ctx, started)

@@ -32,6 +32,8 @@ use crate::rows::{self, ApiStatus};
 pub enum Request {
     /// Every enabled streamer.
     All,
+    /// The streamers realtime does not cover (`coverage = 'poll'`), every `KICK_POLL_INTERVAL`.
+    Poll,
     /// The streamers of these channels (a socket's, after it went down or came back).
     Channels {
         channels: Vec<i64>,
@@ -66,17 +68,28 @@ pub fn queue() -> (ReconcileHandle, Queue) {
 #[derive(Debug, Clone)]
 struct Stored {
     user_id: i64,
+    username: String,
     channel_id: Option<i64>,
     status: Status,
+    /// Realtime covers it (so a difference the API still shows after the lag is a miss).
+    realtime: bool,
 }
 
 /// Which streamers one run covers.
 #[derive(Debug, Clone)]
 enum Scope {
     All,
+    Poll,
     Channels(Vec<i64>),
+    /// A re-check of what the API contradicted.
     Users(Vec<i64>),
 }
+
+/// Kick's answers left these streamers out this many times in a row (cleared when seen).
+type Misses = HashMap<i64, u32>;
+
+/// A streamer missing from this many consecutive answers becomes `unknown`.
+const MISSING_AFTER: u32 = 2;
 
 /// Runs reconciliations until shutdown (supervised).
 pub async fn run(ctx: Arc<Ctx>, queue: Queue) -> anyhow::Result<()> {
@@ -84,10 +97,14 @@ pub async fn run(ctx: Arc<Ctx>, queue: Queue) -> anyhow::Result<()> {
     let mut pending: VecDeque<Request> = VecDeque::from([Request::All]);
     let mut rechecks: Vec<(Instant, Vec<i64>)> = Vec::new();
     let mut next_all = Instant::now() + ctx.cfg().reconcile_interval;
+    let mut next_poll = Instant::now() + ctx.cfg().poll_interval;
+    let mut misses = Misses::new();
     loop {
         if pending.is_empty() {
             let next_recheck = rechecks.iter().map(|(t, _)| *t).min();
-            let wake = next_recheck.map_or(next_all, |r| r.min(next_all));
+            let wake = next_recheck
+                .map_or(next_all, |r| r.min(next_all))
+                .min(next_poll);
             tokio::select! {
                 _ = ctx.shutdown.cancelled() => return Ok(()),
                 r = rx.recv() => match r {
@@ -109,15 +126,35 @@ pub async fn run(ctx: Arc<Ctx>, queue: Queue) -> anyhow::Result<()> {
                 pending.push_back(Request::All);
             }
         }
+        if now >= next_poll {
+            next_poll = now + ctx.cfg().poll_interval;
+            if pending
+                .iter()
+                .any(|r| matches!(r, Request::All | Request::Poll))
+            {
+                ctx.metrics.reconciles_skipped.inc();
+            } else {
+                pending.push_back(Request::Poll);
+            }
+        }
         // Re-checks that are due.
         let (due, later): (Vec<_>, Vec<_>) = rechecks.drain(..).partition(|(t, _)| *t <= now);
         rechecks = later;
         for (_, users) in due {
             // The re-check itself is not re-checked: if the API still disagrees, it wins.
             ctx.metrics.reconcile_runs.inc();
-            if let Err(e) = reconcile(&ctx, &Scope::Users(users)).await {
-                ctx.metrics.reconcile_failures.inc();
-                tracing::warn!(error = %format!("{e:#}"), "reconciliation re-check failed");
+            match reconcile(&ctx, &Scope::Users(users), &mut misses).await {
+                Ok(found) => {
+                    // Realtime covered these and still missed the change: the channel may be
+                    // served from another region now.
+                    for ch in found.realtime_missed {
+                        ctx.regions.recheck(ch);
+                    }
+                }
+                Err(e) => {
+                    ctx.metrics.reconcile_failures.inc();
+                    tracing::warn!(error = %format!("{e:#}"), "reconciliation re-check failed");
+                }
             }
         }
         if pending.is_empty() {
@@ -127,24 +164,43 @@ pub async fn run(ctx: Arc<Ctx>, queue: Queue) -> anyhow::Result<()> {
         // the channel requests.
         let batch: Vec<Request> = pending.drain(..).collect();
         let alls = batch.iter().filter(|r| matches!(r, Request::All)).count();
-        if alls > 1 {
-            ctx.metrics.reconciles_skipped.add(alls as u64 - 1);
+        let polls = batch.iter().filter(|r| matches!(r, Request::Poll)).count();
+        if alls + polls > 1 {
+            ctx.metrics
+                .reconciles_skipped
+                .add((alls + polls) as u64 - 1);
         }
-        let scope = if alls > 0 {
-            Scope::All
+        let chans: BTreeSet<i64> = batch
+            .iter()
+            .flat_map(|r| match r {
+                Request::Channels { channels, .. } => channels.clone(),
+                Request::All | Request::Poll => Vec::new(),
+            })
+            .collect();
+        let mut scopes = Vec::new();
+        if alls > 0 {
+            scopes.push(Scope::All);
         } else {
-            let chans: BTreeSet<i64> = batch
-                .iter()
-                .flat_map(|r| match r {
-                    Request::Channels { channels, .. } => channels.clone(),
-                    Request::All => Vec::new(),
-                })
-                .collect();
-            Scope::Channels(chans.into_iter().collect())
-        };
+            if polls > 0 {
+                scopes.push(Scope::Poll);
+            }
+            if !chans.is_empty() {
+                scopes.push(Scope::Channels(chans.into_iter().collect()));
+            }
+        }
         let started = Instant::now();
-        ctx.metrics.reconcile_runs.inc();
-        let result = reconcile(&ctx, &scope).await;
+        let mut result: anyhow::Result<Vec<i64>> = Ok(Vec::new());
+        for scope in &scopes {
+            ctx.metrics.reconcile_runs.inc();
+            match reconcile(&ctx, scope, &mut misses).await {
+                Ok(found) => {
+                    if let Ok(d) = &mut result {
+                        d.extend(found.differing);
+                    }
+                }
+                Err(e) => result = Err(e),
+            }
+        }
         match &result {
             Ok(differing) => {
                 tracing::debug!(
@@ -191,9 +247,14 @@ pub async fn run(ctx: Arc<Ctx>, queue: Queue) -> anyhow::Result<()> {
 }
 
 async fn load(ctx: &Ctx, scope: &Scope) -> anyhow::Result<Vec<Stored>> {
-    const Q: &str = "SELECT kick_user_id, kick_channel_id, status FROM streamers WHERE enabled";
+    const Q: &str = "SELECT kick_user_id, username, kick_channel_id, status, coverage
+                     FROM v_streamer_status WHERE enabled";
     let rows = match scope {
         Scope::All => ctx.query(&format!("{Q} ORDER BY id"), &[]).await?,
+        Scope::Poll => {
+            ctx.query(&format!("{Q} AND coverage = 'poll' ORDER BY id"), &[])
+                .await?
+        }
         Scope::Channels(ch) => {
             ctx.query(
                 &format!("{Q} AND kick_channel_id = ANY($1) ORDER BY id"),
@@ -210,11 +271,13 @@ async fn load(ctx: &Ctx, scope: &Scope) -> anyhow::Result<Vec<Stored>> {
         .iter()
         .map(|r| Stored {
             user_id: r.get("kick_user_id"),
+            username: r.get("username"),
             channel_id: r.get("kick_channel_id"),
             status: r
                 .get::<_, String>("status")
                 .parse()
                 .unwrap_or(Status::Unknown),
+            realtime: r.get::<_, String>("coverage") == "realtime",
         })
         .collect())
 }
@@ -252,13 +315,23 @@ where
     }
 }
 
-/// Reconciles `scope`; returns the streamers whose status the API contradicted (each staged as
-/// one row).
-async fn reconcile(ctx: &Ctx, scope: &Scope) -> anyhow::Result<Vec<i64>> {
+/// What one run found.
+#[derive(Debug, Default)]
+struct Found {
+    /// Streamers whose status the API contradicted (each staged as one row).
+    differing: Vec<i64>,
+    /// Channels realtime covers whose change it missed.
+    realtime_missed: Vec<i64>,
+}
+
+/// Reconciles `scope`: stages what the API contradicts, channel ids it reveals, renames, and
+/// `unknown` for streamers missing from its answers [`MISSING_AFTER`] times in a row.
+async fn reconcile(ctx: &Ctx, scope: &Scope, misses: &mut Misses) -> anyhow::Result<Found> {
     let stored = load(ctx, scope).await?;
     let now = Utc::now();
     let run_ms = now.timestamp_millis();
     let mut differing = Vec::new();
+    let mut realtime_missed = Vec::new();
     // One API page (50 streamers) at a time, staged as we go: memory stays flat however many
     // streamers there are, and staging waits for room rather than refusing events.
     for page in stored.chunks(kick_shared::kick::api::BATCH) {
@@ -291,10 +364,32 @@ async fn reconcile(ctx: &Ctx, scope: &Scope) -> anyhow::Result<Vec<i64>> {
                 }
             }
         };
+        // Streamers Kick left out of its answer (banned, renamed or deleted channels).
+        for s in page {
+            if api.iter().any(|c| c.broadcaster_user_id == s.user_id) {
+                misses.remove(&s.user_id);
+                continue;
+            }
+            let n = misses.entry(s.user_id).or_default();
+            *n = n.saturating_add(1);
+            if *n >= MISSING_AFTER && s.status != Status::Unknown {
+                tracing::warn!(user_id = s.user_id, username = %s.username, "missing from kick's channels answer twice: status unknown");
+                ctx.stager
+                    .stage_wait(rows::missing(s.user_id, s.channel_id, run_ms, now))
+                    .await;
+            }
+        }
         for ch in &api {
             let Some(s) = by_user.get(&ch.broadcaster_user_id) else {
                 continue;
             };
+            // A rename on Kick: same user id, another slug.
+            let slug = ch.slug.to_lowercase();
+            if !slug.is_empty() && slug != s.username {
+                ctx.stager
+                    .stage_wait(rows::slug_changed(s.user_id, &s.username, &slug, now))
+                    .await;
+            }
             let live = ch.is_live();
             let learned_channel = learned.get(&s.user_id).copied();
             let differs = !matches!(
@@ -306,6 +401,9 @@ async fn reconcile(ctx: &Ctx, scope: &Scope) -> anyhow::Result<Vec<i64>> {
             }
             if differs {
                 differing.push(s.user_id);
+                if s.realtime && matches!(scope, Scope::Users(_)) {
+                    realtime_missed.extend(s.channel_id);
+                }
             }
             let row = rows::api_status(
                 &ApiStatus {
@@ -327,7 +425,10 @@ async fn reconcile(ctx: &Ctx, scope: &Scope) -> anyhow::Result<Vec<i64>> {
     ctx.metrics
         .reconcile_differences
         .add(differing.len() as u64);
-    Ok(differing)
+    Ok(Found {
+        differing,
+        realtime_missed,
+    })
 }
 
 /// While a socket is down and the API also fails, its streamers' status is unknown — never

@@ -269,6 +269,60 @@ pub fn unknown(
     }
 }
 
+/// Kick's channels answer left this streamer out twice in a row (banned, renamed or deleted):
+/// its status is unknown, and the payload says why (the writer shows it as `status_reason`).
+pub fn missing(
+    user_id: i64,
+    channel_id: Option<i64>,
+    run_ms: i64,
+    observed_at: DateTime<Utc>,
+) -> Staged {
+    Staged {
+        channel_id,
+        user_id: Some(user_id),
+        payload: json!({"reason": "missing from kick's channels answer twice (banned, renamed or deleted?)"})
+            .to_string(),
+        ..base(
+            Source::Api,
+            event_name::STATUS_UNKNOWN,
+            format!("missing:{user_id}:{run_ms}"),
+            observed_at,
+        )
+    }
+}
+
+/// A realtime channel id learned for a streamer (no status). `how` says where from.
+pub fn channel_id(user_id: i64, channel_id: i64, how: &str, observed_at: DateTime<Utc>) -> Staged {
+    Staged {
+        channel_id: Some(channel_id),
+        user_id: Some(user_id),
+        payload: json!({"learned_from": how}).to_string(),
+        ..base(
+            Source::Api,
+            event_name::CHANNEL_ID,
+            format!("channel:{user_id}:{channel_id}"),
+            observed_at,
+        )
+    }
+}
+
+/// Kick reports a new slug for a stored user id.
+pub fn slug_changed(user_id: i64, old: &str, new: &str, observed_at: DateTime<Utc>) -> Staged {
+    let mut orig = Originals::default();
+    let new_safe = orig.text("slug", new, 100);
+    let payload = json!({"slug": new_safe, "was": old});
+    Staged {
+        user_id: Some(user_id),
+        payload: orig.into_payload(payload),
+        ..base(
+            Source::Api,
+            event_name::SLUG_CHANGED,
+            format!("slug:{user_id}:{new_safe}"),
+            observed_at,
+        )
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -24,6 +24,7 @@ use crate::exit::{Classify, Exit};
 pub const DEFAULT_API_URL: &str = "https://api.kick.com";
 pub const DEFAULT_AUTH_URL: &str = "https://id.kick.com";
 pub const DEFAULT_WEB_URL: &str = "https://web.kick.com";
+pub const DEFAULT_SITE_URL: &str = "https://kick.com";
 pub const DEFAULT_PUSHER_URL: &str = "wss://ws-us2.pusher.com/app/32cbd69e4b950bf97679?protocol=7&client=js&version=8.4.0&flash=false";
 
 /// A setting that is missing or cannot be used. The message always starts with the variable.
@@ -311,6 +312,14 @@ fn shown(v: &str) -> String {
     s
 }
 
+/// Where missing realtime channel ids are looked up (`KICK_CHANNEL_LOOKUP`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelLookup {
+    Off,
+    /// Kick's website API (unofficial; paced, a refusal means "not now").
+    Web,
+}
+
 /// Which realtime transport the collector speaks (`KICK_REALTIME_TRANSPORT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -450,6 +459,17 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// `KICK_SPOOL_MAX_MB` (default 256): the spool's size limit in MiB.
     pub spool_max_bytes: u64,
+    /// `KICK_POLL_INTERVAL` (default 30 s): streamers without realtime coverage are checked
+    /// through the official API this often.
+    pub poll_interval: Duration,
+    /// `KICK_REGION_REFRESH` (default 6 h): how often Kick is asked again where a channel is
+    /// served.
+    pub region_refresh: Duration,
+    /// `KICK_CHANNEL_LOOKUP` (`off`, the default, or `web`): learn missing channel ids from
+    /// Kick's website API (`{KICK_SITE_URL}/api/v2/channels/{slug}`), paced.
+    pub channel_lookup: ChannelLookup,
+    /// `KICK_SITE_URL` (default `https://kick.com`): Kick's website, for `KICK_CHANNEL_LOOKUP`.
+    pub site_url: String,
     /// The environment (and `.env`) this configuration was made from: the services merge the
     /// `config` table under it again whenever the table changes.
     pub env: Source,
@@ -537,6 +557,23 @@ impl Config {
                 )
             })?),
         };
+        let poll_interval = src.duration("KICK_POLL_INTERVAL", Duration::from_secs(30))?;
+        if poll_interval < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "KICK_POLL_INTERVAL",
+                "must be at least 1s",
+            ));
+        }
+        let channel_lookup = match src.get("KICK_CHANNEL_LOOKUP").map(str::trim) {
+            None | Some("off") => ChannelLookup::Off,
+            Some("web") => ChannelLookup::Web,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "KICK_CHANNEL_LOOKUP",
+                    format!("'{}' is not one of off, web", shown(other)),
+                ));
+            }
+        };
         let spool_max_mb: u64 = src.parse(
             "KICK_SPOOL_MAX_MB",
             256,
@@ -569,6 +606,10 @@ impl Config {
             terminal_retry: src.duration("KICK_TERMINAL_RETRY", Duration::from_secs(300))?,
             state_dir: state_dir(src),
             spool_max_bytes: spool_max_mb.saturating_mul(1 << 20),
+            poll_interval,
+            region_refresh: src.duration("KICK_REGION_REFRESH", Duration::from_secs(6 * 3600))?,
+            channel_lookup,
+            site_url: src.url("KICK_SITE_URL", DEFAULT_SITE_URL, &["http", "https"])?,
             env: src.clone(),
             service,
         })
@@ -612,6 +653,10 @@ pub const DB_SETTINGS: &[&str] = &[
     "KICK_TERMINAL_RETRY",
     "WRITER_POLL_INTERVAL",
     "BATCH_SIZE",
+    "KICK_POLL_INTERVAL",
+    "KICK_REGION_REFRESH",
+    "KICK_CHANNEL_LOOKUP",
+    "KICK_SITE_URL",
 ];
 
 impl Source {

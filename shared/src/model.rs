@@ -86,6 +86,11 @@ pub mod event_name {
     pub const STREAMER_IS_LIVE: &str = "StreamerIsLive";
     pub const STOP_STREAM_BROADCAST: &str = "StopStreamBroadcast";
     pub const STATUS_UNKNOWN: &str = "StatusUnknown";
+    /// A streamer's realtime channel id, learned (no status): the writer stores it.
+    pub const CHANNEL_ID: &str = "ChannelId";
+    /// Kick reports another slug for the same user id (a rename): the writer follows it. The
+    /// new slug is `payload.slug`.
+    pub const SLUG_CHANGED: &str = "SlugChanged";
 }
 
 /// NOTIFY channel names.

@@ -61,13 +61,25 @@ impl Supervisor {
     }
 
     /// Runs `make()` as task `name` until shutdown, restarting it whenever it ends.
-    pub fn spawn<F, Fut>(&self, name: impl Into<String>, mut make: F)
+    pub fn spawn<F, Fut>(&self, name: impl Into<String>, make: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.spawn_until(name, self.shutdown.clone(), make);
+    }
+
+    /// [`Supervisor::spawn`] for a task that may also be retired on its own: once `stop` is
+    /// cancelled (it must be a child of the shutdown token, or the shutdown token), the task
+    /// ends for good and is not restarted.
+    pub fn spawn_until<F, Fut>(&self, name: impl Into<String>, stop: CancellationToken, mut make: F)
     where
         F: FnMut() -> Fut + Send + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
         let name: String = name.into();
-        let this = self.clone();
+        let mut this = self.clone();
+        this.shutdown = stop;
         self.tracker.spawn(async move {
             let key = format!("task:{name}");
             let mut backoff = FIRST_BACKOFF;

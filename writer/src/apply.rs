@@ -21,6 +21,7 @@ pub struct Statements {
     claim: Statement,
     claim_ids: Statement,
     mark_error: Statement,
+    rename: Statement,
     lock: Statement,
     blockers: Statement,
     update: Statement,
@@ -35,16 +36,25 @@ impl Statements {
         Ok(Self {
             claim: c
                 .prepare(
-                    "SELECT id, source, event_name, kick_channel_id, kick_user_id, livestream_id, event_time, received_at
+                    "SELECT id, source, event_name, kick_channel_id, kick_user_id, livestream_id, event_time, received_at,
+                            payload->>'reason' AS reason, payload->>'slug' AS slug
                      FROM raw_events WHERE processed_at IS NULL
                      ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 )
                 .await?,
             claim_ids: c
                 .prepare(
-                    "SELECT id, source, event_name, kick_channel_id, kick_user_id, livestream_id, event_time, received_at
+                    "SELECT id, source, event_name, kick_channel_id, kick_user_id, livestream_id, event_time, received_at,
+                            payload->>'reason' AS reason, payload->>'slug' AS slug
                      FROM raw_events WHERE id = ANY($1) AND processed_at IS NULL
                      ORDER BY id FOR UPDATE SKIP LOCKED",
+                )
+                .await?,
+            rename: c
+                .prepare(
+                    "UPDATE streamers SET username = $2, updated_at = now()
+                     WHERE id = $1 AND username <> $2
+                       AND NOT EXISTS (SELECT 1 FROM streamers WHERE username = $2)",
                 )
                 .await?,
             mark_error: c
@@ -72,12 +82,15 @@ impl Statements {
                         last_event_at = coalesce(u.event_at, s.last_event_at),
                         live_started_at = coalesce(u.started_at, s.live_started_at),
                         kick_channel_id = coalesce(s.kick_channel_id, u.learned_channel),
+                        status_reason = CASE WHEN u.reason_set THEN u.reason ELSE s.status_reason END,
                         updated_at = now()
                      FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::timestamptz[], $5::text[],
                                  $6::timestamptz[], $7::bigint[], $8::text[], $9::timestamptz[],
-                                 $10::timestamptz[], $11::timestamptz[], $12::bigint[])
+                                 $10::timestamptz[], $11::timestamptz[], $12::bigint[], $13::bool[],
+                                 $14::text[])
                           AS u(id, status, livestream_id, observed_at, source, pending_at, pending_raw,
-                               pending_src, changed_at, event_at, started_at, learned_channel)
+                               pending_src, changed_at, event_at, started_at, learned_channel,
+                               reason_set, reason)
                      WHERE s.id = u.id",
                 )
                 .await?,
@@ -127,6 +140,9 @@ struct Streamer {
     /// A realtime channel id learned from an event that also names the user (API rows).
     learned_channel: Option<i64>,
     notify: bool,
+    /// The status changed: `status_reason` becomes `reason` (set for an unknown status).
+    reason_set: bool,
+    reason: Option<String>,
 }
 
 fn parse_source(s: Option<String>) -> Option<Source> {
@@ -163,6 +179,8 @@ impl Streamer {
             started_at: None,
             learned_channel: None,
             notify: false,
+            reason_set: false,
+            reason: None,
         }
     }
 }
@@ -174,7 +192,20 @@ struct Staged {
     channel_id: Option<i64>,
     user_id: Option<i64>,
     received_at: DateTime<Utc>,
-    event: Result<Event, String>,
+    event: Result<Kind, String>,
+    /// Why (for an unknown status), from the payload.
+    reason: Option<String>,
+}
+
+/// What a staged row asks for.
+#[derive(Debug)]
+enum Kind {
+    /// A status signal, through the transition.
+    Status(Event),
+    /// Only a realtime channel id (learned above, for every kind of row).
+    ChannelId,
+    /// Kick reports a new slug for the user.
+    Rename(String),
 }
 
 fn decode_row(r: &tokio_postgres::Row) -> Staged {
@@ -186,12 +217,22 @@ fn decode_row(r: &tokio_postgres::Row) -> Staged {
     let livestream_id: Option<i64> = r.get("livestream_id");
     let event_time: Option<DateTime<Utc>> = r.get("event_time");
     let received_at: DateTime<Utc> = r.get("received_at");
+    let slug: Option<String> = r.get("slug");
     let event = (|| {
         let source: Source = source.parse()?;
         let signal = match name.as_str() {
             event_name::STREAMER_IS_LIVE => Signal::Live { livestream_id },
             event_name::STOP_STREAM_BROADCAST => Signal::Offline { livestream_id },
             event_name::STATUS_UNKNOWN => Signal::Unknown,
+            event_name::CHANNEL_ID if channel_id.is_some() && user_id.is_some() => {
+                return Ok(Kind::ChannelId);
+            }
+            event_name::SLUG_CHANGED if user_id.is_some() => {
+                return match slug {
+                    Some(s) if valid_slug(&s) => Ok(Kind::Rename(s)),
+                    _ => Err("SlugChanged without a valid slug".into()),
+                };
+            }
             other => {
                 return Err(format!(
                     "unknown event name '{}'",
@@ -202,13 +243,13 @@ fn decode_row(r: &tokio_postgres::Row) -> Staged {
         if channel_id.is_none() && user_id.is_none() {
             return Err("neither kick_channel_id nor kick_user_id is set".into());
         }
-        Ok(Event {
+        Ok(Kind::Status(Event {
             raw_id: id,
             signal,
             source,
             observed_at: received_at,
             occurred_at: event_time.unwrap_or(received_at),
-        })
+        }))
     })();
     Staged {
         id,
@@ -216,7 +257,17 @@ fn decode_row(r: &tokio_postgres::Row) -> Staged {
         user_id,
         received_at,
         event,
+        reason: r.get("reason"),
     }
+}
+
+/// A slug as the `streamers.username` CHECK accepts it.
+fn valid_slug(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 /// What one batch did.
@@ -339,11 +390,15 @@ pub async fn apply_batch(
     let mut mark_ids = Vec::with_capacity(staged.len());
     let mut mark_outcomes: Vec<String> = Vec::with_capacity(staged.len());
     let mut applied_received = Vec::new();
+    // (index in the outcomes, streamer id, new slug)
+    let mut renames: Vec<(usize, i64, String)> = Vec::new();
     for s in &staged {
+        // The user id names the streamer when the row has one (API rows); realtime rows have only
+        // the channel id.
         let found = s
-            .channel_id
-            .and_then(|c| by_channel.get(&c))
-            .or_else(|| s.user_id.and_then(|u| by_user.get(&u)))
+            .user_id
+            .and_then(|u| by_user.get(&u))
+            .or_else(|| s.channel_id.and_then(|c| by_channel.get(&c)))
             .copied();
         let (label, outcome_text): (&'static str, String) = match (&s.event, found) {
             (Err(e), _) => ("error", format!("error: {e}")),
@@ -365,12 +420,24 @@ pub async fn apply_batch(
                     streamer.dirty = true;
                     by_channel.insert(c, i);
                 }
-                let d: Decision = transition::decide(&streamer.state, ev, &cfg.rules);
-                record(streamer, &d, ev, &mut writes);
-                if d.outcome == Outcome::Applied {
-                    applied_received.push(s.received_at);
+                match ev {
+                    Kind::Status(ev) => {
+                        let d: Decision = transition::decide(&streamer.state, ev, &cfg.rules);
+                        record(streamer, &d, ev, s.reason.as_deref(), &mut writes);
+                        if d.outcome == Outcome::Applied {
+                            applied_received.push(s.received_at);
+                        }
+                        (d.outcome.as_str(), d.outcome.as_str().to_owned())
+                    }
+                    Kind::ChannelId if streamer.learned_channel.is_some() => {
+                        ("enriched", "enriched".into())
+                    }
+                    Kind::ChannelId => ("duplicate", "duplicate".into()),
+                    Kind::Rename(slug) => {
+                        renames.push((mark_outcomes.len(), streamer.id, slug.clone()));
+                        ("applied", "applied".into())
+                    }
                 }
-                (d.outcome.as_str(), d.outcome.as_str().to_owned())
             }
         };
         *report.outcomes.entry(label).or_default() += 1;
@@ -379,6 +446,14 @@ pub async fn apply_batch(
     }
     let t_decide = t_start.elapsed();
     write_streamers(&tx, st, &streamers, &writes).await?;
+    for (idx, id, slug) in renames {
+        // Only if the new slug is free: a conflict leaves the old name (and says so).
+        if tx.execute(&st.rename, &[&id, &slug]).await? == 1 {
+            tracing::info!(streamer = id, slug = %slug, "renamed on kick: username followed");
+        } else {
+            mark_outcomes[idx] = "duplicate: slug unchanged or taken".into();
+        }
+    }
     let t_write = t_start.elapsed();
     tx.execute(&st.mark, &[&mark_ids, &mark_outcomes]).await?;
     let t_mark = t_start.elapsed();
@@ -402,7 +477,13 @@ pub async fn apply_batch(
     Ok(report)
 }
 
-fn record(streamer: &mut Streamer, d: &Decision, ev: &Event, writes: &mut Writes) {
+fn record(
+    streamer: &mut Streamer,
+    d: &Decision,
+    ev: &Event,
+    reason: Option<&str>,
+    writes: &mut Writes,
+) {
     if d.state == streamer.state {
         return;
     }
@@ -411,6 +492,14 @@ fn record(streamer: &mut Streamer, d: &Decision, ev: &Event, writes: &mut Writes
     if let Some((prev, new)) = d.history {
         streamer.changed_at = Some(ev.occurred_at);
         streamer.notify = true;
+        streamer.reason_set = true;
+        streamer.reason = (new == Status::Unknown).then(|| {
+            reason
+                .unwrap_or("coverage lost")
+                .chars()
+                .take(300)
+                .collect()
+        });
         if new == Status::Online {
             streamer.started_at = Some(ev.occurred_at);
         }
@@ -459,11 +548,25 @@ async fn write_streamers(
         let event_at: Vec<Option<DateTime<Utc>>> = dirty.iter().map(|s| s.event_at).collect();
         let started: Vec<Option<DateTime<Utc>>> = dirty.iter().map(|s| s.started_at).collect();
         let learned: Vec<Option<i64>> = dirty.iter().map(|s| s.learned_channel).collect();
+        let reason_set: Vec<bool> = dirty.iter().map(|s| s.reason_set).collect();
+        let reason: Vec<Option<&str>> = dirty.iter().map(|s| s.reason.as_deref()).collect();
         tx.execute(
             &st.update,
             &[
-                &ids, &status, &ls, &obs, &src, &p_at, &p_raw, &p_src, &changed, &event_at,
-                &started, &learned,
+                &ids,
+                &status,
+                &ls,
+                &obs,
+                &src,
+                &p_at,
+                &p_raw,
+                &p_src,
+                &changed,
+                &event_at,
+                &started,
+                &learned,
+                &reason_set,
+                &reason,
             ],
         )
         .await?;
@@ -530,7 +633,7 @@ pub async fn confirm_due_offlines(
                 observed_at: s.state.observed_at.unwrap_or(p.since),
                 occurred_at: p.since,
             };
-            record(s, &d, &ev, &mut writes);
+            record(s, &d, &ev, None, &mut writes);
         }
     }
     write_streamers(&tx, st, &streamers, &writes).await?;

@@ -123,6 +123,9 @@ struct ListItem {
     enabled: bool,
     display_name: Option<String>,
     kick_user_id: i64,
+    /// `realtime`, `webhook` or `poll` (see `v_streamer_status`).
+    coverage: String,
+    status_reason: Option<String>,
 }
 
 impl ListItem {
@@ -136,6 +139,8 @@ impl ListItem {
             enabled: row.try_get("enabled")?,
             display_name: row.try_get("display_name")?,
             kick_user_id: row.try_get("kick_user_id")?,
+            coverage: row.try_get("coverage")?,
+            status_reason: row.try_get("status_reason")?,
         })
     }
 }
@@ -154,6 +159,8 @@ struct Detail {
     source: Option<String>,
     last_event_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
+    coverage: String,
+    status_reason: Option<String>,
 }
 
 impl Detail {
@@ -170,6 +177,8 @@ impl Detail {
             source: row.try_get("source")?,
             last_event_at: row.try_get("last_event_at")?,
             created_at: row.try_get("created_at")?,
+            coverage: row.try_get("coverage")?,
+            status_reason: row.try_get("status_reason")?,
         })
     }
 }
@@ -216,9 +225,9 @@ async fn list(config: &Config, status: Option<&str>, json: bool) -> anyhow::Resu
     let client = db::connect(&config.database).await?;
     let items = client
         .query(
-            "SELECT username, status, status_changed_at AS since, livestream_id, kick_channel_id,
-                    enabled, display_name, kick_user_id
-             FROM streamers WHERE ($1::text IS NULL OR status = $1) ORDER BY username",
+            "SELECT username, status, since, livestream_id, kick_channel_id,
+                    enabled, display_name, kick_user_id, coverage, status_reason
+             FROM v_streamer_status WHERE ($1::text IS NULL OR status = $1) ORDER BY username",
             &[&status],
         )
         .await?
@@ -245,6 +254,7 @@ async fn list(config: &Config, status: Option<&str>, json: bool) -> anyhow::Resu
                 ts(s.since),
                 or_dash(s.livestream_id),
                 or_dash(s.kick_channel_id),
+                s.coverage.clone(),
                 if s.enabled { "yes" } else { "no" }.to_owned(),
             ]
         })
@@ -258,6 +268,7 @@ async fn list(config: &Config, status: Option<&str>, json: bool) -> anyhow::Resu
                 "SINCE (UTC)",
                 "LIVESTREAM",
                 "CHANNEL",
+                "COVERAGE",
                 "ENABLED"
             ],
             &rows
@@ -271,10 +282,10 @@ async fn show(config: &Config, username: &str, json: bool) -> anyhow::Result<Exi
     let client = db::connect(&config.database).await?;
     let row = client
         .query_opt(
-            "SELECT username, display_name, status, status_changed_at AS since, livestream_id,
-                    kick_user_id, kick_channel_id, enabled, status_source AS source,
-                    last_event_at, created_at
-             FROM streamers WHERE username = $1",
+            "SELECT v.username, v.display_name, v.status, v.since, v.livestream_id,
+                    v.kick_user_id, v.kick_channel_id, v.enabled, v.source,
+                    v.last_event_at, s.created_at, v.coverage, v.status_reason
+             FROM v_streamer_status v JOIN streamers s ON s.id = v.id WHERE v.username = $1",
             &[&slug],
         )
         .await?
@@ -284,10 +295,15 @@ async fn show(config: &Config, username: &str, json: bool) -> anyhow::Result<Exi
         println!("{}", serde_json::to_string_pretty(&d)?);
         return Ok(Exit::Ok);
     }
-    let fields: [(&str, String); 11] = [
+    let fields: [(&str, String); 13] = [
         ("username", d.username.clone()),
         ("display_name", d.display_name.clone().unwrap_or("-".into())),
         ("status", d.status.to_string()),
+        (
+            "status_reason",
+            d.status_reason.clone().unwrap_or("-".into()),
+        ),
+        ("coverage", d.coverage.clone()),
         ("since", rfc3339(d.since)),
         ("livestream_id", or_dash(d.livestream_id)),
         ("kick_user_id", d.kick_user_id.to_string()),

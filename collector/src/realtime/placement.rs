@@ -12,14 +12,22 @@
 //! - A socket that was up and goes down opens a `coverage_gaps` row and asks for a reconcile of
 //!   its channels (if the API fails too, they become `unknown`); when it is up again, its channels
 //!   are reconciled once more and the gap is closed with what that found.
+//! - Each channel goes on a socket to the server that serves it (its region, learned by
+//!   `regions`); a channel whose region is not known yet goes on a socket to the general
+//!   endpoint. A channel that moved to another region moves to a socket there.
+//! - Coverage is reported in `channel_coverage`: a channel on an up socket to its own region's
+//!   server (or any up socket with Pusher, which has no regions) is covered by realtime; the
+//!   rest is polled (see `reconcile`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use kick_shared::config::Transport;
 use tokio::sync::{mpsc, watch};
 
+use super::regions::RegionUpdate;
 use super::socket::{self, SocketEvent, SocketShared};
 use crate::ctx::Ctx;
 use crate::gaps;
@@ -33,6 +41,8 @@ pub const PARKED_FOR: Duration = Duration::from_secs(300);
 
 struct Socket {
     shared: Arc<SocketShared>,
+    /// The server it connects to (`None`: the general endpoint).
+    server: Option<String>,
     /// Channels this socket may carry (lowered when the server refuses for a limit).
     capacity: usize,
     ever_up: bool,
@@ -54,6 +64,12 @@ struct Placement {
     desired: BTreeSet<i64>,
     /// Since when no socket has been up while there are channels to watch.
     blind_since: Option<(Instant, chrono::DateTime<chrono::Utc>)>,
+    /// Where each channel is served (from `regions`).
+    regions: HashMap<i64, String>,
+    /// The covered channels as last written to `channel_coverage`.
+    reported: BTreeSet<i64>,
+    /// Coverage could not be written: try again.
+    report_due: bool,
 }
 
 /// Runs the placement until shutdown: `desired` is the set of channels to subscribe (updated by
@@ -61,7 +77,20 @@ struct Placement {
 pub async fn run(
     ctx: Arc<Ctx>,
     mut desired: watch::Receiver<Arc<BTreeSet<i64>>>,
+    regions: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<RegionUpdate>>>,
 ) -> anyhow::Result<()> {
+    let mut regions = regions.lock().await;
+    // Sockets of an earlier incarnation of this task (it panicked and was restarted) are
+    // retired: this one opens its own.
+    for old in ctx.sockets.lock().unwrap().drain(..) {
+        old.stop.cancel();
+    }
+    // Rows of an earlier run of this collector are stale.
+    ctx.query(
+        "DELETE FROM channel_coverage WHERE collector_id = $1",
+        &[&ctx.collector_id],
+    )
+    .await?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut p = Placement {
         ctx: ctx.clone(),
@@ -72,10 +101,14 @@ pub async fn run(
         events_tx,
         desired: BTreeSet::new(),
         blind_since: None,
+        regions: HashMap::new(),
+        reported: BTreeSet::new(),
+        report_due: true,
     };
     let first = desired.borrow_and_update().clone();
     p.apply(&first);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return Ok(()),
@@ -91,7 +124,19 @@ pub async fn run(
                     p.on_event(ev).await;
                 }
             }
-            _ = tick.tick() => p.tick(),
+            r = regions.recv() => {
+                if let Some((ch, url)) = r {
+                    p.on_region(ch, url);
+                }
+            }
+            _ = tick.tick() => {
+                ticks = ticks.wrapping_add(1);
+                if ticks.is_multiple_of(10) {
+                    p.re_place();
+                }
+                p.tick();
+                p.report_coverage().await;
+            }
         }
     }
 }
@@ -143,11 +188,22 @@ impl Placement {
     /// Puts `ch` on a socket with room that has not refused it, or on a new socket. Returns
     /// the socket index if an existing socket changed.
     fn place(&mut self, ch: i64) -> Option<usize> {
+        let server = self.server_for(ch);
         let refused = self.refused_by.get(&ch);
-        let room = self.sockets.iter().position(|s| {
+        let room = |s: &Socket| {
             s.shared.desired.lock().unwrap().len() < s.capacity
                 && !refused.is_some_and(|r| r.contains(&s.shared.id))
-        });
+        };
+        // A socket already connected where the channel is served; else one meant for that server.
+        let room = self
+            .sockets
+            .iter()
+            .position(|s| self.serves(s, ch) && room(s))
+            .or_else(|| {
+                self.sockets
+                    .iter()
+                    .position(|s| s.server == server && room(s))
+            });
         match room {
             Some(i) => {
                 self.sockets[i].shared.desired.lock().unwrap().insert(ch);
@@ -155,22 +211,152 @@ impl Placement {
                 Some(i)
             }
             None => {
-                let i = self.open_socket(BTreeSet::from([ch]));
+                let i = self.open_socket(server, BTreeSet::from([ch]));
                 self.owner.insert(ch, i);
                 None
             }
         }
     }
 
-    fn open_socket(&mut self, channels: BTreeSet<i64>) -> usize {
+    /// The server `ch` belongs on: its region when known (Centrifugo), else the general
+    /// endpoint.
+    fn server_for(&self, ch: i64) -> Option<String> {
+        if self.ctx.cfg().kick.transport == Transport::Pusher {
+            return None;
+        }
+        self.regions.get(&ch).filter(|u| !u.is_empty()).cloned()
+    }
+
+    /// Whether socket `s` reaches the server that serves `ch`: a socket meant for that server,
+    /// or a general one whose negotiation led there. (With Pusher, any socket.)
+    fn serves(&self, s: &Socket, ch: i64) -> bool {
+        match self.server_for(ch) {
+            None => s.server.is_none(),
+            Some(url) => {
+                s.server.as_deref() == Some(url.as_str())
+                    || (s.server.is_none()
+                        && s.shared.connected_url.lock().unwrap().as_deref() == Some(url.as_str()))
+            }
+        }
+    }
+
+    /// `regions` learned where `ch` is served: move it there if its socket does not reach it
+    /// (it was blind there: nothing is lost by the move).
+    fn on_region(&mut self, ch: i64, url: String) {
+        self.regions.insert(ch, url);
+        let Some(&s) = self.owner.get(&ch) else {
+            return;
+        };
+        if self.serves(&self.sockets[s], ch) {
+            return;
+        }
+        self.owner.remove(&ch);
+        self.sockets[s].shared.desired.lock().unwrap().remove(&ch);
+        self.sockets[s].shared.changed.notify_one();
+        if let Some(n) = self.place(ch) {
+            self.sockets[n].shared.changed.notify_one();
+        }
+    }
+
+    /// Realtime coverage as it is now: channels on up sockets that reach their own server
+    /// (whose region is known; with Pusher, any up socket).
+    fn covered(&self) -> BTreeSet<i64> {
+        let pusher = self.ctx.cfg().kick.transport == Transport::Pusher;
+        let mut out = BTreeSet::new();
+        for s in &self.sockets {
+            if !s.shared.up.load(Ordering::Relaxed) {
+                continue;
+            }
+            let chans: Vec<i64> = s.shared.desired.lock().unwrap().iter().copied().collect();
+            out.extend(
+                chans
+                    .into_iter()
+                    .filter(|ch| pusher || (self.regions.contains_key(ch) && self.serves(s, *ch))),
+            );
+        }
+        out
+    }
+
+    /// Channels whose socket no longer reaches their server (a general socket reconnected and
+    /// was sent elsewhere): move them.
+    fn re_place(&mut self) {
+        let misplaced: Vec<i64> = self
+            .owner
+            .iter()
+            .filter(|(ch, s)| {
+                self.regions.get(ch).is_some_and(|u| !u.is_empty())
+                    && self.sockets[**s].shared.up.load(Ordering::Relaxed)
+                    && !self.serves(&self.sockets[**s], **ch)
+            })
+            .map(|(ch, _)| *ch)
+            .collect();
+        for ch in misplaced {
+            let url = self.regions[&ch].clone();
+            self.on_region(ch, url);
+        }
+    }
+
+    /// Writes what changed in realtime coverage to `channel_coverage`.
+    async fn report_coverage(&mut self) {
+        let now = self.covered();
+        if now == self.reported && !self.report_due {
+            return;
+        }
+        let added: Vec<i64> = now.difference(&self.reported).copied().collect();
+        let removed: Vec<i64> = self.reported.difference(&now).copied().collect();
+        let id = &self.ctx.collector_id;
+        let ok = async {
+            if !removed.is_empty() {
+                self.ctx
+                    .query(
+                        "DELETE FROM channel_coverage WHERE collector_id = $1 AND kick_channel_id = ANY($2)",
+                        &[id, &removed],
+                    )
+                    .await?;
+            }
+            if !added.is_empty() {
+                self.ctx
+                    .query(
+                        "INSERT INTO channel_coverage (kick_channel_id, collector_id)
+                         SELECT unnest($2::bigint[]), $1 ON CONFLICT DO NOTHING",
+                        &[id, &added],
+                    )
+                    .await?;
+            }
+            Ok::<_, kick_shared::db::DbError>(())
+        }
+        .await;
+        match ok {
+            Ok(()) => {
+                self.reported = now;
+                self.report_due = false;
+            }
+            Err(e) => {
+                self.report_due = true;
+                tracing::debug!(error = %e, "coverage not recorded; retried");
+            }
+        }
+    }
+
+    fn open_socket(&mut self, server: Option<String>, channels: BTreeSet<i64>) -> usize {
         let id = self.sockets.len();
-        let shared = Arc::new(SocketShared::new(id, channels));
+        let stop = self.ctx.shutdown.child_token();
+        let shared = Arc::new(SocketShared::new(
+            id,
+            server.clone(),
+            channels,
+            stop.clone(),
+        ));
         let (ctx, sh, tx) = (self.ctx.clone(), shared.clone(), self.events_tx.clone());
-        self.ctx.supervisor.spawn(format!("socket-{id}"), move || {
-            socket::run(ctx.clone(), sh.clone(), tx.clone())
-        });
+        self.ctx
+            .supervisor
+            .spawn_until(format!("socket-{id}"), stop, move || {
+                socket::run(ctx.clone(), sh.clone(), tx.clone())
+            });
+        self.ctx.sockets.lock().unwrap().push(shared.clone());
         self.sockets.push(Socket {
             shared,
+            server,
             capacity: self.per_socket(),
             ever_up: false,
             gap: None,

@@ -24,10 +24,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, http};
 
-use super::negotiate::{Endpoint, NegotiateError, USER_AGENT};
-use super::{Action, End, Retry, centrifugo, pusher};
 use crate::ctx::Ctx;
 use crate::rows;
+use kick_shared::kick::realtime::negotiate::{Endpoint, NegotiateError, USER_AGENT};
+use kick_shared::kick::realtime::{Action, End, Retry, centrifugo, pusher};
 
 /// Text frames larger than this are rejected (kept as `rejected: oversized`); the socket stays up.
 pub const MAX_FRAME: usize = 256 * 1024;
@@ -41,18 +41,33 @@ pub const MAX_MESSAGE: usize = 16 << 20;
 #[derive(Debug)]
 pub struct SocketShared {
     pub id: usize,
+    /// The Centrifugo server this socket connects to (a channel's region); `None`: wherever the
+    /// general negotiation says.
+    pub server: Option<String>,
     /// The channels this socket should carry: the placement's decision.
     pub desired: std::sync::Mutex<BTreeSet<i64>>,
     /// Rung when `desired` changes.
     pub changed: Notify,
     pub up: AtomicBool,
     pub subscribed: AtomicUsize,
+    /// Retires the socket (a child of the shutdown token): its task ends for good.
+    pub stop: tokio_util::sync::CancellationToken,
+    /// The server it is connected to now (what the negotiation answered, for a general socket).
+    pub connected_url: std::sync::Mutex<Option<String>>,
 }
 
 impl SocketShared {
-    pub fn new(id: usize, channels: BTreeSet<i64>) -> Self {
+    pub fn new(
+        id: usize,
+        server: Option<String>,
+        channels: BTreeSet<i64>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Self {
         SocketShared {
+            stop,
+            connected_url: std::sync::Mutex::new(None),
             id,
+            server,
             desired: std::sync::Mutex::new(channels),
             changed: Notify::new(),
             up: AtomicBool::new(false),
@@ -91,19 +106,6 @@ pub enum SocketEvent {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// A random UUIDv4, as Kick's web client uses for its client id.
-pub fn uuid() -> String {
-    let b: [u8; 16] = rand::random();
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
-        u16::from_be_bytes([b[4], b[5]]),
-        u16::from_be_bytes([b[6], b[7]]) & 0x0fff,
-        (u16::from_be_bytes([b[8], b[9]]) & 0x3fff) | 0x8000,
-        u64::from_be_bytes([0, 0, b[10], b[11], b[12], b[13], b[14], b[15]])
-    )
-}
-
 /// Full-jitter exponential backoff: uniform in [0, min(cap, base · 2^attempt)].
 pub fn backoff(attempt: u32) -> Duration {
     let ceiling = (1000u64 << attempt.min(16)).min(60_000);
@@ -119,7 +121,7 @@ pub async fn run(
     let mut attempt: u32 = 0;
     // A restart after a panic: the old connection is gone.
     mark_down(&ctx, &sock);
-    while !ctx.shutdown.is_cancelled() {
+    while !sock.stop.is_cancelled() {
         let Some(end) = session(&ctx, &sock, &events).await else {
             break;
         };
@@ -159,7 +161,7 @@ pub async fn run(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = ctx.shutdown.cancelled() => break,
+            _ = sock.stop.cancelled() => break,
         }
     }
     mark_down(&ctx, &sock);
@@ -196,18 +198,25 @@ async fn session(
     events: &mpsc::UnboundedSender<SocketEvent>,
 ) -> Option<End> {
     let cfg = ctx.cfg();
-    let client_id = uuid();
-    let endpoint = match ctx
-        .web
-        .connection(
-            &cfg.kick.web_url,
-            &client_id,
-            cfg.kick.transport,
-            &cfg.kick.pusher_url,
-            None,
-        )
-        .await
-    {
+    let client_id = kick_shared::kick::realtime::negotiate::new_client_id();
+    let negotiated = match &sock.server {
+        // The channel's region, as its per-channel negotiation answered (see `regions`).
+        Some(url) if cfg.kick.transport != Transport::Pusher => {
+            Ok(Endpoint::Centrifugo { url: url.clone() })
+        }
+        _ => {
+            ctx.web
+                .connection(
+                    &cfg.kick.web_url,
+                    &client_id,
+                    cfg.kick.transport,
+                    &cfg.kick.pusher_url,
+                    None,
+                )
+                .await
+        }
+    };
+    let endpoint = match negotiated {
         Ok(Endpoint::Pusher { .. })
             if cfg.kick.transport == Transport::Auto && ctx.pusher_dead.load(Ordering::Relaxed) =>
         {
@@ -219,6 +228,9 @@ async fn session(
         Err(e) => return Some(negotiation_end(&e)),
     };
     ctx.set_transport(endpoint.transport());
+    *sock.connected_url.lock().unwrap() = match &endpoint {
+        Endpoint::Centrifugo { url } | Endpoint::Pusher { url } => Some(url.clone()),
+    };
     let now = Instant::now();
     let grace = cfg.silence_grace;
     let (ws, mut proto, opening) = match endpoint {
@@ -349,7 +361,7 @@ impl Driver<'_> {
         let mut ticker = tokio::time::interval(Duration::from_millis(250));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
-            let shutdown = self.ctx.shutdown.clone();
+            let shutdown = self.sock.stop.clone();
             let sock = self.sock.clone();
             let ws = &mut self.ws;
             let refresh = &mut self.refresh;
@@ -630,12 +642,5 @@ mod tests {
         }
         let draws: std::collections::HashSet<_> = (0..20).map(|_| backoff(10)).collect();
         assert!(draws.len() > 1);
-    }
-
-    #[test]
-    fn client_ids_are_uuids() {
-        let u = uuid();
-        assert_eq!(u.len(), 36);
-        assert_eq!(&u[14..15], "4");
     }
 }

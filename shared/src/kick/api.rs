@@ -315,6 +315,11 @@ impl ApiClient {
         }
     }
 
+    /// Obtains an app token (or uses the cached one): proves the credentials work.
+    pub async fn check_token(&self) -> Result<(), ApiError> {
+        self.token().await.map(|_| ())
+    }
+
     /// The official API's rate limiter (a 429 pauses it for `Retry-After`).
     pub fn limiter(&self) -> &crate::ratelimit::RateLimiter {
         &self.limiter

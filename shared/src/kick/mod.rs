@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod frame;
+pub mod realtime;
 
 /// The Origin Kick's realtime servers and negotiation endpoints require.
 pub const KICK_ORIGIN: &str = "https://kick.com";

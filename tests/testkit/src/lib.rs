@@ -567,8 +567,18 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A connection, retried for a few seconds (a server just restarted may still refuse).
     pub async fn client(&self) -> tokio_postgres::Client {
-        kick_shared::db::connect(&self.config).await.unwrap()
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match kick_shared::db::connect(&self.config).await {
+                Ok(c) => return c,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot connect to the test database: {e}"),
+            }
+        }
     }
 
     /// The environment a process would need to use this database.

@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use kick_shared::kick::frame::{self, PusherFrame};
+use crate::kick::frame::{self, PusherFrame};
 use serde_json::json;
 
 use super::{Action, End, Retry, clamp_secs, limits};

@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use kick_shared::config::Transport;
-use kick_shared::kick::KICK_ORIGIN;
-use kick_shared::kick::api::{self, ApiError, SMALL_LIMIT};
-use kick_shared::ratelimit::RateLimiter;
+use crate::config::Transport;
+use crate::kick::KICK_ORIGIN;
+use crate::kick::api::{self, ApiError, SMALL_LIMIT};
+use crate::ratelimit::RateLimiter;
 use serde_json::{Value, json};
 
 /// The User-Agent on every request and WebSocket handshake to Kick.
@@ -18,6 +18,20 @@ pub const USER_AGENT: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (+https://example.invalid/kick-monitor)"
 );
+
+/// A random UUIDv4, as Kick's web client uses for its client id (a fresh one per connection, and
+/// after every refusal).
+pub fn new_client_id() -> String {
+    let b: [u8; 16] = rand::random();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+        u16::from_be_bytes([b[4], b[5]]),
+        u16::from_be_bytes([b[6], b[7]]) & 0x0fff,
+        (u16::from_be_bytes([b[8], b[9]]) & 0x3fff) | 0x8000,
+        u64::from_be_bytes([0, 0, b[10], b[11], b[12], b[13], b[14], b[15]])
+    )
+}
 
 /// How long to stay away after Kick refused a negotiation without saying for how long.
 pub const REFUSAL_PAUSE: Duration = Duration::from_secs(300);
@@ -296,6 +310,14 @@ mod tests {
         // A URL that is not a WebSocket URL is not used.
         let bad = json!({"data": {"connections": [{"provider": "centrifugo", "credentials": {"url": "file:///etc/passwd"}}]}});
         assert!(parse_connection(&bad, "").is_err());
+    }
+
+    #[test]
+    fn client_ids_are_uuids() {
+        let u = new_client_id();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert_ne!(u, new_client_id());
     }
 
     #[test]

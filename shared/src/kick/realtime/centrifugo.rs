@@ -15,7 +15,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use kick_shared::kick::frame::{self, CentrifugoMsg, FrameError};
+use crate::kick::frame::{self, CentrifugoMsg, FrameError};
 use serde_json::json;
 
 use super::{Action, End, Retry, clamp_secs, limits, silence_limit};
@@ -364,7 +364,7 @@ fn malformed(e: &FrameError, text: &str) -> Action {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kick_shared::kick::frame::KickEvent;
+    use crate::kick::frame::KickEvent;
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/kick");
 

@@ -1,0 +1,172 @@
+//! Where Kick serves each channel. Kick's web client asks
+//! `POST {KICK_WEB_URL}/api/v1/realtime/channels/{id}/chat/connection` where a channel's realtime
+//! feed lives (one region per channel); a subscription on another region's server succeeds and
+//! never delivers an event. So every channel is asked once, the answer is cached in
+//! `channel_regions`, refreshed every `KICK_REGION_REFRESH`, and asked again at once when a
+//! reconcile finds that realtime missed a change on it (the channel may have moved). The
+//! placement puts each channel on a socket to its own server.
+//!
+//! Lookups are paced ([`LOOKUP_RATE`] on top of the web rate limiter every Kick web request
+//! shares): the first discovery of many channels takes a while, and channels not yet located
+//! stay on the general endpoint's sockets and count as polled, not as covered.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kick_shared::config::Transport;
+use kick_shared::kick::realtime::negotiate::Endpoint;
+use kick_shared::ratelimit::RateLimiter;
+use tokio::sync::{mpsc, watch};
+
+use crate::ctx::Ctx;
+
+/// Region lookups per second (and burst), within the shared web rate limit.
+pub const LOOKUP_RATE: f64 = 5.0;
+const LOOKUP_BURST: u32 = 10;
+
+/// What the placement learns: channel → the Centrifugo URL serving it.
+pub type RegionUpdate = (i64, String);
+
+/// Asks for the channel to be located again (a reconcile saw realtime miss a change on it).
+#[derive(Debug, Clone)]
+pub struct RecheckHandle {
+    tx: mpsc::UnboundedSender<i64>,
+}
+
+impl RecheckHandle {
+    pub fn recheck(&self, channel: i64) {
+        let _ = self.tx.send(channel);
+    }
+}
+
+/// The recheck queue survives restarts of the task.
+pub type Rechecks = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<i64>>>;
+
+pub fn rechecks() -> (RecheckHandle, Rechecks) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (RecheckHandle { tx }, Arc::new(tokio::sync::Mutex::new(rx)))
+}
+
+/// Runs the resolver until shutdown (supervised). Idle when the transport is Pusher (one
+/// cluster, no regions).
+pub async fn run(
+    ctx: Arc<Ctx>,
+    mut desired: watch::Receiver<Arc<BTreeSet<i64>>>,
+    updates: mpsc::UnboundedSender<RegionUpdate>,
+    rechecks: Rechecks,
+) -> anyhow::Result<()> {
+    let mut rechecks = rechecks.lock().await;
+    let pace = RateLimiter::new("region lookups", LOOKUP_RATE, LOOKUP_BURST);
+    // What we know: channel → (url, checked at).
+    let mut known: HashMap<i64, (String, DateTime<Utc>)> = HashMap::new();
+    let mut loaded = false;
+    let mut again = false;
+    loop {
+        if ctx.cfg().kick.transport == Transport::Pusher {
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(60)) => continue,
+            }
+        }
+        let chans = desired.borrow_and_update().clone();
+        if !loaded {
+            // The cache, once per start (and after a restart of this task).
+            let rows = ctx
+                .query(
+                    "SELECT kick_channel_id, url, checked_at FROM channel_regions
+                     WHERE kick_channel_id = ANY($1)",
+                    &[&chans.iter().copied().collect::<Vec<i64>>()],
+                )
+                .await?;
+            for r in rows {
+                let (ch, url, at): (i64, String, DateTime<Utc>) =
+                    (r.get("kick_channel_id"), r.get("url"), r.get("checked_at"));
+                let _ = updates.send((ch, url.clone()));
+                known.insert(ch, (url, at));
+            }
+            loaded = true;
+        }
+        // The channels to ask about: never asked, or not for too long.
+        let refresh = chrono::Duration::from_std(ctx.cfg().region_refresh)
+            .unwrap_or(chrono::Duration::hours(6));
+        let now = Utc::now();
+        let mut due: Vec<i64> = chans
+            .iter()
+            .copied()
+            .filter(|c| known.get(c).is_none_or(|(_, at)| now - *at > refresh))
+            .collect();
+        while let Ok(c) = rechecks.try_recv() {
+            if chans.contains(&c) && !due.contains(&c) {
+                due.insert(0, c);
+            }
+        }
+        for ch in due {
+            if ctx.shutdown.is_cancelled() {
+                return Ok(());
+            }
+            pace.acquire().await;
+            let cfg = ctx.cfg();
+            let client_id = kick_shared::kick::realtime::negotiate::new_client_id();
+            match ctx
+                .web
+                .connection(
+                    &cfg.kick.web_url,
+                    &client_id,
+                    Transport::Centrifugo,
+                    &cfg.kick.pusher_url,
+                    Some(ch),
+                )
+                .await
+            {
+                Ok(Endpoint::Centrifugo { url }) => {
+                    let moved = known.get(&ch).is_some_and(|(u, _)| *u != url);
+                    if moved {
+                        tracing::info!(channel = ch, url = %url, "channel served from another region now: moving it");
+                    }
+                    ctx.query(
+                        "INSERT INTO channel_regions (kick_channel_id, url, checked_at) VALUES ($1, $2, now())
+                         ON CONFLICT (kick_channel_id) DO UPDATE SET url = $2, checked_at = now()",
+                        &[&ch, &url],
+                    )
+                    .await?;
+                    known.insert(ch, (url.clone(), Utc::now()));
+                    let _ = updates.send((ch, url));
+                }
+                Ok(Endpoint::Pusher { .. }) => {
+                    // Not a regional answer: remember that we asked.
+                    known.insert(ch, (String::new(), Utc::now()));
+                }
+                Err(e) if e.is_refusal() => {
+                    // Kick asked us to go away: the web limiter is paused; come back later.
+                    tracing::warn!(error = %e, "region lookups paused");
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(channel = ch, error = %e, "region lookup failed; retried later");
+                    // Do not hammer a channel Kick does not know: try again after a refresh.
+                    known
+                        .entry(ch)
+                        .or_insert_with(|| (String::new(), Utc::now()));
+                }
+            }
+            // A recheck asked meanwhile is done in the next round, at once.
+            while let Ok(c) = rechecks.try_recv() {
+                known.remove(&c);
+                again = true;
+            }
+        }
+        if std::mem::take(&mut again) {
+            continue;
+        }
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            r = desired.changed() => if r.is_err() { return Ok(()) },
+            c = rechecks.recv() => if let Some(c) = c {
+                known.remove(&c);
+            },
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+    }
+}
