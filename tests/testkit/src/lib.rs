@@ -24,10 +24,12 @@ const TEMPLATE: &str = "kick_template";
 
 const SUPERVISOR: &str = r#"
 set -u
-bindir=$1; data=$2; sock=$3; port=$4; root=$5; runas=$6
+bindir=$1; data=$2; sock=$3; port=$4; root=$5; runas=$6; listen=$7; extra=$8
 pid=
 start() {
-  $runas "$bindir/postgres" -D "$data" -k "$sock" -p "$port" -c listen_addresses= \
+  # $extra is a list of "-c name=value" words (values without spaces): split on purpose.
+  # shellcheck disable=SC2086
+  $runas "$bindir/postgres" -D "$data" -k "$sock" -p "$port" -c listen_addresses="$listen" $extra \
     -c fsync=on -c synchronous_commit=on -c max_connections=400 -c shared_buffers=64MB \
     -c unix_socket_permissions=0777 -c log_min_messages=warning >>"$root/postgres.log" 2>&1 &
   pid=$!
@@ -48,12 +50,23 @@ stop INT
 rm -rf "$root"
 "#;
 
+/// How a private cluster differs from the default (Unix socket only, trust authentication).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Also listen on 127.0.0.1 at [`Cluster::port`], where clients must authenticate with
+    /// scram-sha-256 (the Unix socket stays trust for the superuser).
+    pub tcp: bool,
+    /// Extra server settings, e.g. `("log_statement", "all")`; values must not contain spaces.
+    pub settings: Vec<(String, String)>,
+}
+
 /// A running throwaway cluster.
 #[derive(Debug)]
 pub struct Cluster {
     root: PathBuf,
     bindir: PathBuf,
     port: u16,
+    tcp: bool,
     control: Mutex<ChildStdin>,
     _supervisor: Mutex<Child>,
 }
@@ -102,6 +115,11 @@ fn run_as() -> Option<(u32, u32)> {
 impl Cluster {
     /// Starts a new private cluster (for tests that stop or restart the server).
     pub fn start() -> Cluster {
+        Self::start_with(&ClusterOptions::default())
+    }
+
+    /// Starts a new private cluster with `options`.
+    pub fn start_with(options: &ClusterOptions) -> Cluster {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let bindir = bindir();
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
@@ -124,7 +142,12 @@ impl Cluster {
                 data.to_str().unwrap(),
                 "-U",
                 SUPERUSER,
-                "--auth=trust",
+                "--auth-local=trust",
+                if options.tcp {
+                    "--auth-host=scram-sha-256"
+                } else {
+                    "--auth-host=trust"
+                },
                 "-E",
                 "UTF8",
                 "--no-locale",
@@ -155,6 +178,15 @@ impl Cluster {
             .arg(port.to_string())
             .arg(&root)
             .arg(runas)
+            .arg(if options.tcp { "127.0.0.1" } else { "" })
+            .arg(
+                options
+                    .settings
+                    .iter()
+                    .map(|(k, v)| format!("-c {k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -165,6 +197,7 @@ impl Cluster {
             root,
             bindir,
             port,
+            tcp: options.tcp,
             control: Mutex::new(control),
             _supervisor: Mutex::new(child),
         };
@@ -293,6 +326,30 @@ impl Cluster {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The server log (everything the server wrote to stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("postgres.log")).unwrap_or_default()
+    }
+
+    /// Connection settings for `user` with `password` over TCP (127.0.0.1), for clusters started
+    /// with [`ClusterOptions::tcp`].
+    pub fn tcp_config(&self, dbname: &str, user: &str, password: &str) -> DbConfig {
+        assert!(
+            self.tcp,
+            "the cluster was started without ClusterOptions::tcp"
+        );
+        let port = self.port.to_string();
+        DbConfig::from_source(&Source::from_pairs([
+            ("DATABASE_HOST", "127.0.0.1"),
+            ("DATABASE_PORT", port.as_str()),
+            ("DATABASE_NAME", dbname),
+            ("DATABASE_USER", user),
+            ("DATABASE_PASSWORD", password),
+            ("DATABASE_SSLMODE", "disable"),
+        ]))
+        .unwrap()
     }
 
     pub fn db_config(&self, dbname: &str) -> DbConfig {
