@@ -6,6 +6,7 @@
 //! Only the collector parses Kick frames. It never writes `streamers`: what it learns (statuses,
 //! channel ids) is staged, and the writer applies it.
 
+pub mod cli;
 pub mod gaps;
 pub mod metrics;
 pub mod reconcile;

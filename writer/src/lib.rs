@@ -7,6 +7,7 @@
 //! once (see `apply` for how per-streamer order is kept).
 
 pub mod apply;
+pub mod cli;
 pub mod metrics;
 pub mod transition;
 
