@@ -15,10 +15,12 @@ pub enum DbCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Set up everything once, as the database superuser (`sudo -u postgres kick-admin db init`):
-    /// the database, its owner role kick_monitor, the migrations (run as the owner), the service
-    /// roles kick_collector, kick_writer and kick_webhooks with their grants; then print (or with
-    /// --write-hba, write) the pg_ident.conf map and pg_hba.conf line for peer authentication.
+    /// One-time set-up as the database superuser: database, roles, migrations, peer authentication.
+    ///
+    /// Run as `sudo -u postgres kick-admin db init`. Creates the database, its owner role
+    /// kick_monitor, runs the migrations as the owner, creates the service roles kick_collector,
+    /// kick_writer and kick_webhooks with their grants, then prints (or with --write-hba, writes)
+    /// the pg_ident.conf map and pg_hba.conf line for peer authentication.
     /// Idempotent: a second run changes nothing and says so. Passwords are optional and come from
     /// KICK_COLLECTOR_DB_PASSWORD, KICK_WRITER_DB_PASSWORD, KICK_WEBHOOKS_DB_PASSWORD and
     /// KICK_MONITOR_DB_PASSWORD (sent as SCRAM verifiers, never as plaintext). Without
@@ -33,8 +35,9 @@ pub enum DbCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Create or update the least-privilege login roles kick_collector, kick_writer and
-    /// kick_webhooks and their grants (part of `db init`). Passwords come from
+    /// Create or update the least-privilege service roles and their grants.
+    ///
+    /// The roles kick_collector, kick_writer and kick_webhooks (part of `db init`). Passwords come from
     /// KICK_COLLECTOR_DB_PASSWORD, KICK_WRITER_DB_PASSWORD and KICK_WEBHOOKS_DB_PASSWORD when set
     /// and are sent as SCRAM verifiers (roles without a password suit peer or cert
     /// authentication). Needs the database superuser or a role with CREATEROLE (exit 77 otherwise).
