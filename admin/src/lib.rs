@@ -11,7 +11,9 @@ use kick_shared::exit::{EXIT_CODES_HELP, Exit};
 
 mod config_cmd;
 pub mod db;
+pub mod db_init;
 mod probe;
+pub mod scram;
 mod secret_input;
 mod status;
 pub mod streamers;
@@ -102,7 +104,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         .await;
     }
     let needs_db_settings = matches!(cli.command, Command::Streamers(_) | Command::Probe { .. });
-    let mut config = Config::from_env_for(Service::Admin)?;
+    let as_superuser = matches!(
+        cli.command,
+        Command::Db(db::DbCommand::Init { .. } | db::DbCommand::Roles)
+    );
+    let mut config = if as_superuser {
+        Config::from_source(&superuser_defaults(
+            kick_shared::config::Source::from_env()?,
+            std::env::var("USER").ok(),
+        ))?
+    } else {
+        Config::from_env_for(Service::Admin)?
+    };
     kick_shared::logging::init(&kick_shared::config::LogConfig {
         // A CLI talks to a person: warnings and errors only, as text on stderr, unless asked.
         level: std::env::var("LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
@@ -116,6 +129,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         config = kick_shared::config::load_with_db(Service::Admin).await?;
     }
     run_with(cli, &config).await
+}
+
+/// `db init` and `db roles` are run by the database superuser, typically as
+/// `sudo -u postgres kick-admin db init` with no kick-monitor settings in its environment: without
+/// `DATABASE_URL`, unset variables default to the local Unix socket (`/var/run/postgresql`), the
+/// database `kick_monitor` and the OS user's name as the role (peer authentication).
+pub fn superuser_defaults(
+    mut src: kick_shared::config::Source,
+    os_user: Option<String>,
+) -> kick_shared::config::Source {
+    if src.get("DATABASE_URL").is_none() {
+        if src.get("DATABASE_HOST").is_none() {
+            src.set("DATABASE_HOST", "/var/run/postgresql");
+        }
+        if src.get("DATABASE_NAME").is_none() {
+            src.set("DATABASE_NAME", "kick_monitor");
+        }
+        if src.get("DATABASE_USER").is_none() {
+            src.set(
+                "DATABASE_USER",
+                os_user.unwrap_or_else(|| "postgres".into()),
+            );
+        }
+    }
+    src
 }
 
 /// Runs one command with the given configuration (what tests call).

@@ -1387,4 +1387,230 @@ async fn service_roles_have_least_privilege() {
     denied(writer.execute("SELECT value FROM config", &[]).await);
     denied(writer.execute("DELETE FROM streamers", &[]).await);
     denied(writer.execute("INSERT INTO raw_events (source, event_name, dedupe_key) VALUES ('admin', 'x', 'y')", &[]).await);
+    // The webhook receiver: stage events and read streamers, nothing else.
+    let webhooks = kick_shared::db::connect(&as_role("kick_webhooks"))
+        .await
+        .unwrap();
+    webhooks
+        .execute("INSERT INTO raw_events (source, event_name, kick_channel_id, dedupe_key) VALUES ('realtime', 'StreamerIsLive', 11, 'w') ON CONFLICT (dedupe_key) DO NOTHING", &[])
+        .await
+        .unwrap();
+    webhooks
+        .query("SELECT id, kick_channel_id FROM streamers", &[])
+        .await
+        .unwrap();
+    denied(webhooks.execute("SELECT 1 FROM collectors", &[]).await);
+    denied(webhooks.execute("SELECT 1 FROM coverage_gaps", &[]).await);
+    denied(
+        webhooks
+            .execute("UPDATE streamers SET status = 'online'", &[])
+            .await,
+    );
+    denied(webhooks.execute("SELECT value FROM config", &[]).await);
+}
+
+/// `db init` as the superuser on a cluster that logs every statement and accepts TCP logins with
+/// SCRAM only: everything is created once, tables belong to kick_monitor, a second run changes
+/// nothing, passwords never reach the server log in plaintext and work over TCP, the peer
+/// authentication lines are written once, and the permission and reachability failures map to
+/// 77 and 69.
+#[tokio::test]
+async fn db_init_sets_up_everything_once_and_passwords_stay_out_of_the_log() {
+    let cluster: &'static Cluster = Box::leak(Box::new(Cluster::start_with(
+        &kick_testkit::ClusterOptions {
+            tcp: true,
+            settings: vec![("log_statement".into(), "all".into())],
+        },
+    )));
+    const WRITER_PW: &str = "writer-Plaintext-7c1e";
+    const COLLECTOR_PW: &str = "collector-Plaintext-93ab";
+    let mut env = cluster.env("kick_init");
+    env.push(("KICK_WRITER_DB_PASSWORD".into(), WRITER_PW.into()));
+    let run = |env: Vec<(String, String)>, args: &'static [&'static str]| {
+        tokio::task::spawn_blocking(move || admin(&env, args))
+    };
+
+    let (code, out, err) = run(env.clone(), &["db", "init", "--json"]).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["changed"], true);
+    let outcome = |r: &serde_json::Value, what: &str| {
+        r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["what"] == what)
+            .map(|s| s["outcome"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("no step {what}: {r}"))
+    };
+    for role in [
+        "kick_monitor",
+        "kick_collector",
+        "kick_writer",
+        "kick_webhooks",
+    ] {
+        assert_eq!(outcome(&report, &format!("role {role}")), "created");
+    }
+    assert_eq!(outcome(&report, "database kick_init"), "created");
+    assert_eq!(outcome(&report, "password of kick_writer"), "set");
+    assert_eq!(
+        outcome(&report, "privileges of the service roles"),
+        "updated"
+    );
+    assert_eq!(report["hba"]["present"], false);
+    let hba_line = report["hba"]["lines"][1].as_str().unwrap();
+    assert_eq!(
+        hba_line,
+        "local  kick_init  kick_monitor,kick_collector,kick_writer,kick_webhooks  peer map=kick-monitor"
+    );
+
+    let foreign = cluster.psql(
+        "kick_init",
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = 'public' AND c.relkind IN ('r', 'v', 'S')
+            AND pg_get_userbyid(c.relowner) <> 'kick_monitor'",
+    );
+    assert_eq!(foreign, "0", "every table belongs to the owner role");
+    assert_eq!(
+        cluster.psql(
+            "postgres",
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'kick_init'"
+        ),
+        "kick_monitor"
+    );
+
+    // A second run, same password: nothing changes, and the human output says so.
+    let (code, out, err) = run(env.clone(), &["db", "init"]).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("nothing to do: already initialised"), "{out}");
+    assert!(out.contains("unchanged  password of kick_writer"), "{out}");
+    assert!(out.contains(hba_line), "the line to add is printed: {out}");
+
+    // `db roles` with a password for the collector, as the superuser.
+    let mut roles_env = cluster.env("kick_init");
+    roles_env.push(("KICK_COLLECTOR_DB_PASSWORD".into(), COLLECTOR_PW.into()));
+    let (code, out, err) = run(roles_env, &["db", "roles"]).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("set        password of kick_collector"),
+        "{out}"
+    );
+
+    // The server logged every statement, and the plaintext passwords are in none of them.
+    let log = cluster.log();
+    assert!(
+        log.contains("ALTER ROLE kick_writer PASSWORD 'SCRAM-SHA-256$4096:"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(WRITER_PW) && !log.contains(COLLECTOR_PW),
+        "{log}"
+    );
+
+    // Both roles log in over TCP with SCRAM; a wrong password does not.
+    for (role, pw) in [("kick_writer", WRITER_PW), ("kick_collector", COLLECTOR_PW)] {
+        let client = kick_shared::db::connect(&cluster.tcp_config("kick_init", role, pw))
+            .await
+            .unwrap_or_else(|e| panic!("{role}: {e}"));
+        let me: String = client
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(me, role);
+        assert!(
+            kick_shared::db::connect(&cluster.tcp_config("kick_init", role, "wrong"))
+                .await
+                .is_err()
+        );
+    }
+
+    // Not a superuser: 77 with a hint, for db init and for db roles.
+    let tcp_env = |user: &str, pw: &str| {
+        vec![
+            ("DATABASE_HOST".to_owned(), "127.0.0.1".to_owned()),
+            ("DATABASE_PORT".into(), cluster.port().to_string()),
+            ("DATABASE_NAME".into(), "kick_init".into()),
+            ("DATABASE_USER".into(), user.into()),
+            ("DATABASE_PASSWORD".into(), pw.into()),
+            ("DATABASE_SSLMODE".into(), "disable".into()),
+        ]
+    };
+    let (code, out, err) = run(tcp_env("kick_writer", WRITER_PW), &["db", "init"])
+        .await
+        .unwrap();
+    assert_eq!(code, 77, "{out}{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("sudo -u postgres kick-admin db init"), "{err}");
+    let mut as_writer = tcp_env("kick_writer", WRITER_PW);
+    as_writer.push(("KICK_COLLECTOR_DB_PASSWORD".into(), "x".into()));
+    let (code, _, err) = run(as_writer, &["db", "roles"]).await.unwrap();
+    assert_eq!(code, 77, "{err}");
+    assert!(
+        err.contains("sudo -u postgres kick-admin db roles"),
+        "{err}"
+    );
+
+    // Unreachable: 69.
+    let mut gone = cluster.env("kick_init");
+    gone.retain(|(k, _)| k != "DATABASE_HOST");
+    gone.push((
+        "DATABASE_HOST".into(),
+        "/nonexistent-kick-socket-dir".into(),
+    ));
+    let (code, _, err) = run(gone, &["db", "init"]).await.unwrap();
+    assert_eq!(code, 69, "{err}");
+
+    // --write-hba: written once, reloaded, then present.
+    let (code, out, err) = run(env.clone(), &["db", "init", "--write-hba", "--json"])
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["hba"]["written"], true, "{report}");
+    assert_eq!(report["ident"]["written"], true, "{report}");
+    let hba_file = report["hba"]["file"].as_str().unwrap();
+    let hba = std::fs::read_to_string(hba_file).unwrap();
+    let ours = hba.find(hba_line).expect("line written");
+    let local_all = hba
+        .lines()
+        .position(|l| l.split_whitespace().take(3).collect::<Vec<_>>() == ["local", "all", "all"])
+        .unwrap();
+    let ours_line = hba[..ours].lines().count();
+    assert!(ours_line < local_all, "{hba}");
+    let ident = std::fs::read_to_string(report["ident"]["file"].as_str().unwrap()).unwrap();
+    assert!(
+        ident.contains("kick-monitor  kick-monitor  kick_collector"),
+        "{ident}"
+    );
+    let (code, out, _) = run(env.clone(), &["db", "init", "--write-hba"])
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("nothing to do"), "{out}");
+    assert!(
+        out.contains("pg_hba.conf (") && out.contains("): present"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_to_string(hba_file).unwrap(), hba);
+
+    // The map is in force: as root, peer authentication lets this process in as kick_monitor
+    // (the `sudo kick-admin` path) but not as a service role.
+    if Command::new("id").arg("-u").output().unwrap().stdout == b"0\n" {
+        let as_role = |role: &str| {
+            let mut cfg = cluster.db_config("kick_init");
+            cfg.pg.user(role);
+            cfg
+        };
+        kick_shared::db::connect(&as_role("kick_monitor"))
+            .await
+            .expect("root maps to kick_monitor");
+        let err = kick_shared::db::connect(&as_role("kick_writer"))
+            .await
+            .expect_err("root does not map to kick_writer");
+        assert!(
+            err.to_string().contains("Peer authentication failed"),
+            "{err}"
+        );
+    }
 }

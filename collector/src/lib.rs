@@ -12,6 +12,7 @@
 //! configuration is valid and its spool can take events; it then waits for the database (for the
 //! settings stored there and the schema check) without ever running on defaults.
 
+pub mod cli;
 pub mod ctx;
 pub mod gaps;
 pub mod heartbeat;

@@ -14,6 +14,7 @@
 //! and again on every `config_changed`.
 
 pub mod apply;
+pub mod cli;
 pub mod metrics;
 pub mod transition;
 

@@ -28,10 +28,12 @@ const TEMPLATE: &str = "kick_template";
 
 const SUPERVISOR: &str = r#"
 set -u
-bindir=$1; data=$2; sock=$3; port=$4; root=$5; runas=$6; listen=$7
+bindir=$1; data=$2; sock=$3; port=$4; root=$5; runas=$6; listen=$7; extra=$8
 pid=
 start() {
-  $runas "$bindir/postgres" -D "$data" -k "$sock" -p "$port" -c "listen_addresses=$listen" \
+  # $extra is a list of "-c name=value" words (values without spaces): split on purpose.
+  # shellcheck disable=SC2086
+  $runas "$bindir/postgres" -D "$data" -k "$sock" -p "$port" -c "listen_addresses=$listen" $extra \
     -c fsync=on -c synchronous_commit=on -c max_connections=400 -c shared_buffers=64MB \
     -c unix_socket_permissions=0777 -c log_min_messages=warning >>"$root/postgres.log" 2>&1 &
   pid=$!
@@ -138,20 +140,43 @@ fn run_as() -> Option<(u32, u32)> {
     Some((f[2].parse().unwrap(), f[3].parse().unwrap()))
 }
 
+/// Options of [`Cluster::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Also listen on 127.0.0.1 at [`Cluster::port`], where clients must authenticate with
+    /// scram-sha-256 (the Unix socket stays trust for the superuser).
+    pub tcp: bool,
+    /// Extra server settings, e.g. `("log_statement", "all")`; values must not contain spaces.
+    pub settings: Vec<(String, String)>,
+}
+
 impl Cluster {
     /// Starts a new private cluster (for tests that stop or restart the server).
     pub fn start() -> Cluster {
-        Self::start_with(None, &[])
+        Self::start_inner(None, &[], &[])
     }
 
     /// Starts a new private cluster that also listens on 127.0.0.1 at a free port, as `tcp`
     /// says. `hba_rules` go first in `pg_hba.conf`, before the rules that let `kick_test` in
     /// without a password (e.g. a rule asking one role for a password).
     pub fn start_tcp(tcp: Tcp, hba_rules: &[&str]) -> Cluster {
-        Self::start_with(Some(tcp), hba_rules)
+        Self::start_inner(Some(tcp), hba_rules, &[])
     }
 
-    fn start_with(tcp: Option<Tcp>, hba_rules: &[&str]) -> Cluster {
+    /// Starts a new private cluster with `options`.
+    pub fn start_with(options: &ClusterOptions) -> Cluster {
+        if options.tcp {
+            Self::start_inner(
+                Some(Tcp::Plain),
+                &["host all all 127.0.0.1/32 scram-sha-256"],
+                &options.settings,
+            )
+        } else {
+            Self::start_inner(None, &[], &options.settings)
+        }
+    }
+
+    fn start_inner(tcp: Option<Tcp>, hba_rules: &[&str], settings: &[(String, String)]) -> Cluster {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let bindir = bindir();
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
@@ -238,6 +263,13 @@ impl Cluster {
             .arg(&root)
             .arg(runas)
             .arg(listen)
+            .arg(
+                settings
+                    .iter()
+                    .map(|(k, v)| format!("-c {k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -380,6 +412,26 @@ impl Cluster {
     pub fn resume(&self) {
         self.command("resume");
         std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("postgres.log")).unwrap_or_default()
+    }
+
+    /// Connection settings for `user` with `password` over TCP (127.0.0.1), for clusters started
+    /// with [`ClusterOptions::tcp`].
+    pub fn tcp_config(&self, dbname: &str, user: &str, password: &str) -> DbConfig {
+        let port = self.port.to_string();
+        DbConfig::from_source(&Source::from_pairs([
+            ("DATABASE_HOST", "127.0.0.1"),
+            ("DATABASE_PORT", port.as_str()),
+            ("DATABASE_NAME", dbname),
+            ("DATABASE_USER", user),
+            ("DATABASE_PASSWORD", password),
+            ("DATABASE_SSLMODE", "disable"),
+        ]))
+        .unwrap()
     }
 
     /// The socket directory (the host for clients) and port.
