@@ -247,7 +247,12 @@ impl Placement {
         let Some(&s) = self.owner.get(&ch) else {
             return;
         };
-        if self.serves(&self.sockets[s], ch) {
+        let sock = &self.sockets[s];
+        // A general socket that has not connected yet may well end up where the channel is
+        // served: decide once it has (`re_place`), never move a channel for nothing.
+        let undecided =
+            sock.server.is_none() && sock.shared.connected_url.lock().unwrap().is_none();
+        if undecided || self.serves(sock, ch) {
             return;
         }
         self.owner.remove(&ch);
