@@ -181,6 +181,8 @@ const GRANTS: &str = "
     GRANT SELECT ON refinery_schema_history TO kick_collector, kick_writer, kick_webhooks;
     GRANT SELECT, INSERT, UPDATE, DELETE ON channel_coverage, channel_regions TO kick_collector;
     GRANT SELECT ON v_streamer_status TO kick_collector, kick_writer, kick_webhooks;
+    GRANT SELECT, INSERT, UPDATE, DELETE ON webhook_subscriptions TO kick_webhooks;
+    GRANT SELECT ON webhook_subscriptions TO kick_collector;
 ";
 
 /// Every privilege on the database, its public schema and the objects in it, as one string: equal

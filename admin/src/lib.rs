@@ -18,6 +18,7 @@ mod secret_input;
 mod status;
 pub mod streamers;
 mod table;
+pub mod webhooks;
 
 pub use config_cmd::ConfigCommand;
 
@@ -60,6 +61,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Kick's webhook subscriptions: list them, or sync them with the enabled streamers.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -103,7 +107,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         )
         .await;
     }
-    let needs_db_settings = matches!(cli.command, Command::Streamers(_) | Command::Probe { .. });
+    let needs_db_settings = matches!(
+        cli.command,
+        Command::Streamers(_) | Command::Probe { .. } | Command::Webhooks(_)
+    );
     let as_superuser = matches!(
         cli.command,
         Command::Db(db::DbCommand::Init { .. } | db::DbCommand::Roles)
@@ -170,6 +177,7 @@ pub async fn run_with(cli: Cli, config: &Config) -> anyhow::Result<Exit> {
         } => probe::run(config, &slug, channel_id, json)
             .await
             .context("probe"),
+        Command::Webhooks(cmd) => webhooks::run(cmd, config).await.context("webhooks"),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(

@@ -24,6 +24,7 @@ pub mod reconcile;
 pub mod rows;
 pub mod spool;
 pub mod stager;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,7 +60,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
 
 /// The state subdirectory for one database (`<name>-<hash of host, port and name>`): a collector
 /// never replays another database's spool.
-fn state_subdir(db: &DbConfig) -> String {
+pub(crate) fn state_subdir(db: &DbConfig) -> String {
     use std::hash::{Hash, Hasher};
     let target = db.describe();
     let without_user = target.split_once('@').map_or(target.as_str(), |(_, t)| t);
@@ -169,10 +170,13 @@ pub async fn run_with_metrics(
         metrics.task_restarts.clone(),
     );
     let (stager_handle, stager) = stager::new(
-        cfg.database.clone(),
-        collector_id.clone(),
-        cfg.batch_size,
-        BUFFER,
+        stager::Settings {
+            db: cfg.database.clone(),
+            program: "kick-collector",
+            id: collector_id.clone(),
+            batch_size: cfg.batch_size,
+            capacity: BUFFER,
+        },
         spool,
         metrics.clone(),
         health.clone(),

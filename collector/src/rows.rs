@@ -56,6 +56,42 @@ pub struct Staged {
     /// When the frame arrived, for the frame → staged latency (not persisted).
     #[serde(skip, default = "Instant::now")]
     pub arrived: Instant,
+    /// Who waits to hear that the row is durable (the webhook receiver answers Kick only then).
+    #[serde(skip)]
+    pub ack: Option<Ack>,
+}
+
+/// How durable a staged row became.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Committed in `raw_events` (or found there already: a duplicate).
+    Committed,
+    /// Written to the local spool (fsync'd): replayed once the database answers.
+    Spooled,
+}
+
+/// The waiting side of an acknowledgement: dropped unanswered means refused (buffer or spool
+/// full).
+pub type AckWait = tokio::sync::oneshot::Receiver<Durability>;
+
+/// The answering side, shared by the copies of a row (the first answer wins).
+#[derive(Debug, Clone)]
+pub struct Ack(std::sync::Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Durability>>>>);
+
+impl Ack {
+    pub fn new() -> (Ack, AckWait) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (
+            Ack(std::sync::Arc::new(std::sync::Mutex::new(Some(tx)))),
+            rx,
+        )
+    }
+
+    pub fn answer(&self, d: Durability) {
+        if let Some(tx) = self.0.lock().unwrap().take() {
+            let _ = tx.send(d);
+        }
+    }
 }
 
 /// Text made safe for PostgreSQL: NUL replaced by U+FFFD, cut to `max` characters. Returns
@@ -114,6 +150,7 @@ fn base(source: Source, name: &str, key: String, observed_at: DateTime<Utc>) -> 
         received_at: None,
         outcome: None,
         arrived: Instant::now(),
+        ack: None,
     }
 }
 
@@ -318,6 +355,46 @@ pub fn slug_changed(user_id: i64, old: &str, new: &str, observed_at: DateTime<Ut
             Source::Api,
             event_name::SLUG_CHANGED,
             format!("slug:{user_id}:{new_safe}"),
+            observed_at,
+        )
+    }
+}
+
+/// A verified `livestream.status.updated` delivery. The message id is Kick's idempotency key:
+/// the same delivery repeated any number of times is staged once. The session's start is kept
+/// in the payload (`started_at`): the writer pairs starts and ends by it, so a delivery delayed
+/// by an hour never overrides a newer session.
+pub fn webhook(
+    message_id: &str,
+    body: &kick_shared::kick::webhook::StatusUpdated,
+    observed_at: DateTime<Utc>,
+) -> Staged {
+    let mut orig = Originals::default();
+    let title = body
+        .title
+        .as_deref()
+        .map(|t| orig.text("title", t, MAX_TEXT_CHARS));
+    let slug = body
+        .broadcaster
+        .channel_slug
+        .as_deref()
+        .map(|t| orig.text("channel_slug", t, 100));
+    let (name, event_time) = if body.is_live {
+        (event_name::STREAMER_IS_LIVE, body.started_at)
+    } else {
+        (event_name::STOP_STREAM_BROADCAST, body.ended_at)
+    };
+    let payload = json!({"message_id": message_id, "is_live": body.is_live,
+        "started_at": body.started_at, "ended_at": body.ended_at, "title": title,
+        "broadcaster": {"user_id": body.broadcaster.user_id, "channel_slug": slug}});
+    Staged {
+        user_id: Some(body.broadcaster.user_id),
+        event_time,
+        payload: orig.into_payload(payload),
+        ..base(
+            Source::Webhook,
+            name,
+            format!("wh:{message_id}"),
             observed_at,
         )
     }

@@ -33,13 +33,12 @@ use chrono::{DateTime, Utc};
 use kick_shared::config::DbConfig;
 use kick_shared::db;
 use kick_shared::health::Health;
-use kick_shared::model::Source;
 use tokio::sync::{Mutex, mpsc};
 use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::CollectorMetrics;
-use crate::rows::{self, Staged};
+use crate::rows::{self, Durability, Staged};
 use crate::spool::{Spool, SpoolError};
 
 /// An insert without an answer for this long is given up: the database is hung (the server's
@@ -122,6 +121,8 @@ impl StagerStatus {
 #[derive(Debug)]
 pub struct Stager {
     db: DbConfig,
+    /// The program staging (`application_name` of its sessions).
+    program: &'static str,
     collector_id: String,
     batch_size: usize,
     metrics: Arc<CollectorMetrics>,
@@ -141,16 +142,33 @@ struct State {
     outage: Option<(Instant, DateTime<Utc>, String)>,
 }
 
-/// Creates the stager: `capacity` bounds the events waiting in memory; `spool` takes the rest.
+/// Who stages where, and how much.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub db: DbConfig,
+    /// The program (`application_name` of its database sessions).
+    pub program: &'static str,
+    /// `raw_events.collector_id` of its rows.
+    pub id: String,
+    pub batch_size: usize,
+    /// Events waiting in memory at most; the spool takes the rest.
+    pub capacity: usize,
+}
+
+/// Creates the stager.
 pub fn new(
-    db: DbConfig,
-    collector_id: String,
-    batch_size: usize,
-    capacity: usize,
+    settings: Settings,
     spool: Spool,
     metrics: Arc<CollectorMetrics>,
     health: Arc<Health>,
 ) -> (StagerHandle, Arc<Stager>) {
+    let Settings {
+        db,
+        program,
+        id: collector_id,
+        batch_size,
+        capacity,
+    } = settings;
     let (tx, rx) = mpsc::channel(capacity);
     let handle = StagerHandle {
         tx,
@@ -159,6 +177,7 @@ pub fn new(
     let spool_oldest = (!spool.is_empty()).then(Utc::now);
     let stager = Arc::new(Stager {
         db,
+        program,
         collector_id,
         batch_size: batch_size.max(1),
         metrics,
@@ -193,15 +212,15 @@ struct Conn {
     insert: tokio_postgres::Statement,
 }
 
-async fn connect(db: &DbConfig) -> Result<Conn, db::DbError> {
+async fn connect(db: &DbConfig, program: &'static str) -> Result<Conn, db::DbError> {
     let client = db::connect(db).await?;
     // The statement timeout ends a query the server accepted but cannot finish (a lock held
-    // elsewhere); a hung server is caught on our side by STALL.
+    // elsewhere); a hung server is caught on our side by STALL. `program` is our constant.
     client
-        .batch_execute(
-            "SET application_name = 'kick-collector'; SET synchronous_commit = on;
-             SET plan_cache_mode = force_generic_plan; SET statement_timeout = '15s'",
-        )
+        .batch_execute(&format!(
+            "SET application_name = '{program}'; SET synchronous_commit = on;
+             SET plan_cache_mode = force_generic_plan; SET statement_timeout = '15s'"
+        ))
         .await?;
     let insert = client.prepare(INSERT).await?;
     Ok(Conn { client, insert })
@@ -279,7 +298,7 @@ fn db_time(local: DateTime<Utc>, skew_ms: i64) -> DateTime<Utc> {
 fn rejected(row: &Staged, reason: &str) -> Staged {
     let original = serde_json::to_vec(row).unwrap_or_default();
     let mut r = rows::rejected_frame("staging", reason, &original, row.observed_at);
-    r.source = Source::Realtime;
+    r.source = row.source;
     r.channel_id = row.channel_id.filter(|c| *c > 0);
     r.user_id = row.user_id.filter(|u| *u > 0);
     r
@@ -476,6 +495,9 @@ impl Stager {
                     self.metrics
                         .stage_latency
                         .observe(now.duration_since(ev.arrived).as_secs_f64());
+                    if let Some(a) = &ev.ack {
+                        a.answer(Durability::Committed);
+                    }
                 }
                 self.metrics.staged.add(done.inserted);
                 self.metrics.rejected.add(done.rejected);
@@ -531,9 +553,9 @@ impl Stager {
         st: &mut State,
         shutdown: &CancellationToken,
     ) -> Result<Conn, String> {
-        let db = self.db.clone();
+        let (db, program) = (self.db.clone(), self.program);
         let probe = tokio::time::timeout(PROBE_TIMEOUT, async move {
-            let c = connect(&db).await.map_err(|e| e.to_string())?;
+            let c = connect(&db, program).await.map_err(|e| e.to_string())?;
             c.client
                 .simple_query("SELECT 1")
                 .await
@@ -588,6 +610,11 @@ impl Stager {
         let oldest = rows.iter().map(|r| r.observed_at).min();
         match st.spool.append(&rows) {
             Ok(()) => {
+                for r in &rows {
+                    if let Some(a) = &r.ack {
+                        a.answer(Durability::Spooled);
+                    }
+                }
                 if st.spool_oldest.is_none() {
                     st.spool_oldest = oldest;
                 }

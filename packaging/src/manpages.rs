@@ -1,10 +1,10 @@
 //! `kick-manpages OUTDIR`: writes section-1 man pages for kick-admin (and one page per
-//! subcommand, `kick-admin-db.1`, `kick-admin-db-init.1`, …), kick-collector and kick-writer,
-//! rendered by clap_mangen from the same `Cli` definitions the binaries parse, so `--help` and
+//! subcommand, `kick-admin-db.1`, `kick-admin-db-init.1`, …), kick-collector, kick-writer and
+//! kick-webhooks, rendered by clap_mangen from the same `Cli` definitions the binaries parse, so `--help` and
 //! `man` never disagree. `scripts/package` runs it and gzips the pages into the .deb.
 //!
 //! A separate binary rather than a hidden subcommand: the services stay free of a man-page
-//! renderer, and one program covers all three commands.
+//! renderer, and one program covers every command.
 
 use std::path::PathBuf;
 
@@ -22,6 +22,7 @@ fn main() -> anyhow::Result<()> {
         kick_admin::Cli::command(),
         kick_collector::cli::Cli::command(),
         kick_writer::cli::Cli::command(),
+        kick_collector::webhooks::cli::Cli::command(),
     ] {
         let name = cmd.get_name().to_owned();
         clap_mangen::generate_to(cmd, &out)

@@ -470,6 +470,18 @@ pub struct Config {
     pub channel_lookup: ChannelLookup,
     /// `KICK_SITE_URL` (default `https://kick.com`): Kick's website, for `KICK_CHANNEL_LOOKUP`.
     pub site_url: String,
+    /// `WEBHOOKS` (`off`, the default, or `on`): whether the webhook receiver keeps Kick's
+    /// subscriptions in sync with the enabled streamers (an operator without a public endpoint
+    /// leaves it off).
+    pub webhooks: bool,
+    /// `WEBHOOK_LISTEN` (default `127.0.0.1:8095`): where `kick-webhooks` listens (plain HTTP,
+    /// behind the operator's TLS reverse proxy).
+    pub webhook_listen: SocketAddr,
+    /// `WEBHOOK_PATH` (default `/kick/webhook`): the path deliveries are POSTed to.
+    pub webhook_path: String,
+    /// `KICK_WEBHOOK_PUBLIC_KEY_FILE`: Kick's webhook public key (PEM) from a file instead of
+    /// `GET {KICK_API_URL}/public/v1/public-key`.
+    pub webhook_public_key_file: Option<PathBuf>,
     /// The environment (and `.env`) this configuration was made from: the services merge the
     /// `config` table under it again whenever the table changes.
     pub env: Source,
@@ -574,6 +586,42 @@ impl Config {
                 ));
             }
         };
+        let webhooks = match src.get("WEBHOOKS").map(str::trim) {
+            None | Some("off") => false,
+            Some("on") => true,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "WEBHOOKS",
+                    format!("'{}' is not one of off, on", shown(other)),
+                ));
+            }
+        };
+        let webhook_listen: SocketAddr = match src.get("WEBHOOK_LISTEN") {
+            None => SocketAddr::from(([127, 0, 0, 1], 8095)),
+            Some(v) => v.trim().parse().map_err(|_| {
+                ConfigError::new(
+                    "WEBHOOK_LISTEN",
+                    format!("'{}' is not an address like 127.0.0.1:8095", shown(v)),
+                )
+            })?,
+        };
+        let webhook_path = src
+            .get("WEBHOOK_PATH")
+            .unwrap_or("/kick/webhook")
+            .trim()
+            .to_owned();
+        if !webhook_path.starts_with('/')
+            || webhook_path.len() > 200
+            || webhook_path.contains(char::is_whitespace)
+        {
+            return Err(ConfigError::new(
+                "WEBHOOK_PATH",
+                format!(
+                    "'{}' is not a path like /kick/webhook",
+                    shown(&webhook_path)
+                ),
+            ));
+        }
         let spool_max_mb: u64 = src.parse(
             "KICK_SPOOL_MAX_MB",
             256,
@@ -610,6 +658,10 @@ impl Config {
             region_refresh: src.duration("KICK_REGION_REFRESH", Duration::from_secs(6 * 3600))?,
             channel_lookup,
             site_url: src.url("KICK_SITE_URL", DEFAULT_SITE_URL, &["http", "https"])?,
+            webhooks,
+            webhook_listen,
+            webhook_path,
+            webhook_public_key_file: src.get("KICK_WEBHOOK_PUBLIC_KEY_FILE").map(PathBuf::from),
             env: src.clone(),
             service,
         })
@@ -657,6 +709,7 @@ pub const DB_SETTINGS: &[&str] = &[
     "KICK_REGION_REFRESH",
     "KICK_CHANNEL_LOOKUP",
     "KICK_SITE_URL",
+    "WEBHOOKS",
 ];
 
 impl Source {

@@ -101,6 +101,9 @@ pub fn exit_for(err: &anyhow::Error) -> Exit {
         if let Some(e) = cause.downcast_ref::<crate::crypto::CryptoError>() {
             return e.exit();
         }
+        if let Some(e) = cause.downcast_ref::<crate::kick::subscriptions::SyncError>() {
+            return e.exit();
+        }
     }
     Exit::Software
 }

@@ -37,7 +37,8 @@ impl Statements {
             claim: c
                 .prepare(
                     "SELECT id, source, event_name, kick_channel_id, kick_user_id, livestream_id, event_time, received_at,
-                            payload->>'reason' AS reason, payload->>'slug' AS slug
+                            payload->>'reason' AS reason, payload->>'slug' AS slug,
+                            payload->>'started_at' AS payload_started_at
                      FROM raw_events WHERE processed_at IS NULL
                      ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 )
@@ -45,7 +46,8 @@ impl Statements {
             claim_ids: c
                 .prepare(
                     "SELECT id, source, event_name, kick_channel_id, kick_user_id, livestream_id, event_time, received_at,
-                            payload->>'reason' AS reason, payload->>'slug' AS slug
+                            payload->>'reason' AS reason, payload->>'slug' AS slug,
+                            payload->>'started_at' AS payload_started_at
                      FROM raw_events WHERE id = ANY($1) AND processed_at IS NULL
                      ORDER BY id FOR UPDATE SKIP LOCKED",
                 )
@@ -80,7 +82,7 @@ impl Statements {
                         pending_offline_raw_id = u.pending_raw, pending_offline_source = u.pending_src,
                         status_changed_at = coalesce(u.changed_at, s.status_changed_at),
                         last_event_at = coalesce(u.event_at, s.last_event_at),
-                        live_started_at = coalesce(u.started_at, s.live_started_at),
+                        live_started_at = u.started_at,
                         kick_channel_id = coalesce(s.kick_channel_id, u.learned_channel),
                         status_reason = CASE WHEN u.reason_set THEN u.reason ELSE s.status_reason END,
                         updated_at = now()
@@ -121,8 +123,10 @@ impl Statements {
     }
 }
 
-const STREAMER_COLUMNS: &str = "SELECT id, username, kick_user_id, kick_channel_id, status, livestream_id,
-    last_observed_at, status_source, pending_offline_at, pending_offline_raw_id, pending_offline_source
+const STREAMER_COLUMNS: &str =
+    "SELECT id, username, kick_user_id, kick_channel_id, status, livestream_id,
+    live_started_at, last_observed_at, status_source, pending_offline_at, pending_offline_raw_id,
+    pending_offline_source
     FROM streamers";
 
 /// A locked streamer and its state as the batch changes it.
@@ -136,7 +140,6 @@ struct Streamer {
     dirty: bool,
     changed_at: Option<DateTime<Utc>>,
     event_at: Option<DateTime<Utc>>,
-    started_at: Option<DateTime<Utc>>,
     /// A realtime channel id learned from an event that also names the user (API rows).
     learned_channel: Option<i64>,
     notify: bool,
@@ -151,32 +154,33 @@ fn parse_source(s: Option<String>) -> Option<Source> {
 
 impl Streamer {
     fn from_row(r: &tokio_postgres::Row) -> Self {
-        let status: String = r.get(4);
-        let pending_at: Option<DateTime<Utc>> = r.get(8);
-        let pending_offline = match (pending_at, r.get::<_, Option<i64>>(9)) {
+        let status: String = r.get("status");
+        let pending_at: Option<DateTime<Utc>> = r.get("pending_offline_at");
+        let pending_raw: Option<i64> = r.get("pending_offline_raw_id");
+        let pending_offline = match (pending_at, pending_raw) {
             (Some(since), Some(raw_id)) => Some(PendingOffline {
                 since,
                 raw_id,
-                source: parse_source(r.get(10)).unwrap_or(Source::Realtime),
+                source: parse_source(r.get("pending_offline_source")).unwrap_or(Source::Realtime),
             }),
             _ => None,
         };
         Streamer {
-            id: r.get(0),
-            username: r.get(1),
-            user_id: r.get(2),
-            channel_id: r.get(3),
+            id: r.get("id"),
+            username: r.get("username"),
+            user_id: r.get("kick_user_id"),
+            channel_id: r.get("kick_channel_id"),
             state: State {
                 status: status.parse().unwrap_or(Status::Unknown),
-                livestream_id: r.get(5),
-                observed_at: r.get(6),
-                source: parse_source(r.get(7)),
+                livestream_id: r.get("livestream_id"),
+                started_at: r.get("live_started_at"),
+                observed_at: r.get("last_observed_at"),
+                source: parse_source(r.get("status_source")),
                 pending_offline,
             },
             dirty: false,
             changed_at: None,
             event_at: None,
-            started_at: None,
             learned_channel: None,
             notify: false,
             reason_set: false,
@@ -218,6 +222,7 @@ fn decode_row(r: &tokio_postgres::Row) -> Staged {
     let event_time: Option<DateTime<Utc>> = r.get("event_time");
     let received_at: DateTime<Utc> = r.get("received_at");
     let slug: Option<String> = r.get("slug");
+    let payload_started_at: Option<String> = r.get("payload_started_at");
     let event = (|| {
         let source: Source = source.parse()?;
         let signal = match name.as_str() {
@@ -243,12 +248,23 @@ fn decode_row(r: &tokio_postgres::Row) -> Staged {
         if channel_id.is_none() && user_id.is_none() {
             return Err("neither kick_channel_id nor kick_user_id is set".into());
         }
+        // The session's start: a webhook names it in both deliveries; a live elsewhere
+        // carries it as its event time.
+        let session_start = match (source, signal) {
+            (Source::Webhook, Signal::Live { .. } | Signal::Offline { .. }) => payload_started_at
+                .as_deref()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc)),
+            (_, Signal::Live { .. }) => event_time,
+            _ => None,
+        };
         Ok(Kind::Status(Event {
             raw_id: id,
             signal,
             source,
             observed_at: received_at,
             occurred_at: event_time.unwrap_or(received_at),
+            session_start,
         }))
     })();
     Staged {
@@ -500,9 +516,6 @@ fn record(
                 .take(300)
                 .collect()
         });
-        if new == Status::Online {
-            streamer.started_at = Some(ev.occurred_at);
-        }
         writes.history.push(HistoryRow {
             streamer_id: streamer.id,
             previous: prev,
@@ -546,7 +559,8 @@ async fn write_streamers(
             .collect();
         let changed: Vec<Option<DateTime<Utc>>> = dirty.iter().map(|s| s.changed_at).collect();
         let event_at: Vec<Option<DateTime<Utc>>> = dirty.iter().map(|s| s.event_at).collect();
-        let started: Vec<Option<DateTime<Utc>>> = dirty.iter().map(|s| s.started_at).collect();
+        let started: Vec<Option<DateTime<Utc>>> =
+            dirty.iter().map(|s| s.state.started_at).collect();
         let learned: Vec<Option<i64>> = dirty.iter().map(|s| s.learned_channel).collect();
         let reason_set: Vec<bool> = dirty.iter().map(|s| s.reason_set).collect();
         let reason: Vec<Option<&str>> = dirty.iter().map(|s| s.reason.as_deref()).collect();
@@ -632,6 +646,7 @@ pub async fn confirm_due_offlines(
                 source: p.source,
                 observed_at: s.state.observed_at.unwrap_or(p.since),
                 occurred_at: p.since,
+                session_start: None,
             };
             record(s, &d, &ev, None, &mut writes);
         }

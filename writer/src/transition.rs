@@ -7,10 +7,17 @@
 //!   ids order the sessions, whatever any clock says. A live of a newer session wins (even if we
 //!   never saw the previous one end); a live of the session that already ended, or anything about
 //!   an older session, is `stale`.
-//! - Otherwise (the official API has no livestream ids; outages have none) the database's clock
-//!   orders: an event received before the state's own observation is `stale` (it was delayed,
-//!   e.g. replayed from a collector's spool). Times are the database's (`raw_events.received_at`),
-//!   never a collector's wall clock.
+//! - Then, for a webhook delivery, Kick's session start times: a delivery carries no livestream
+//!   id but names its session by `started_at` (the end delivery too). When the state knows the
+//!   start of its session, starts within [`SAME_SESSION`] are one session and otherwise order the
+//!   sessions exactly like ids do. A webhook delivered an hour late is thereby still recognised as
+//!   the old session it is. (The official API is the reconciling truth and keeps its clock rules
+//!   below: after the lag guard it wins, whatever start it reports.)
+//! - Otherwise (outages carry nothing) the database's clock orders: an event received before
+//!   the state's own observation is `stale` (it was delayed, e.g. replayed from a collector's
+//!   spool). Times are the database's (`raw_events.received_at`), never a collector's wall clock.
+//!   A webhook's arrival says nothing (deliveries come minutes to hours late): it is ordered by
+//!   Kick's own time of the event (`started_at` / `ended_at`) instead.
 //! - The official API lags Kick's realtime feed by seconds, so an API poll that contradicts a
 //!   realtime event observed less than [`Rules::api_lag_guard`] earlier is `stale`; the collector
 //!   checks such differences again once the API has caught up.
@@ -19,6 +26,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kick_shared::model::{Source, Status};
+
+/// Two session start times this close are the same session: Kick's realtime feed, its API and
+/// its webhooks report one start, at different precisions (whole seconds or microseconds). A
+/// streamer restarting within this is taken as one session (the livestream ids, where known,
+/// still tell them apart).
+pub const SAME_SESSION: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 
 /// What a staged event says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +63,8 @@ pub struct Event {
     pub observed_at: DateTime<Utc>,
     /// When it happened according to Kick (stream start for a live), else the observation.
     pub occurred_at: DateTime<Utc>,
+    /// Kick's start time of the session the event is about (lives; a webhook's end delivery).
+    pub session_start: Option<DateTime<Utc>>,
 }
 
 /// An offline waiting out the grace period.
@@ -66,6 +81,8 @@ pub struct State {
     pub status: Status,
     /// The current session, or the last one that ended.
     pub livestream_id: Option<i64>,
+    /// Kick's start time of that session, where known.
+    pub started_at: Option<DateTime<Utc>>,
     pub observed_at: Option<DateTime<Utc>>,
     pub source: Option<Source>,
     pub pending_offline: Option<PendingOffline>,
@@ -75,6 +92,7 @@ impl State {
     pub const NEW: State = State {
         status: Status::Unknown,
         livestream_id: None,
+        started_at: None,
         observed_at: None,
         source: None,
         pending_offline: None,
@@ -156,10 +174,18 @@ fn api_lags(state: &State, ev: &Event, rules: &Rules) -> bool {
 }
 
 fn moved(state: &State, ev: &Event, status: Status, livestream_id: Option<i64>) -> Decision {
+    // Going live starts (or resumes) the event's session; otherwise the session stays the one
+    // the id names (a new id without a known start has none).
+    let started_at = match status {
+        Status::Online => ev.session_start.or(Some(ev.occurred_at)),
+        _ if livestream_id.is_some() && livestream_id != state.livestream_id => ev.session_start,
+        _ => ev.session_start.or(state.started_at),
+    };
     Decision {
         state: State {
             status,
             livestream_id,
+            started_at,
             observed_at: Some(ev.observed_at),
             source: Some(ev.source),
             pending_offline: None,
@@ -224,6 +250,7 @@ fn by_session(state: &State, ev: &Event, new: i64, cur: i64, rules: &Rules) -> D
             Status::Offline => Decision {
                 state: State {
                     livestream_id: Some(new),
+                    started_at: ev.session_start,
                     ..observed
                 },
                 outcome: Outcome::Enriched,
@@ -240,12 +267,101 @@ fn by_session(state: &State, ev: &Event, new: i64, cur: i64, rules: &Rules) -> D
     }
 }
 
+/// A webhook delivery, and the state knows its session's start: the starts decide.
+fn by_start(
+    state: &State,
+    ev: &Event,
+    new: DateTime<Utc>,
+    cur: DateTime<Utc>,
+    rules: &Rules,
+) -> Decision {
+    let observed = State {
+        observed_at: Some(
+            ev.observed_at
+                .max(state.observed_at.unwrap_or(ev.observed_at)),
+        ),
+        ..*state
+    };
+    let same = (new - cur).abs() <= SAME_SESSION;
+    if !same && new < cur {
+        return keep(state, Outcome::Stale);
+    }
+    match (ev.signal, same) {
+        (Signal::Unknown, _) => keep(state, Outcome::Duplicate),
+        (Signal::Live { livestream_id }, false) => moved(state, ev, Status::Online, livestream_id),
+        (Signal::Offline { livestream_id }, false) => match state.status {
+            // The end of a session whose start we never saw.
+            Status::Offline => Decision {
+                state: State {
+                    livestream_id,
+                    started_at: Some(new),
+                    ..observed
+                },
+                outcome: Outcome::Enriched,
+                history: None,
+            },
+            Status::Online | Status::Unknown => {
+                let mut d = goes_offline(state, ev, livestream_id, rules);
+                d.state.started_at = Some(new);
+                d
+            }
+        },
+        (Signal::Live { livestream_id }, true) => match state.status {
+            Status::Online if state.pending_offline.is_some() => Decision {
+                state: State {
+                    pending_offline: None,
+                    livestream_id: state.livestream_id.or(livestream_id),
+                    ..observed
+                },
+                outcome: Outcome::Blip,
+                history: None,
+            },
+            // Online without a known session id, now learning it.
+            Status::Online if state.livestream_id.is_none() && livestream_id.is_some() => {
+                Decision {
+                    state: State {
+                        livestream_id,
+                        ..observed
+                    },
+                    outcome: Outcome::Enriched,
+                    history: None,
+                }
+            }
+            Status::Online => keep(state, Outcome::Duplicate),
+            // A live of the session that ended: delayed, replayed, or the API lagging.
+            Status::Offline => keep(state, Outcome::Stale),
+            Status::Unknown => moved(
+                state,
+                ev,
+                Status::Online,
+                livestream_id.or(state.livestream_id),
+            ),
+        },
+        (Signal::Offline { livestream_id }, true) => match state.status {
+            Status::Online | Status::Unknown => {
+                goes_offline(state, ev, livestream_id.or(state.livestream_id), rules)
+            }
+            Status::Offline => keep(state, Outcome::Duplicate),
+        },
+    }
+}
+
 /// Decides what `ev` does to `state`.
 pub fn decide(state: &State, ev: &Event, rules: &Rules) -> Decision {
     if let (Some(new), Some(cur)) = (ev.signal.livestream_id(), state.livestream_id) {
         return by_session(state, ev, new, cur, rules);
     }
-    if state.observed_at.is_some_and(|t| ev.observed_at < t) {
+    if ev.source == Source::Webhook
+        && let (Some(new), Some(cur)) = (ev.session_start, state.started_at)
+    {
+        return by_start(state, ev, new, cur, rules);
+    }
+    // A webhook's arrival time says nothing: Kick's time of the event orders it.
+    let when = match ev.source {
+        Source::Webhook => ev.occurred_at + SAME_SESSION,
+        _ => ev.observed_at,
+    };
+    if state.observed_at.is_some_and(|t| when < t) {
         return keep(state, Outcome::Stale);
     }
     let observed = |s: &State| State {
@@ -315,6 +431,7 @@ pub fn confirm_offline(state: &State) -> Option<Decision> {
     let new = State {
         status: Status::Offline,
         livestream_id: state.livestream_id,
+        started_at: state.started_at,
         observed_at: state.observed_at,
         source: Some(p.source),
         pending_offline: None,
@@ -341,6 +458,7 @@ mod tests {
         State {
             status,
             livestream_id: ls,
+            started_at: None,
             observed_at: Some(t(at)),
             source: Some(src),
             pending_offline: None,
@@ -354,6 +472,7 @@ mod tests {
             source: src,
             observed_at: t(at),
             occurred_at: t(at),
+            session_start: None,
         }
     }
 
@@ -425,6 +544,70 @@ mod tests {
                 assert_eq!(d.state, state, "{name}: a no-op leaves the state untouched");
             }
         }
+    }
+
+    /// A webhook delivery: no livestream id; Kick's start (and end) time; received at `at`.
+    fn wh(live: bool, start: i64, end: Option<i64>, at: i64) -> Event {
+        Event {
+            raw_id: 99,
+            signal: if live { API_LIVE } else { API_OFF },
+            source: Source::Webhook,
+            observed_at: t(at),
+            occurred_at: t(if live { start } else { end.unwrap_or(at) }),
+            session_start: Some(t(start)),
+        }
+    }
+
+    fn started(mut s: State, start: i64) -> State {
+        s.started_at = Some(t(start));
+        s
+    }
+
+    /// Sessions named by their start time (webhooks, the API): (name, state, event, outcome,
+    /// status, session start afterwards, history?).
+    #[test]
+    fn session_starts_order_what_ids_cannot() {
+        let rules = Rules::default();
+        const WH: Source = Source::Webhook;
+        #[rustfmt::skip]
+        let table: Vec<(&str, State, Event, Outcome, Status, Option<i64>, bool)> = vec![
+            ("webhook live of a new session", started(st(Offline, Some(10), 0, RT), 0), wh(true, 1000, None, 1001), Applied, Online, Some(1000), true),
+            ("webhook end of the current session", started(st(Online, Some(10), 1000, RT), 1000), wh(false, 1000, Some(2000), 2001), Applied, Offline, Some(1000), true),
+            ("the same start at another precision is one session", started(st(Online, Some(10), 1000, RT), 1000), wh(true, 1003, None, 1004), Duplicate, Online, Some(1000), false),
+            ("an end delivered an hour late, after a newer session went live", started(st(Online, Some(11), 5000, RT), 5000), wh(false, 1000, Some(2000), 5600), Stale, Online, Some(5000), false),
+            ("a live delivered late, after its session ended", started(st(Offline, Some(10), 2000, RT), 1000), wh(true, 1000, None, 2600), Stale, Offline, Some(1000), false),
+            ("a live of an older session", started(st(Online, Some(11), 5000, RT), 5000), wh(true, 1000, None, 5600), Stale, Online, Some(5000), false),
+            ("the end of a newer session we never saw start", started(st(Offline, Some(10), 2000, RT), 1000), wh(false, 3000, Some(4000), 4001), Enriched, Offline, Some(3000), false),
+            ("the end of a newer session while online", started(st(Online, Some(10), 1000, RT), 1000), wh(false, 3000, Some(4000), 4001), Applied, Offline, Some(3000), true),
+            ("a duplicate end", started(st(Offline, Some(10), 2001, WH), 1000), wh(false, 1000, Some(2000), 2500), Duplicate, Offline, Some(1000), false),
+            ("realtime learns the id of a webhook's session", started(st(Online, None, 1001, WH), 1000), Event { session_start: Some(t(1000)), ..ev(live(12), 1100, RT) }, Enriched, Online, Some(1000), false),
+            ("the api inside the lag guard is stale", started(st(Offline, Some(10), 2000, RT), 1000), Event { session_start: Some(t(1000)), ..ev(API_LIVE, 2005, API) }, Stale, Offline, Some(1000), false),
+            ("the api after the lag guard wins, whatever start it reports", started(st(Offline, Some(10), 2000, RT), 1000), Event { session_start: Some(t(1000)), ..ev(API_LIVE, 2100, API) }, Applied, Online, Some(1000), true),
+            ("a realtime live right after an end is a new session, close starts or not", started(st(Offline, None, 2000, API), 1998), Event { session_start: Some(t(2001)), ..ev(live(12), 2001, RT) }, Applied, Online, Some(2001), true),
+            ("unknown resolved by a webhook live of the same session", started(st(Unknown, Some(10), 1500, RT), 1000), wh(true, 1000, None, 1600), Applied, Online, Some(1000), true),
+            ("no start known: a late live is ordered by Kick's time", st(Offline, None, 2000, API), wh(true, 1000, None, 2600), Stale, Offline, None, false),
+            ("no start known: a fresh live applies", st(Offline, None, 2000, API), wh(true, 2500, None, 2501), Applied, Online, Some(2500), true),
+        ];
+        for (name, state, event, outcome, status, start, history) in table {
+            let d = decide(&state, &event, &rules);
+            assert_eq!(d.outcome, outcome, "{name}: outcome");
+            assert_eq!(d.state.status, status, "{name}: status");
+            assert_eq!(d.state.started_at, start.map(t), "{name}: session start");
+            assert_eq!(d.history.is_some(), history, "{name}: history");
+            if outcome == Stale || outcome == Duplicate {
+                assert_eq!(d.state, state, "{name}: a no-op leaves the state untouched");
+            }
+        }
+        // Realtime learns the id of a session a webhook reported.
+        let d = decide(
+            &started(st(Online, None, 1001, WH), 1000),
+            &Event {
+                session_start: Some(t(1000)),
+                ..ev(live(12), 1100, RT)
+            },
+            &rules,
+        );
+        assert_eq!(d.state.livestream_id, Some(12));
     }
 
     #[test]

@@ -120,6 +120,32 @@ pub struct Livestream {
     pub started_at: Option<String>,
 }
 
+/// An event subscription of the app (`GET /public/v1/events/subscriptions`).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct Subscription {
+    pub id: String,
+    pub broadcaster_user_id: i64,
+    pub event: String,
+    #[serde(default)]
+    pub version: Option<i64>,
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+}
+
+/// One item of a subscribe answer: an id, or Kick's per-item error.
+#[derive(Debug, Deserialize)]
+struct SubscribeResult {
+    #[serde(default)]
+    subscription_id: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// Subscriptions deleted per request (Kick failed a request removing ~330; 50 works).
+pub const DELETE_BATCH: usize = 50;
+
 /// A user from `GET /public/v1/users`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct User {
@@ -378,23 +404,37 @@ impl ApiClient {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<T, ApiError> {
+        let body = self.send(reqwest::Method::GET, path, query, None).await?;
+        decode_page(path, &body)
+    }
+
+    /// One request with the app token; one retry with a fresh token after a 401. Returns the
+    /// body of a 2xx answer.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        json: Option<&serde_json::Value>,
+    ) -> Result<String, ApiError> {
         for attempt in 0..2 {
             let token = self.token().await?;
             let api_url = self.cfg.lock().unwrap().api_url.clone();
             self.limiter.acquire().await;
-            let resp = self
+            let mut req = self
                 .http
-                .get(format!("{api_url}{path}"))
+                .request(method.clone(), format!("{api_url}{path}"))
                 .bearer_auth(token.expose_secret())
-                .query(query)
-                .send()
-                .await
-                .map_err(|e| transport_error(&e))?;
+                .query(query);
+            if let Some(j) = json {
+                req = req.json(j);
+            }
+            let resp = req.send().await.map_err(|e| transport_error(&e))?;
             let status = resp.status().as_u16();
             let retry_after = retry_after(&resp);
             let body = read_body(resp, PAGE_LIMIT).await?;
             match status {
-                200 => return decode_page(path, &body),
+                200..=299 => return Ok(body),
                 401 if attempt == 0 => {
                     *self.token.lock().await = None;
                     continue;
@@ -415,6 +455,81 @@ impl ApiClient {
             }
         }
         unreachable!("the loop returns on its second attempt")
+    }
+
+    /// Every event subscription of this app (`GET /public/v1/events/subscriptions`).
+    pub async fn subscriptions(&self) -> Result<Vec<Subscription>, ApiError> {
+        self.get("/public/v1/events/subscriptions", &[]).await
+    }
+
+    /// Subscribes `livestream.status.updated` v1 for a broadcaster. The outer error is the
+    /// request's; the inner one Kick's per-item refusal (e.g. "subscription limit reached").
+    pub async fn subscribe_status(
+        &self,
+        broadcaster_user_id: i64,
+    ) -> Result<Result<String, String>, ApiError> {
+        let path = "/public/v1/events/subscriptions";
+        let body = serde_json::json!({
+            "broadcaster_user_id": broadcaster_user_id,
+            "events": [{"name": crate::kick::webhook::STATUS_UPDATED, "version": 1}],
+            "method": "webhook",
+        });
+        let text = self
+            .send(reqwest::Method::POST, path, &[], Some(&body))
+            .await?;
+        let items: Vec<SubscribeResult> = decode_page(path, &text)?;
+        let item = items
+            .into_iter()
+            .next()
+            .ok_or_else(|| ApiError::Decode(format!("{path}: an empty answer")))?;
+        Ok(match (item.subscription_id, item.error) {
+            (Some(id), None) => Ok(id),
+            (_, Some(e)) => Err(e),
+            (None, None) => Err("no subscription id".into()),
+        })
+    }
+
+    /// Deletes subscriptions, at most [`DELETE_BATCH`] per request (Kick fails larger ones).
+    pub async fn unsubscribe(&self, ids: &[String]) -> Result<(), ApiError> {
+        for chunk in ids.chunks(DELETE_BATCH) {
+            let q: Vec<_> = chunk.iter().map(|id| ("id", id.clone())).collect();
+            self.send(
+                reqwest::Method::DELETE,
+                "/public/v1/events/subscriptions",
+                &q,
+                None,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Kick's webhook public key, PEM (`GET /public/v1/public-key`). The key is public: no
+    /// token is sent, so a receiver without app credentials can verify deliveries.
+    pub async fn public_key(&self) -> Result<String, ApiError> {
+        #[derive(Deserialize)]
+        struct Key {
+            public_key: String,
+        }
+        let path = "/public/v1/public-key";
+        let api_url = self.cfg.lock().unwrap().api_url.clone();
+        self.limiter.acquire().await;
+        let resp = self
+            .http
+            .get(format!("{api_url}{path}"))
+            .send()
+            .await
+            .map_err(|e| transport_error(&e))?;
+        let status = resp.status().as_u16();
+        let body = read_body(resp, SMALL_LIMIT).await?;
+        if status != 200 {
+            return Err(ApiError::Status {
+                status,
+                message: body.chars().take(200).collect(),
+            });
+        }
+        let k: Key = decode_page(path, &body)?;
+        Ok(k.public_key)
     }
 
     /// Channels by broadcaster user id, batched at 50. Ids Kick does not return are absent.

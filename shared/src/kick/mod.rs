@@ -6,6 +6,8 @@
 pub mod api;
 pub mod frame;
 pub mod realtime;
+pub mod subscriptions;
+pub mod webhook;
 
 /// The Origin Kick's realtime servers and negotiation endpoints require.
 pub const KICK_ORIGIN: &str = "https://kick.com";

@@ -111,13 +111,20 @@ pub fn status_updated(sim: &Arc<Sim>, s: &Streamer) {
     })
     .to_string();
     let id = ulid();
-    let timestamp = api_time(now);
-    let signature = sign(&id, &timestamp, &body);
     let http = sim.http.clone();
     let sim = sim.clone();
     let sends = if target.duplicate { 2 } else { 1 };
     tokio::spawn(async move {
         tokio::time::sleep(target.delay).await;
+        // A late delivery is stamped and signed when it is sent (the message id and the body,
+        // with its `started_at`/`ended_at`, are the event's).
+        let timestamp = api_time(chrono::Utc::now());
+        let signature = tokio::task::spawn_blocking({
+            let (id, timestamp, body) = (id.clone(), timestamp.clone(), body.clone());
+            move || sign(&id, &timestamp, &body)
+        })
+        .await
+        .unwrap_or_default();
         for _ in 0..sends {
             // Kick does not retry a failed delivery; neither does the simulator.
             let res = http
