@@ -133,6 +133,9 @@ async fn set(
             .into());
         }
     };
+    if let Some(v) = &value {
+        validate(key, v)?;
+    }
     let (stored, encrypted) = match value {
         Some(v) if v.len() > secret_input::MAX_VALUE => {
             return Err(ExitError::new(Exit::DataErr, "value too long (64 KiB at most)").into());
@@ -163,6 +166,27 @@ async fn set(
         if encrypted { " (encrypted)" } else { "" }
     );
     Ok(Exit::Ok)
+}
+
+/// A setting the services read is checked as they would read it: a value they would refuse
+/// is refused here (65, nothing stored), instead of stopping every service at its next start.
+fn validate(key: &str, value: &str) -> anyhow::Result<()> {
+    if !DB_SETTINGS.contains(&key) {
+        return Ok(());
+    }
+    let src = kick_shared::config::Source::from_pairs([
+        ("DATABASE_HOST", "/"),
+        ("DATABASE_NAME", "-"),
+        (key, value),
+    ]);
+    match Config::from_source(&src) {
+        Err(e) if e.var == key => Err(ExitError::new(
+            Exit::DataErr,
+            format!("{key} was not stored: {}", e.message),
+        )
+        .into()),
+        _ => Ok(()),
+    }
 }
 
 async fn get(config: &Config, key: &str) -> anyhow::Result<Exit> {

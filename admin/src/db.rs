@@ -129,7 +129,9 @@ pub async fn run(cmd: DbCommand, config: &Config) -> anyhow::Result<Exit> {
             println!(
                 "  kick_writer:    claim/update/prune raw_events, update streamers, insert status_events"
             );
-            println!("  kick_webhooks:  read streamers, insert raw_events");
+            println!(
+                "  kick_webhooks:  read streamers, insert raw_events (source webhook), keep webhook_subscriptions"
+            );
             Ok(Exit::Ok)
         }
         DbCommand::Prune { older_than, json } => {
@@ -162,7 +164,9 @@ pub const SERVICE_ROLES: [(&str, &str); 3] = [
 
 /// The grants of the service roles. Everything else (the `config` table with its secrets,
 /// deleting streamers, DDL) stays with the owner that runs `kick-admin`. `kick_webhooks` (the
-/// webhook receiver) is granted like the collector minus `collectors` and `coverage_gaps`.
+/// webhook receiver, facing the Internet) may read `streamers` (the subscriptions to keep),
+/// insert `raw_events` rows of source `webhook` only (a row-level security policy, V7), and
+/// keep `webhook_subscriptions`.
 const GRANTS: &str = "
     GRANT USAGE ON SCHEMA public TO kick_collector, kick_writer, kick_webhooks;
     REVOKE ALL ON ALL TABLES IN SCHEMA public FROM kick_collector, kick_writer, kick_webhooks;
@@ -177,10 +181,11 @@ const GRANTS: &str = "
     GRANT SELECT, UPDATE ON streamers TO kick_writer;
     GRANT INSERT, SELECT (raw_event_id) ON status_events TO kick_writer;
     GRANT USAGE ON SEQUENCE status_events_id_seq TO kick_writer;
-    GRANT SELECT ON v_pending_events, v_config_plain TO kick_collector, kick_writer, kick_webhooks;
+    GRANT SELECT ON v_pending_events TO kick_collector, kick_writer;
+    GRANT SELECT ON v_config_plain TO kick_collector, kick_writer, kick_webhooks;
     GRANT SELECT ON refinery_schema_history TO kick_collector, kick_writer, kick_webhooks;
     GRANT SELECT, INSERT, UPDATE, DELETE ON channel_coverage, channel_regions TO kick_collector;
-    GRANT SELECT ON v_streamer_status TO kick_collector, kick_writer, kick_webhooks;
+    GRANT SELECT ON v_streamer_status TO kick_collector, kick_writer;
     GRANT SELECT, INSERT, UPDATE, DELETE ON webhook_subscriptions TO kick_webhooks;
     GRANT SELECT ON webhook_subscriptions TO kick_collector;
 ";

@@ -140,12 +140,18 @@ async fn list(
         )
     );
     let count = |state: &str| rows.iter().filter(|r| r["state"] == state).count();
+    let to_fix = count("missing") + count("orphaned") + count("duplicate");
     println!(
-        "{} subscribed, {} missing, {} orphaned, {} duplicate (run `kick-admin webhooks sync` to fix)",
+        "{} subscribed, {} missing, {} orphaned, {} duplicate{}",
         count("subscribed"),
         count("missing"),
         count("orphaned"),
-        count("duplicate")
+        count("duplicate"),
+        if to_fix > 0 {
+            " (run `kick-admin webhooks sync` to fix)"
+        } else {
+            ""
+        }
     );
     Ok(Exit::Ok)
 }

@@ -276,7 +276,7 @@ mod with_kick {
             "127.0.0.1:0".parse().unwrap(),
             kick_sim::Options {
                 streamers,
-                ..Default::default()
+                ..kick_sim::Options::ideal()
             },
         )
         .await
@@ -1392,9 +1392,17 @@ async fn service_roles_have_least_privilege() {
         .await
         .unwrap();
     webhooks
-        .execute("INSERT INTO raw_events (source, event_name, kick_channel_id, dedupe_key) VALUES ('realtime', 'StreamerIsLive', 11, 'w') ON CONFLICT (dedupe_key) DO NOTHING", &[])
+        .execute("INSERT INTO raw_events (source, event_name, kick_user_id, dedupe_key) VALUES ('webhook', 'StreamerIsLive', 11, 'w') ON CONFLICT (dedupe_key) DO NOTHING", &[])
         .await
         .unwrap();
+    // Rows of any other source are refused (row-level security): it cannot pose as the
+    // collector.
+    denied(webhooks.execute("INSERT INTO raw_events (source, event_name, kick_channel_id, dedupe_key) VALUES ('realtime', 'StreamerIsLive', 11, 'w2')", &[]).await);
+    denied(
+        webhooks
+            .execute("SELECT 1 FROM v_pending_events", &[])
+            .await,
+    );
     webhooks
         .query("SELECT id, kick_channel_id FROM streamers", &[])
         .await

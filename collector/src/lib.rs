@@ -29,7 +29,6 @@ pub mod webhooks;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use kick_shared::config::{Config, ConfigError, DbConfig};
 use kick_shared::health::Health;
 use kick_shared::kick::api::ApiClient;
@@ -48,10 +47,6 @@ use kick_shared::kick::realtime::negotiate::Web;
 /// Events waiting in memory for the database (beyond this, during an outage, they go to the
 /// spool). Realtime transitions of even 50,000 streamers come at a few per second.
 const BUFFER: usize = 20_000;
-/// Requests to Kick's web endpoints (negotiation, guest tokens): rate and burst. Kick publishes
-/// no limits; 10/s opens 100 sockets in about 20 s without looking like a flood.
-const WEB_RATE: f64 = 10.0;
-const WEB_BURST: u32 = 20;
 
 /// Runs the collector until `shutdown`.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -204,7 +199,9 @@ pub async fn run_with_metrics(
         });
         let bound = kick_shared::metrics::serve(addr, site, shutdown.clone())
             .await
-            .with_context(|| format!("cannot listen on METRICS_ADDR {addr}"))?;
+            .map_err(|e| {
+                ConfigError::new("METRICS_ADDR", format!("cannot listen on {addr}: {e}"))
+            })?;
         tracing::info!(addr = %bound, "metrics endpoint listening (/metrics, /healthz)");
     }
     // Ready: the configuration is valid and the spool takes events. Realtime coverage is
@@ -229,7 +226,13 @@ pub async fn run_with_metrics(
         // Fail on what no retry can fix: missing credentials (environment or config table).
         cfg.kick.credentials()?;
         let api = ApiClient::new(cfg.kick.clone())?;
-        let web = Web::new(api.http().clone(), WEB_RATE, WEB_BURST);
+        // Kick's web endpoints (negotiation, guest tokens, regions): `KICK_WEB_RATE`, burst
+        // twice that.
+        let web = Web::new(
+            api.http().clone(),
+            f64::from(cfg.web_rate),
+            cfg.web_rate.saturating_mul(2),
+        );
         let (reconcile_handle, reconcile_queue) = reconcile::queue();
         let (recheck_handle, region_rechecks) = realtime::regions::rechecks();
         let (config_tx, config_rx) = watch::channel(Arc::new(cfg));

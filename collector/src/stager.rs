@@ -48,6 +48,8 @@ pub const STALL: Duration = Duration::from_secs(15);
 /// An insert without an answer for this long is suspect: its batch and what arrives meanwhile
 /// are written to the spool at once (a normal commit takes milliseconds).
 pub const SUSPECT: Duration = Duration::from_millis(500);
+/// A fresh connection after a lost one, tried once before declaring an outage.
+const QUICK_RECONNECT: Duration = Duration::from_secs(2);
 /// Connecting and `SELECT 1` must answer within this for the database to count as back.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// An event that waited longer than this is stamped with its (skew-corrected) observation time.
@@ -364,6 +366,8 @@ impl Stager {
         let mut conn: Option<Conn> = None;
         let mut backoff = Duration::from_millis(100);
         let mut next_probe = Instant::now();
+        // One immediate reconnect per run of successful commits (see below).
+        let mut quick_retry = true;
         loop {
             self.publish_status(st);
             if shutdown.is_cancelled() {
@@ -384,7 +388,9 @@ impl Stager {
                             );
                             conn = Some(c);
                             self.health.clear("staging");
+                            self.metrics.db_up.set(1.0);
                             backoff = Duration::from_millis(100);
+                            quick_retry = true;
                             continue;
                         }
                         Err(e) => {
@@ -403,8 +409,12 @@ impl Stager {
             }
             let Some(c) = conn.as_mut() else {
                 match self.probe_while_spooling(st, &shutdown).await {
-                    Ok(c) => conn = Some(c),
+                    Ok(c) => {
+                        conn = Some(c);
+                        self.metrics.db_up.set(1.0);
+                    }
                     Err(e) => {
+                        self.metrics.db_up.set(0.0);
                         self.note_outage(st, &e);
                         next_probe = Instant::now() + backoff;
                     }
@@ -437,9 +447,28 @@ impl Stager {
             }
             let n = st.pending.len().min(self.batch_size);
             let batch: Vec<Staged> = st.pending.drain(..n).collect();
-            if let Err(e) = self.commit(st, c, &batch, false).await {
-                conn = None;
-                self.note_outage(st, &e);
+            match self.commit(st, c, &batch, false).await {
+                Ok(()) => {
+                    quick_retry = true;
+                    self.metrics.db_up.set(1.0);
+                }
+                Err(e) => {
+                    conn = None;
+                    // A connection the server dropped (a restart, an idle timeout) is not an
+                    // outage yet: one fresh connection is tried at once before events go to
+                    // the spool. The batch is back in `pending` (a replay dedupes).
+                    if std::mem::take(&mut quick_retry)
+                        && let Ok(Ok(c)) =
+                            tokio::time::timeout(QUICK_RECONNECT, connect(&self.db, self.program))
+                                .await
+                    {
+                        tracing::info!(error = %e, "staging: connection lost; reconnected at once");
+                        conn = Some(c);
+                        continue;
+                    }
+                    self.metrics.db_up.set(0.0);
+                    self.note_outage(st, &e);
+                }
             }
         }
     }
@@ -542,6 +571,8 @@ impl Stager {
         }
         st.spool.clear().map_err(|e| e.to_string())?;
         st.spool_oldest = None;
+        // Room again: a "spool full" problem is over.
+        self.health.clear("spool");
         tracing::info!(events = total, "spool replayed");
         Ok(())
     }

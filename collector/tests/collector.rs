@@ -29,7 +29,7 @@ fn sim_opts(streamers: usize) -> Options {
         streamers,
         ping_interval: Duration::from_secs(1),
         activity_timeout: Duration::from_secs(2),
-        ..Options::default()
+        ..Options::ideal()
     }
 }
 

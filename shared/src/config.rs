@@ -435,6 +435,10 @@ pub struct Config {
     pub config_key_file: Option<PathBuf>,
     /// `KICK_CHANNELS_PER_CONNECTION` (default 100).
     pub channels_per_connection: usize,
+    /// `KICK_WEB_RATE` (default 10, at most 1000): requests per second to Kick's web endpoints
+    /// (realtime negotiation, guest tokens, region lookups), burst twice that. Kick publishes no
+    /// limit; 10/s resolves 1,000 channels' regions in under two minutes, once (they are cached).
+    pub web_rate: u32,
     /// `KICK_RECONCILE_INTERVAL` (default 300 s).
     pub reconcile_interval: Duration,
     /// `KICK_OFFLINE_GRACE` (default 0: offline is immediate).
@@ -544,6 +548,13 @@ impl Config {
                 format!("{channels_per_connection} is not from 1 to 128"),
             ));
         }
+        let web_rate: u32 = src.parse("KICK_WEB_RATE", 10, "a whole number from 1 to 1000")?;
+        if !(1..=1000).contains(&web_rate) {
+            return Err(ConfigError::new(
+                "KICK_WEB_RATE",
+                format!("{web_rate} is not from 1 to 1000"),
+            ));
+        }
         let reconcile_interval =
             src.duration("KICK_RECONCILE_INTERVAL", Duration::from_secs(300))?;
         if reconcile_interval < Duration::from_secs(5) {
@@ -610,9 +621,12 @@ impl Config {
             .unwrap_or("/kick/webhook")
             .trim()
             .to_owned();
+        // A path a request line can carry as is: no query, fragment, escapes or spaces.
         if !webhook_path.starts_with('/')
             || webhook_path.len() > 200
-            || webhook_path.contains(char::is_whitespace)
+            || !webhook_path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/-._~".contains(c))
         {
             return Err(ConfigError::new(
                 "WEBHOOK_PATH",
@@ -644,6 +658,7 @@ impl Config {
             batch_size,
             config_key_file,
             channels_per_connection,
+            web_rate,
             reconcile_interval,
             offline_grace: src.duration("KICK_OFFLINE_GRACE", Duration::ZERO)?,
             raw_retention: src.duration("KICK_RAW_RETENTION", Duration::from_secs(7 * 86400))?,
@@ -709,6 +724,7 @@ pub const DB_SETTINGS: &[&str] = &[
     "KICK_REGION_REFRESH",
     "KICK_CHANNEL_LOOKUP",
     "KICK_SITE_URL",
+    "KICK_WEB_RATE",
     "WEBHOOKS",
 ];
 

@@ -248,13 +248,17 @@ fn decode_row(r: &tokio_postgres::Row) -> Staged {
         if channel_id.is_none() && user_id.is_none() {
             return Err("neither kick_channel_id nor kick_user_id is set".into());
         }
+        // Kick's times are believed within reason: one far in the future would outrank every
+        // real event of the streamer, one years old is garbage. Outside, the arrival counts.
+        let event_time = event_time.filter(|t| plausible(*t, received_at));
         // The session's start: a webhook names it in both deliveries; a live elsewhere
         // carries it as its event time.
         let session_start = match (source, signal) {
             (Source::Webhook, Signal::Live { .. } | Signal::Offline { .. }) => payload_started_at
                 .as_deref()
                 .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&Utc)),
+                .map(|t| t.with_timezone(&Utc))
+                .filter(|t| plausible(*t, received_at)),
             (_, Signal::Live { .. }) => event_time,
             _ => None,
         };
@@ -275,6 +279,13 @@ fn decode_row(r: &tokio_postgres::Row) -> Staged {
         event,
         reason: r.get("reason"),
     }
+}
+
+/// Whether Kick's time `t` of an event received at `received` can be believed: at most 5 minutes
+/// ahead of the database's clock (clocks differ a little), at most 30 days behind (a spool
+/// replayed after a long outage, a webhook delivered very late).
+fn plausible(t: DateTime<Utc>, received: DateTime<Utc>) -> bool {
+    t <= received + chrono::TimeDelta::minutes(5) && t >= received - chrono::TimeDelta::days(30)
 }
 
 /// A slug as the `streamers.username` CHECK accepts it.

@@ -21,7 +21,6 @@ pub mod transition;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use kick_shared::config::Config;
 use kick_shared::db;
 use kick_shared::health::Health;
@@ -113,7 +112,12 @@ pub async fn run_with_metrics(
         });
         let bound = kick_shared::metrics::serve(addr, site, shutdown.clone())
             .await
-            .with_context(|| format!("cannot listen on METRICS_ADDR {addr}"))?;
+            .map_err(|e| {
+                kick_shared::config::ConfigError::new(
+                    "METRICS_ADDR",
+                    format!("cannot listen on {addr}: {e}"),
+                )
+            })?;
         tracing::info!(addr = %bound, "metrics endpoint listening (/metrics, /healthz)");
     }
     // Ready: the configuration is valid; the queue waits durably in the database.

@@ -28,10 +28,10 @@ use chrono::{DateTime, Utc};
 use kick_shared::model::{Source, Status};
 
 /// Two session start times this close are the same session: Kick's realtime feed, its API and
-/// its webhooks report one start, at different precisions (whole seconds or microseconds). A
-/// streamer restarting within this is taken as one session (the livestream ids, where known,
-/// still tell them apart).
-pub const SAME_SESSION: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+/// its webhooks report one start, at different precisions (whole seconds or microseconds), so
+/// they differ by less than a second. Two real sessions never start this close: one must end
+/// and the next begin.
+pub const SAME_SESSION: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
 
 /// What a staged event says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -573,7 +573,8 @@ mod tests {
         let table: Vec<(&str, State, Event, Outcome, Status, Option<i64>, bool)> = vec![
             ("webhook live of a new session", started(st(Offline, Some(10), 0, RT), 0), wh(true, 1000, None, 1001), Applied, Online, Some(1000), true),
             ("webhook end of the current session", started(st(Online, Some(10), 1000, RT), 1000), wh(false, 1000, Some(2000), 2001), Applied, Offline, Some(1000), true),
-            ("the same start at another precision is one session", started(st(Online, Some(10), 1000, RT), 1000), wh(true, 1003, None, 1004), Duplicate, Online, Some(1000), false),
+            ("the same start at another precision is one session", started(st(Online, Some(10), 1000, RT), 1000), wh(true, 1001, None, 1004), Duplicate, Online, Some(1000), false),
+            ("a session starting two seconds after the last one is a new one", started(st(Offline, Some(10), 1001, RT), 1000), wh(true, 1002, None, 1003), Applied, Online, Some(1002), true),
             ("an end delivered an hour late, after a newer session went live", started(st(Online, Some(11), 5000, RT), 5000), wh(false, 1000, Some(2000), 5600), Stale, Online, Some(5000), false),
             ("a live delivered late, after its session ended", started(st(Offline, Some(10), 2000, RT), 1000), wh(true, 1000, None, 2600), Stale, Offline, Some(1000), false),
             ("a live of an older session", started(st(Online, Some(11), 5000, RT), 5000), wh(true, 1000, None, 5600), Stale, Online, Some(5000), false),

@@ -6,8 +6,9 @@
 //! reconcile finds that realtime missed a change on it (the channel may have moved). The
 //! placement puts each channel on a socket to its own server.
 //!
-//! Lookups are paced ([`LOOKUP_RATE`] on top of the web rate limiter every Kick web request
-//! shares): the first discovery of many channels takes a while, and channels not yet located
+//! Lookups are paced (half of `KICK_WEB_RATE`, 5/s by default, on top of the web rate limiter
+//! every Kick web request shares, so negotiations for sockets always find room): the first
+//! discovery of many channels takes a while, and channels not yet located
 //! stay on the general endpoint's sockets and count as polled, not as covered.
 
 use std::collections::{BTreeSet, HashMap};
@@ -21,10 +22,6 @@ use kick_shared::ratelimit::RateLimiter;
 use tokio::sync::{mpsc, watch};
 
 use crate::ctx::Ctx;
-
-/// Region lookups per second (and burst), within the shared web rate limit.
-pub const LOOKUP_RATE: f64 = 5.0;
-const LOOKUP_BURST: u32 = 10;
 
 /// What the placement learns: channel → the Centrifugo URL serving it.
 pub type RegionUpdate = (i64, String);
@@ -58,7 +55,12 @@ pub async fn run(
     rechecks: Rechecks,
 ) -> anyhow::Result<()> {
     let mut rechecks = rechecks.lock().await;
-    let pace = RateLimiter::new("region lookups", LOOKUP_RATE, LOOKUP_BURST);
+    let rate = ctx.cfg().web_rate;
+    let pace = RateLimiter::new(
+        "region lookups",
+        (f64::from(rate) / 2.0).max(0.5),
+        rate.max(1),
+    );
     // What we know: channel → (url, checked at).
     let mut known: HashMap<i64, (String, DateTime<Utc>)> = HashMap::new();
     let mut loaded = false;

@@ -13,8 +13,11 @@ use tokio::sync::Mutex;
 
 use super::metrics::WebhookMetrics;
 
-/// The shortest time between two fetches of the key.
-pub const REFETCH_EVERY: Duration = Duration::from_secs(60);
+/// The shortest time between two fetches of the key: a rotation costs at most this long of
+/// refused deliveries; forged ones cause at most one request to Kick per this.
+pub const REFETCH_EVERY: Duration = Duration::from_secs(10);
+/// A fetch on a request's path waits at most this long (the request is answered 503 after).
+const INLINE_FETCH: Duration = Duration::from_secs(5);
 
 /// Where the key comes from.
 #[derive(Debug)]
@@ -95,9 +98,10 @@ impl Keys {
             return Err(VerifyError::NoKey("not loaded yet".into()));
         }
         self.state.lock().await.fetched = Some(Instant::now());
-        self.load()
-            .await
-            .map_err(|e| VerifyError::NoKey(e.to_string()))
+        match tokio::time::timeout(INLINE_FETCH, self.load()).await {
+            Ok(r) => r.map_err(|e| VerifyError::NoKey(e.to_string())),
+            Err(_) => Err(VerifyError::NoKey("fetching the key timed out".into())),
+        }
     }
 
     /// Verifies a delivery; a bad signature makes the key be obtained once more first.
@@ -122,7 +126,10 @@ impl Keys {
                 if !due {
                     return Err(VerifyError::BadSignature);
                 }
-                match self.load().await {
+                match tokio::time::timeout(INLINE_FETCH, self.load())
+                    .await
+                    .unwrap_or_else(|_| Err(KeyError::Pem("fetching the key timed out".into())))
+                {
                     Ok(fresh) => fresh.verify(id, ts, body, sig),
                     Err(e) => {
                         tracing::warn!(error = %e, "webhooks: could not obtain the public key again; keeping the cached one");

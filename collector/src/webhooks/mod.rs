@@ -23,7 +23,6 @@ pub mod sync;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use hyper::StatusCode;
 use kick_shared::config::{Config, ConfigError};
 use kick_shared::health::Health;
@@ -45,6 +44,19 @@ const BUFFER: usize = 10_000;
 /// signature is noticed too).
 const KEY_REFRESH: Duration = Duration::from_secs(6 * 3600);
 
+/// Refusals logged per [`LOG_WINDOW`] at most; the rest are only counted (and their number
+/// logged once the window is over), so an Internet client cannot fill the disk through our log.
+const LOGGED_REFUSALS: u32 = 20;
+const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// The refusal log's budget in the current window.
+#[derive(Debug)]
+struct LogBudget {
+    since: std::time::Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
 /// What the request handlers share.
 #[derive(Debug)]
 pub struct Receiver {
@@ -52,14 +64,45 @@ pub struct Receiver {
     pub path: String,
     pub stager: StagerHandle,
     pub keys: Keys,
+    log_budget: std::sync::Mutex<LogBudget>,
 }
 
 impl Receiver {
+    /// Logs a refusal at WARN with its message id (cut to 64 characters), within the budget.
+    pub fn log_refusal(&self, id: &str, reason: &str, error: &str) {
+        let suppressed_before = {
+            let mut b = self.log_budget.lock().unwrap();
+            let mut before = 0;
+            if b.since.elapsed() >= LOG_WINDOW {
+                before = b.suppressed;
+                *b = LogBudget {
+                    since: std::time::Instant::now(),
+                    logged: 0,
+                    suppressed: 0,
+                };
+            }
+            if b.logged >= LOGGED_REFUSALS {
+                b.suppressed += 1;
+                return;
+            }
+            b.logged += 1;
+            before
+        };
+        if suppressed_before > 0 {
+            tracing::warn!(
+                suppressed = suppressed_before,
+                "webhook refusals not logged in the last window (all are counted in kick_webhooks_verification_failures_total)"
+            );
+        }
+        let id: String = id.chars().take(64).collect();
+        let error: String = error.chars().take(200).collect();
+        tracing::warn!(message_id = %id.escape_debug(), reason, error = %error.escape_debug(), "webhook refused");
+    }
+
     /// A refused delivery: counted by reason, logged at WARN with its message id.
     pub fn refuse(&self, e: &VerifyError, id: &str) -> (StatusCode, String) {
         self.metrics.verification_failures.add(e.label(), 1);
-        let id: String = id.chars().take(64).collect();
-        tracing::warn!(message_id = %id.escape_debug(), reason = e.label(), error = %e, "webhook refused");
+        self.log_refusal(id, e.label(), &e.to_string());
         let status = match e {
             VerifyError::Missing(_) | VerifyError::BadSignature | VerifyError::Stale(_) => {
                 StatusCode::UNAUTHORIZED
@@ -69,7 +112,12 @@ impl Receiver {
             }
             VerifyError::NoKey(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
-        (status, e.to_string())
+        // The client learns the class, never our internals (the log has the detail).
+        let text = match e {
+            VerifyError::NoKey(_) => "cannot verify deliveries now; try again".to_owned(),
+            other => other.to_string(),
+        };
+        (status, text)
     }
 
     pub async fn verify(
@@ -192,9 +240,13 @@ pub async fn run_with_metrics(
         Some(path) => {
             let keys = Keys::new(KeySource::File(path.clone()), metrics.clone());
             // A key file that does not load is a configuration error: fail now.
-            keys.load()
-                .await
-                .map_err(|e| ConfigError::new("KICK_WEBHOOK_PUBLIC_KEY_FILE", e.to_string()))?;
+            if let Err(e) = keys.load().await {
+                let why = match e {
+                    keys::KeyError::File { path, reason } => format!("{path}: {reason}"),
+                    other => other.to_string(),
+                };
+                return Err(ConfigError::new("KICK_WEBHOOK_PUBLIC_KEY_FILE", why).into());
+            }
             keys
         }
         None => Keys::new(KeySource::Api(api.clone()), metrics.clone()),
@@ -221,7 +273,9 @@ pub async fn run_with_metrics(
         });
         let bound = kick_shared::metrics::serve(addr, site, shutdown.clone())
             .await
-            .with_context(|| format!("cannot listen on METRICS_ADDR {addr}"))?;
+            .map_err(|e| {
+                ConfigError::new("METRICS_ADDR", format!("cannot listen on {addr}: {e}"))
+            })?;
         tracing::info!(addr = %bound, "metrics endpoint listening (/metrics, /healthz)");
     }
     let receiver = Arc::new(Receiver {
@@ -229,6 +283,11 @@ pub async fn run_with_metrics(
         path: cfg.webhook_path.clone(),
         stager: stager_handle,
         keys,
+        log_budget: std::sync::Mutex::new(LogBudget {
+            since: std::time::Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }),
     });
     {
         let (rx, listener, stop) = (receiver.clone(), listener.clone(), shutdown.clone());
@@ -237,6 +296,8 @@ pub async fn run_with_metrics(
         });
     }
     if from_api {
+        // Unhealthy until the key is loaded: nothing can be verified before.
+        health.set("public key", "not loaded yet");
         let (rx, health, stop) = (receiver.clone(), health.clone(), shutdown.clone());
         sup.spawn("public-key", move || {
             keep_key(rx.clone(), health.clone(), stop.clone())

@@ -189,6 +189,18 @@ async fn handle_inner(rx: &Receiver, req: Request<Incoming>) -> (StatusCode, Str
             Ok(Err(_)) => return (StatusCode::BAD_REQUEST, "body not read".into()),
             Err(_) => return (StatusCode::REQUEST_TIMEOUT, "body too slow".into()),
         };
+    // A header that is present but not visible ASCII is malformed, not missing.
+    for name in [
+        "kick-event-message-id",
+        "kick-event-message-timestamp",
+        "kick-event-signature",
+    ] {
+        if parts.headers.get(name).is_some() && header(&parts, name).is_none() {
+            rx.metrics.verification_failures.add("malformed", 1);
+            rx.log_refusal("-", "malformed", &format!("{name} is not ASCII"));
+            return (StatusCode::BAD_REQUEST, format!("malformed {name}"));
+        }
+    }
     let id = header(&parts, "kick-event-message-id");
     let ts = header(&parts, "kick-event-message-timestamp");
     let sig = header(&parts, "kick-event-signature");
@@ -204,7 +216,7 @@ async fn handle_inner(rx: &Receiver, req: Request<Incoming>) -> (StatusCode, Str
     };
     if !valid_message_id(id) {
         rx.metrics.verification_failures.add("malformed", 1);
-        tracing::warn!(message_id = %id.escape_debug(), "webhook refused: malformed message id");
+        rx.log_refusal(id, "malformed", "malformed message id");
         return (
             StatusCode::BAD_REQUEST,
             "malformed Kick-Event-Message-Id".into(),
@@ -219,6 +231,14 @@ async fn handle_inner(rx: &Receiver, req: Request<Incoming>) -> (StatusCode, Str
     // Verified. Only one event type is acted on; the others are acknowledged (Kick would keep
     // failing deliveries otherwise) and counted.
     let event_type = header(&parts, "kick-event-type").unwrap_or("");
+    let version = header(&parts, "kick-event-version").unwrap_or("1");
+    if event_type == webhook::STATUS_UPDATED && version.trim() != "1" {
+        // A version we do not know the shape of: acknowledged, not guessed at.
+        rx.metrics
+            .ignored
+            .add("livestream.status.updated:other-version", 1);
+        return (StatusCode::OK, "ignored: unknown version".into());
+    }
     if event_type != webhook::STATUS_UPDATED {
         let label = KNOWN_EVENTS
             .iter()
@@ -228,12 +248,15 @@ async fn handle_inner(rx: &Receiver, req: Request<Incoming>) -> (StatusCode, Str
         rx.metrics.ignored.add(label, 1);
         return (StatusCode::OK, "ignored".into());
     }
-    let status = match webhook::decode_status(&body) {
+    let status = match webhook::decode_status(&body, Utc::now()) {
         Ok(s) => s,
         Err(e) => {
             rx.metrics.verification_failures.add("bad_body", 1);
-            tracing::warn!(message_id = %id, error = %e, "webhook refused: body is not a status update");
-            return (StatusCode::BAD_REQUEST, format!("bad body: {e}"));
+            rx.log_refusal(id, "bad_body", &e);
+            return (
+                StatusCode::BAD_REQUEST,
+                "body is not a valid livestream.status.updated v1 event".into(),
+            );
         }
     };
     let mut row = rows::webhook(id, &status, Utc::now());

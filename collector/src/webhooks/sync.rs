@@ -45,6 +45,7 @@ pub struct Keeper {
 
 const PROBLEM_SYNC: &str = "webhook sync";
 const PROBLEM_REFUSED: &str = "webhook subscriptions";
+const PROBLEM_CONFIG: &str = "settings";
 
 impl Keeper {
     /// Runs until shutdown or until the connection is lost.
@@ -57,7 +58,7 @@ impl Keeper {
             ),
         )
         .await?;
-        let mut cfg = self.reload(&client).await?;
+        let mut cfg = self.reload(&client, &self.env).await?;
         let mut next = Instant::now();
         let mut retry = RETRY_FIRST;
         loop {
@@ -103,7 +104,7 @@ impl Keeper {
                         channels.push(n.channel().to_owned());
                     }
                     if channels.iter().any(|c| c == channel::CONFIG_CHANGED) {
-                        cfg = self.reload(&client).await?;
+                        cfg = self.reload(&client, &cfg).await?;
                     }
                     if channels.iter().any(|c| c == channel::STREAMERS_CHANGED) {
                         next = Instant::now();
@@ -118,14 +119,36 @@ impl Keeper {
         }
     }
 
-    /// The environment with the `config` table merged under it; the API client follows.
-    async fn reload(&self, client: &tokio_postgres::Client) -> anyhow::Result<Config> {
-        let cfg = tokio::time::timeout(
+    /// The environment with the `config` table merged under it; the API client follows. A
+    /// setting stored with a bad value keeps `current` (and is reported): a typo in the table
+    /// must not stop the receiver. Only a database failure is an error.
+    async fn reload(
+        &self,
+        client: &tokio_postgres::Client,
+        current: &Config,
+    ) -> anyhow::Result<Config> {
+        let merged = tokio::time::timeout(
             Duration::from_secs(10),
             kick_shared::config::with_db_settings(&self.env, client),
         )
         .await
-        .map_err(|_| db::DbError::Timeout(10))??;
+        .map_err(|_| db::DbError::Timeout(10))?;
+        let cfg = match merged {
+            Ok(cfg) => {
+                self.health.clear(PROBLEM_CONFIG);
+                cfg
+            }
+            Err(e)
+                if e.downcast_ref::<kick_shared::config::ConfigError>()
+                    .is_some() =>
+            {
+                tracing::warn!(error = %format!("{e:#}"), "a stored setting is invalid: keeping the settings in use");
+                self.health
+                    .set(PROBLEM_CONFIG, format!("invalid stored setting: {e:#}"));
+                current.clone()
+            }
+            Err(e) => return Err(e),
+        };
         self.api.set_config(cfg.kick.clone()).await;
         Ok(cfg)
     }

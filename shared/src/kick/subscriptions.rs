@@ -127,7 +127,12 @@ impl crate::exit::Classify for SyncError {
     fn exit(&self) -> crate::exit::Exit {
         match self {
             SyncError::Api(e) => e.exit(),
-            SyncError::Db(_) => crate::exit::Exit::Unavailable,
+            SyncError::Db(e) => match e.code() {
+                Some(c) if c == &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => {
+                    crate::exit::Exit::NoPerm
+                }
+                _ => crate::exit::Exit::Unavailable,
+            },
         }
     }
 }

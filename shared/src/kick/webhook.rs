@@ -64,9 +64,17 @@ impl PublicKey {
         use rsa::pkcs1::DecodeRsaPublicKey;
         use rsa::pkcs8::DecodePublicKey;
         let pem = pem.trim();
+        use rsa::traits::PublicKeyParts;
         let key = RsaPublicKey::from_public_key_pem(pem)
             .or_else(|_| RsaPublicKey::from_pkcs1_pem(pem))
             .map_err(|e| format!("not an RSA public key in PEM: {e}"))?;
+        // Kick's key is 2048 bits; a short key is forgeable, not Kick's.
+        if key.size() * 8 < 2048 {
+            return Err(format!(
+                "the RSA key has {} bits; at least 2048 are required",
+                key.size() * 8
+            ));
+        }
         Ok(PublicKey(VerifyingKey::new(key)))
     }
 
@@ -142,11 +150,38 @@ fn time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>,
     }
 }
 
-/// Decodes a status body: wrong types, a missing field or a non-positive user id are errors.
-pub fn decode_status(body: &[u8]) -> Result<StatusUpdated, String> {
+/// Kick did not exist before this: an earlier time is garbage.
+const EARLIEST: &str = "2020-01-01T00:00:00Z";
+
+/// Decodes a status body. Wrong types, a missing field or a non-positive user id are errors, and
+/// so are times that cannot order anything: no `started_at` (it names the session), an end
+/// delivery without `ended_at`, a live one with an end, an end before the start, or a time
+/// before 2020 or more than [`TOLERANCE`] after `now` (one far-future time would outrank every
+/// real event of the streamer).
+pub fn decode_status(body: &[u8], now: DateTime<Utc>) -> Result<StatusUpdated, String> {
     let s: StatusUpdated = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     if s.broadcaster.user_id <= 0 {
         return Err("broadcaster.user_id is not a user id".into());
+    }
+    let Some(started) = s.started_at else {
+        return Err("started_at is missing".into());
+    };
+    match (s.is_live, s.ended_at) {
+        (true, Some(_)) => return Err("is_live is true but ended_at is set".into()),
+        (false, None) => return Err("is_live is false but ended_at is missing".into()),
+        (false, Some(ended)) if ended < started => {
+            return Err("ended_at is before started_at".into());
+        }
+        _ => {}
+    }
+    let earliest: DateTime<Utc> = EARLIEST.parse().expect("a valid constant");
+    let latest = now + chrono::Duration::from_std(TOLERANCE).expect("small");
+    for (name, t) in [("started_at", Some(started)), ("ended_at", s.ended_at)] {
+        if let Some(t) = t
+            && !(earliest..=latest).contains(&t)
+        {
+            return Err(format!("{name} {t} is not between 2020 and now"));
+        }
     }
     Ok(s)
 }
@@ -176,7 +211,7 @@ mod tests {
             ("webhook-livestream-status-updated.ended.json", false),
         ] {
             let body = std::fs::read(format!("{FIXTURES}/{name}")).unwrap();
-            let s = decode_status(&body).unwrap();
+            let s = decode_status(&body, "2025-06-01T00:00:00Z".parse().unwrap()).unwrap();
             assert_eq!(s.is_live, live);
             assert_eq!(s.broadcaster.user_id, 123456789);
             assert!(s.started_at.is_some());
@@ -189,8 +224,15 @@ mod tests {
             r#"{"broadcaster":{"user_id":1},"is_live":true,"started_at":"yesterday"}"#,
             r#"{"is_live":true}"#,
             "[]",
+            r#"{"broadcaster":{"user_id":1},"is_live":true}"#,
+            r#"{"broadcaster":{"user_id":1},"is_live":false,"started_at":"2025-01-01T00:00:00Z"}"#,
+            r#"{"broadcaster":{"user_id":1},"is_live":true,"started_at":"2025-01-01T00:00:00Z","ended_at":"2025-01-01T01:00:00Z"}"#,
+            r#"{"broadcaster":{"user_id":1},"is_live":false,"started_at":"2025-01-01T02:00:00Z","ended_at":"2025-01-01T01:00:00Z"}"#,
+            r#"{"broadcaster":{"user_id":1},"is_live":true,"started_at":"2999-01-01T00:00:00Z"}"#,
+            r#"{"broadcaster":{"user_id":1},"is_live":true,"started_at":"2001-01-01T00:00:00Z"}"#,
         ] {
-            assert!(decode_status(bad.as_bytes()).is_err(), "{bad}");
+            let now = "2025-06-01T00:00:00Z".parse().unwrap();
+            assert!(decode_status(bad.as_bytes(), now).is_err(), "{bad}");
         }
     }
 
@@ -199,7 +241,13 @@ mod tests {
         use base64::Engine as _;
         use rsa::pkcs8::{EncodePublicKey, LineEnding};
         use rsa::signature::{SignatureEncoding, Signer};
-        let private = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 1024).unwrap();
+        // A short key is refused.
+        let short = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 1024).unwrap();
+        let short_pem = RsaPublicKey::from(&short)
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap();
+        assert!(PublicKey::from_pem(&short_pem).is_err());
+        let private = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048).unwrap();
         let pem = RsaPublicKey::from(&private)
             .to_public_key_pem(LineEnding::LF)
             .unwrap();

@@ -95,11 +95,15 @@ async fn all_staged(stack: &Stack, seq: u64, within: Duration) {
         if n == keys.len() as i64 {
             return;
         }
-        assert!(
-            t0.elapsed() < within,
-            "only {n} of {} published events staged",
-            keys.len()
-        );
+        if t0.elapsed() >= within {
+            let missing = stack.unstaged(&keys).await;
+            panic!(
+                "only {n} of {} published events staged; missing e.g. {:?}\n{}",
+                keys.len(),
+                &missing[..missing.len().min(10)],
+                stack.all_logs(40)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -175,7 +179,10 @@ async fn postgres_down_at_boot_for_2_minutes() {
     // Streamers go live while the database is down.
     for i in 0..5 {
         stack
-            .control(&format!("/control/streamers/streamer{i}/live"), json!({}))
+            .control(
+                &format!("/control/streamers/{}/live", stack.slug(i)),
+                json!({}),
+            )
             .await;
     }
     while booted.elapsed() < Duration::from_secs(120) {
@@ -211,7 +218,10 @@ async fn collector_killed_during_an_outage_loses_nothing() {
     // Kick keeps publishing; the collector spools.
     for i in 0..10 {
         r.stack
-            .control(&format!("/control/streamers/streamer{i}/live"), json!({}))
+            .control(
+                &format!("/control/streamers/{}/live", r.stack.slug(i)),
+                json!({}),
+            )
             .await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -272,7 +282,7 @@ async fn collectors_with_skewed_clocks_order_events_by_the_database() {
     // Sessions flip quickly: the last one must win, whichever collector staged what first.
     for round in 0..3 {
         for i in 0..10 {
-            let slug = format!("streamer{i}");
+            let slug = stack.slug(i);
             stack
                 .control(&format!("/control/streamers/{slug}/live"), json!({}))
                 .await;
@@ -327,7 +337,10 @@ async fn collectors_with_skewed_clocks_order_events_by_the_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_while_busy_never_stalls_the_services_beyond_its_lock_timeout() {
     let mut r = running().await;
-    r.stack.control("/control/flap", json!({"rate": 20})).await;
+    // Background flips on streamers 0-39; the measured flips are on 50-59 (never both at once).
+    r.stack
+        .control("/control/flap", json!({"rate": 20, "streamers": 40}))
+        .await;
     // A long reader holds a lock the migration needs.
     let blocker = r.stack.client().await;
     blocker
@@ -352,7 +365,7 @@ async fn a_migration_while_busy_never_stalls_the_services_beyond_its_lock_timeou
     let t0 = Instant::now();
     let mut i = 0;
     while t0.elapsed() < Duration::from_secs(10) {
-        let slug = format!("streamer{}", 50 + i % 10);
+        let slug = r.stack.slug(50 + i % 10);
         i += 1;
         let live = !r.stack.truth()[&slug];
         let flipped = Instant::now();

@@ -66,7 +66,8 @@ async fn live_within(stack: &Stack, slug: &str, limit: Duration) -> Duration {
         }
         assert!(
             t0.elapsed() < limit,
-            "{slug} not online within {limit:?} after a hostile input"
+            "{slug} not online within {limit:?} after a hostile input\n{}",
+            stack.all_logs(30)
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -118,12 +119,7 @@ async fn hostile_frames_affect_only_themselves() {
             let v = stack.control("/control/sockets/raw", body).await;
             assert!(v["sockets"].as_u64().unwrap_or(0) >= 1, "{what}: {v}");
             // Right behind it, a valid event of another streamer.
-            let took = live_within(
-                &stack,
-                &format!("streamer{}", 10 + i),
-                Duration::from_secs(5),
-            )
-            .await;
+            let took = live_within(&stack, &stack.slug(10 + i), Duration::from_secs(5)).await;
             eprintln!("{transport}: {what}: the next valid event applied in {took:?}");
             worst = worst.max(took);
         }
@@ -191,7 +187,7 @@ async fn hostile_handshakes_are_clamped_not_fatal() {
             .unwrap_or_else(|e| panic!("{hello}: {e}\n{}", stack.log_tail(&collector)));
         // Let the sockets run a few seconds with these numbers, then prove they still work.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let slug = format!("streamer{}", rand_index());
+        let slug = stack.slug(rand_index());
         let took = live_within(&stack, &slug, Duration::from_secs(5)).await;
         assert!(took < Duration::from_secs(1), "{hello}: {took:?}");
         stack

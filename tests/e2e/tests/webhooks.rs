@@ -343,6 +343,42 @@ async fn hostile_requests_get_their_status_and_stage_nothing() {
     let wrong = json!({"broadcaster": {"user_id": "1000000"}, "is_live": "yes"}).to_string();
     assert_eq!(deliver(url, "01JBAD7", &now, wrong).await, 400);
     assert_eq!(deliver(url, "01JBAD8", &now, "not json".into()).await, 400);
+    // Times that cannot order anything: far in the future (it would outrank every real event),
+    // no start at all, an end delivery without its end.
+    let future = status_body(user, true, "2999-01-01T00:00:00Z", None);
+    assert_eq!(deliver(url, "01JBADA", &now, future).await, 400);
+    let no_start = json!({"broadcaster": {"user_id": user}, "is_live": true}).to_string();
+    assert_eq!(deliver(url, "01JBADB", &now, no_start).await, 400);
+    let no_end = status_body(user, false, &now, None);
+    assert_eq!(deliver(url, "01JBADC", &now, no_end).await, 400);
+    // A message id that is not ASCII is malformed, not missing.
+    let raw = reqwest::Client::new()
+        .post(url)
+        .header(
+            "Kick-Event-Message-Id",
+            reqwest::header::HeaderValue::from_bytes("été".as_bytes()).unwrap(),
+        )
+        .header("Kick-Event-Message-Timestamp", &now)
+        .header("Kick-Event-Signature", "AAAA")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status().as_u16(), 400);
+    // A version of the event we do not know: acknowledged, not staged.
+    let sig = kick_sim::webhooks::sign("01JV2", &now, &body);
+    let v2 = reqwest::Client::new()
+        .post(url)
+        .header("Kick-Event-Message-Id", "01JV2")
+        .header("Kick-Event-Message-Timestamp", &now)
+        .header("Kick-Event-Signature", &sig)
+        .header("Kick-Event-Type", ev)
+        .header("Kick-Event-Version", "2")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(v2.status().as_u16(), 200);
     // Over 64 KiB.
     let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(70 * 1024));
     assert_eq!(deliver(url, "01JBAD9", &now, big).await, 413);
@@ -407,6 +443,8 @@ async fn hostile_requests_get_their_status_and_stage_nothing() {
         ),
         1.0
     );
+    assert_eq!(failures("bad_body"), 5.0, "{m}");
+    assert_eq!(metric(&m, "kick_webhooks_db_up"), 1.0, "staging works: {m}");
     let log = stack.log_tail(&rx.svc);
     assert!(
         log.contains("01JBAD1") && log.contains("WARN"),

@@ -9,11 +9,11 @@
 //! (`/app/{key}`), and the control API (`/control/*`) that tests use to make streamers go live,
 //! inject faults and hostile frames, and read back what was published.
 //!
-//! `Options::default()` is the friendly Kick the collector was written against;
-//! `Options::realistic()` switches on every awkward behaviour of the real one (regions,
-//! subscription limits, slugs that differ from usernames, the deprecated v1 livestreams endpoint
-//! gone, a dead Pusher key offered first, missing channels, rate limits, Cloudflare on the
-//! website API, webhook subscription limits). Each behaviour is also its own option.
+//! By default it is as awkward as the real Kick (`Options::default()` = `Options::realistic()`):
+//! regions, subscription limits, slugs that differ from usernames, the deprecated v1 livestreams
+//! endpoint gone, a dead Pusher key offered first, missing channels, rate limits, Cloudflare on
+//! the website API, webhook subscription limits. `Options::ideal()` switches all of them off, for
+//! tests of one behaviour; each behaviour is also its own option.
 //!
 //! # Layout
 //!
@@ -60,8 +60,9 @@ use crate::world::{Published, World};
 
 /// Start-up options (the `kick-sim` command line).
 ///
-/// The fields after `noise_rate` are the realistic behaviours: all off in `Options::default()`,
-/// all on in `Options::realistic()`.
+/// The fields after `noise_rate` are the realistic behaviours: all on by default (as Kick
+/// behaves: `Options::default()` = `Options::realistic()`), all off in `Options::ideal()`, which
+/// tests of one specific behaviour start from.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub streamers: usize,
@@ -123,7 +124,15 @@ pub struct Options {
 }
 
 impl Default for Options {
+    /// Kick as it is: every realistic behaviour on.
     fn default() -> Self {
+        Self::realistic()
+    }
+}
+
+impl Options {
+    /// A Kick without quirks: every realistic behaviour off.
+    pub fn ideal() -> Self {
         Self {
             streamers: 100,
             client_id: "sim-client".into(),
@@ -149,10 +158,8 @@ impl Default for Options {
             webhook_unsubscribe_after: None,
         }
     }
-}
 
-impl Options {
-    /// The defaults with every realistic behaviour switched on (values in the field docs).
+    /// Every realistic behaviour switched on (values in the field docs): the default.
     pub fn realistic() -> Self {
         Self {
             regions: vec!["us-east-1".into(), "us-west-2".into()],
@@ -169,7 +176,7 @@ impl Options {
             events_subscription_limit: Some(10_000),
             events_delete_limit: Some(50),
             webhook_unsubscribe_after: Some(20),
-            ..Self::default()
+            ..Self::ideal()
         }
     }
 }
@@ -340,6 +347,12 @@ impl Sim {
     /// Number of streamers in the world.
     pub fn streamer_count(&self) -> usize {
         self.world.lock().unwrap().streamers.len()
+    }
+
+    /// The user ids the official API leaves out of its answers (banned channels,
+    /// `missing_channels_every`): kick-monitor reports them `unknown`.
+    pub fn missing_user_ids(&self) -> std::collections::BTreeSet<i64> {
+        self.settings.lock().unwrap().missing_user_ids.clone()
     }
 
     /// The name of region `idx` (`None` when regions are off).

@@ -8,7 +8,7 @@ use clap::Parser;
 use kick_sim::limits::RateLimit;
 
 const CONTROL_HELP: &str = "\
-Realistic behaviours (all off by default; --realistic switches all on; a flag after it sets one):
+Realistic behaviours (all on by default, as Kick behaves; --ideal switches all off; a flag sets one):
   --regions us-east-1,us-west-2      streamer i is served by region i % n; one Centrifugo endpoint
                                      per region; publications reach only the channel's region
   --centrifugo-subscription-limit 128   the next subscribe gets error 106 \"limit exceeded\"
@@ -182,9 +182,12 @@ struct Cli {
     /// Noise events per second (FollowersUpdated, ChannelSubscriptionEvent).
     #[arg(long, default_value_t = 0.0)]
     noise_rate: f64,
-    /// Switch on every realistic behaviour (listed below with its realistic value).
-    #[arg(long)]
+    /// Every realistic behaviour on (the default; listed below with its realistic value).
+    #[arg(long, conflicts_with = "ideal")]
     realistic: bool,
+    /// Every realistic behaviour off: a Kick without quirks (a flag below still sets one).
+    #[arg(long)]
+    ideal: bool,
     /// Centrifugo regions, comma-separated, or "off".
     #[arg(long, value_name = "NAMES")]
     regions: Option<Regions>,
@@ -225,10 +228,10 @@ struct Cli {
 
 impl Cli {
     fn options(self) -> kick_sim::Options {
-        let base = if self.realistic {
-            kick_sim::Options::realistic()
+        let base = if self.ideal {
+            kick_sim::Options::ideal()
         } else {
-            kick_sim::Options::default()
+            kick_sim::Options::realistic()
         };
         let or = |flag: Option<Setting<usize>>, base: Option<usize>| flag.map_or(base, |s| s.0);
         kick_sim::Options {
@@ -299,9 +302,14 @@ mod tests {
     }
 
     #[test]
-    fn realistic_then_single_flags() {
-        let o = parse(&[]);
+    fn realistic_by_default_ideal_then_single_flags() {
+        let o = parse(&["--ideal"]);
         assert!(o.regions.is_empty() && o.api_rate_limit.is_none() && !o.pusher_dead_key_first);
+        assert_eq!(
+            parse(&[]).regions,
+            ["us-east-1", "us-west-2"],
+            "realistic by default"
+        );
         let o = parse(&["--realistic"]);
         assert_eq!(o.regions, ["us-east-1", "us-west-2"]);
         assert_eq!(o.centrifugo_subscription_limit, Some(128));
@@ -321,7 +329,12 @@ mod tests {
         assert!(!o.v1_livestreams_removed);
         assert_eq!(o.centrifugo_subscription_limit, None);
         assert!(o.pusher_dead_key_first, "the rest stays realistic");
-        let o = parse(&["--pusher-dead-key-first", "--web-challenge-every", "1"]);
+        let o = parse(&[
+            "--ideal",
+            "--pusher-dead-key-first",
+            "--web-challenge-every",
+            "1",
+        ]);
         assert!(o.pusher_dead_key_first);
         assert_eq!(o.web_challenge_every, Some(1));
         assert!(Cli::try_parse_from(["kick-sim", "--api-rate-limit", "10"]).is_err());

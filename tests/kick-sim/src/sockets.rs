@@ -199,6 +199,70 @@ impl Sim {
         (s.map.len(), s.map.values().map(|e| e.subs.len()).sum())
     }
 
+    /// Subscriptions to streamers' `channel.{id}` feeds that deliver: on a Pusher socket, or on a
+    /// Centrifugo socket of the channel's own region (a subscription elsewhere is accepted and
+    /// never delivers). Two collectors covering every channel count each channel twice.
+    pub fn subscriptions_delivering(&self) -> usize {
+        let feeds: Vec<(String, usize)> = {
+            let w = self.world.lock().unwrap();
+            w.streamers
+                .iter()
+                .map(|st| (format!("channel.{}", st.channel_id), st.region_idx))
+                .collect()
+        };
+        let s = self.sockets.lock().unwrap();
+        let regions = s.n_regions > 1;
+        feeds
+            .iter()
+            .map(|(feed, region)| {
+                s.by_channel.get(feed).map_or(0, |ids| {
+                    ids.iter()
+                        .filter(|id| {
+                            s.map.get(id).is_some_and(|e| match e.transport {
+                                Transport::Pusher => true,
+                                Transport::Centrifugo => !regions || e.region == *region,
+                            })
+                        })
+                        .count()
+                })
+            })
+            .sum()
+    }
+
+    /// The feeds not delivered anywhere, each with where it is subscribed (socket id, transport,
+    /// region) and its own region: what a test prints when coverage does not converge.
+    pub fn undelivered(&self) -> Vec<String> {
+        let feeds: Vec<(String, usize)> = {
+            let w = self.world.lock().unwrap();
+            w.streamers
+                .iter()
+                .map(|st| (format!("channel.{}", st.channel_id), st.region_idx))
+                .collect()
+        };
+        let s = self.sockets.lock().unwrap();
+        let regions = s.n_regions > 1;
+        let mut out = Vec::new();
+        for (feed, region) in feeds {
+            let subs: Vec<(u64, Transport, usize)> = s
+                .by_channel
+                .get(&feed)
+                .map(|ids| {
+                    ids.iter()
+                        .filter_map(|id| s.map.get(id).map(|e| (*id, e.transport, e.region)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let delivered = subs.iter().any(|(_, t, r)| match t {
+                Transport::Pusher => true,
+                Transport::Centrifugo => !regions || *r == region,
+            });
+            if !delivered {
+                out.push(format!("{feed} (region {region}) subscribed on {subs:?}"));
+            }
+        }
+        out
+    }
+
     /// Channel → number of sockets subscribed to it.
     pub fn channel_subscriptions(&self) -> BTreeMap<String, usize> {
         let s = self.sockets.lock().unwrap();

@@ -1,7 +1,7 @@
 //! Fidelity: every response kick-sim serves that has a recorded fixture (`tests/fixtures/kick`)
 //! is compared field by field with it: the same keys at every level, values of the same JSON
 //! type, and JSON-in-JSON `data` strings compared after decoding. Extra keys are allowed only
-//! where listed (with the reason). Each test runs with `Options::default()` and again with
+//! where listed (with the reason). Each test runs with `Options::ideal()` and again with
 //! `Options::realistic()`, where the realistic Kick changes what is compared (v1 livestreams gone,
 //! a channel served by its own region, a dead Pusher key offered first).
 
@@ -82,12 +82,12 @@ fn assert_shape(name: &str, got: &Value, extra: &[&str]) {
     );
 }
 
-/// `Options::default()`, or `Options::realistic()` when `realistic`.
+/// `Options::ideal()`, or `Options::realistic()` when `realistic`.
 fn options(realistic: bool) -> kick_sim::Options {
     if realistic {
         kick_sim::Options::realistic()
     } else {
-        kick_sim::Options::default()
+        kick_sim::Options::ideal()
     }
 }
 

@@ -15,7 +15,7 @@ use common::*;
 fn opts() -> kick_sim::Options {
     kick_sim::Options {
         streamers: 5,
-        ..Default::default()
+        ..kick_sim::Options::ideal()
     }
 }
 
@@ -233,7 +233,7 @@ async fn centrifugo_connect_reply_can_be_hostile() {
     let s = start(kick_sim::Options {
         streamers: 5,
         ping_interval: Duration::from_secs(1),
-        ..Default::default()
+        ..kick_sim::Options::ideal()
     })
     .await;
     let url = format!("{}/connection/websocket", s.url().replace("http", "ws"));
@@ -302,7 +302,7 @@ async fn pusher_activity_timeout_can_be_any_u64() {
     let s = start(kick_sim::Options {
         streamers: 5,
         activity_timeout: Duration::from_secs(1),
-        ..Default::default()
+        ..kick_sim::Options::ideal()
     })
     .await;
     control(&s, "/control/pusher", json!({"activity_timeout": u64::MAX})).await;

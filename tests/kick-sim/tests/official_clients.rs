@@ -74,7 +74,7 @@ async fn run(
 
 #[tokio::test]
 async fn pusher_js_and_centrifuge_js_receive_a_live_flip() {
-    live_flip(kick_sim::Options::default()).await;
+    live_flip(kick_sim::Options::ideal()).await;
 }
 
 /// On a realistic sim the channel's Centrifugo region comes from the per-channel negotiation

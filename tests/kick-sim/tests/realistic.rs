@@ -23,7 +23,7 @@ fn realistic(streamers: usize) -> kick_sim::Options {
 fn default(streamers: usize) -> kick_sim::Options {
     kick_sim::Options {
         streamers,
-        ..Default::default()
+        ..kick_sim::Options::ideal()
     }
 }
 

@@ -98,7 +98,7 @@ fn summary(mut v: Vec<f64>) -> String {
 fn sim_opts(streamers: usize) -> Options {
     Options {
         streamers,
-        ..Options::default()
+        ..Options::ideal()
     }
 }
 
