@@ -196,7 +196,11 @@ pub fn new(
     (handle, stager)
 }
 
-const INSERT: &str = "INSERT INTO raw_events
+/// One statement, in autocommit: the insert and its durable commit in one round trip. `$14`
+/// rings the doorbell in the same transaction (see [`Doorbell`]); the count of inserted rows
+/// comes back either way.
+const INSERT: &str = "WITH ins AS (
+    INSERT INTO raw_events
     (source, topic, event_name, kick_channel_id, kick_user_id, livestream_id, event_time, payload,
      dedupe_key, collector_id, observed_at, received_at, processed_at, outcome)
     SELECT s, t, n, c, u, l, e, p::jsonb, k, $10, o,
@@ -206,12 +210,38 @@ const INSERT: &str = "INSERT INTO raw_events
                 $7::timestamptz[], $8::text[], $9::text[], $11::timestamptz[], $12::timestamptz[],
                 $13::text[])
          AS v(s, t, n, c, u, l, e, p, k, o, r, x)
-    ON CONFLICT (dedupe_key) DO NOTHING";
+    ON CONFLICT (dedupe_key) DO NOTHING
+    RETURNING 1),
+  n AS (SELECT count(*) AS inserted FROM ins)
+  SELECT inserted, CASE WHEN inserted > 0 AND $14 THEN pg_notify('raw_events', '') END AS rung
+  FROM n";
+
+/// Where the `raw_events` doorbell (NOTIFY) rings. PostgreSQL holds a cluster-wide lock from a
+/// notifying commit until its commit record is flushed, so a NOTIFY inside the durable staging
+/// commit makes every other notifying commit (the writer's `status_changed`) wait for this
+/// fsync. Rung right after, in a tiny asynchronous transaction, it holds that lock only for
+/// microseconds; the rows are committed before it rings, and a doorbell lost in a crash is
+/// covered by the writer's poll. `KICK_STAGING_DOORBELL`: `after` (default) or `commit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Doorbell {
+    InCommit,
+    After,
+}
+
+impl Doorbell {
+    fn from_env() -> Doorbell {
+        match std::env::var("KICK_STAGING_DOORBELL").as_deref() {
+            Ok("commit") => Doorbell::InCommit,
+            _ => Doorbell::After,
+        }
+    }
+}
 
 /// A database connection ready to stage.
 struct Conn {
     client: tokio_postgres::Client,
     insert: tokio_postgres::Statement,
+    doorbell: Doorbell,
 }
 
 async fn connect(db: &DbConfig, program: &'static str) -> Result<Conn, db::DbError> {
@@ -225,7 +255,11 @@ async fn connect(db: &DbConfig, program: &'static str) -> Result<Conn, db::DbErr
         ))
         .await?;
     let insert = client.prepare(INSERT).await?;
-    Ok(Conn { client, insert })
+    Ok(Conn {
+        client,
+        insert,
+        doorbell: Doorbell::from_env(),
+    })
 }
 
 /// Whether the database refused the rows for their content (so retrying them unchanged can
@@ -262,9 +296,10 @@ async fn insert(
         })
         .collect();
     let outcome: Vec<Option<&str>> = rows.iter().map(|e| e.outcome.as_deref()).collect();
-    let tx = conn.client.transaction().await?;
-    let n = tx
-        .execute(
+    let in_commit = conn.doorbell == Doorbell::InCommit;
+    let row = conn
+        .client
+        .query_one(
             &conn.insert,
             &[
                 &source,
@@ -280,14 +315,18 @@ async fn insert(
                 &obs,
                 &recv,
                 &outcome,
+                &in_commit,
             ],
         )
         .await?;
-    if n > 0 {
-        tx.batch_execute("NOTIFY raw_events").await?;
+    let n: i64 = row.get("inserted");
+    if n > 0 && !in_commit {
+        // The rows are durable: ring without waiting for another fsync.
+        conn.client
+            .batch_execute("BEGIN; SET LOCAL synchronous_commit = off; NOTIFY raw_events; COMMIT")
+            .await?;
     }
-    tx.commit().await?;
-    Ok(n)
+    Ok(n as u64)
 }
 
 /// The database's clock at a local instant, estimated from the measured skew.

@@ -163,6 +163,12 @@ impl Stack {
         // Region lookups for hundreds of channels at the default 10/s would take most of a
         // test: the tests' Kick tolerates more.
         env.push(("KICK_WEB_RATE".into(), "500".into()));
+        // Experiments (benchmarks): settings the services read that the environment may set.
+        for var in ["KICK_STAGING_DOORBELL"] {
+            if let Ok(v) = std::env::var(var) {
+                env.push((var.into(), v));
+            }
+        }
         env.push(("LOG_FORMAT".into(), "json".into()));
         env.push(("LOG_LEVEL".into(), "info".into()));
         for (k, v) in extra {
@@ -199,6 +205,26 @@ impl Stack {
         wrapper: &[&str],
         extra: &[(&str, &str)],
     ) -> Service {
+        self.spawn_with_args(name, wrapper, &[], extra)
+    }
+
+    /// [`Stack::spawn_wrapped`] with arguments for the program. Benchmarks that pin the services
+    /// (`KICK_BENCH_SERVICE_CPUS`) run every service under `taskset`.
+    pub fn spawn_with_args(
+        &self,
+        name: &'static str,
+        wrapper: &[&str],
+        args: &[&str],
+        extra: &[(&str, &str)],
+    ) -> Service {
+        let pin = std::env::var("KICK_BENCH_SERVICE_CPUS")
+            .ok()
+            .filter(|c| !c.is_empty());
+        let pinned: Vec<&str> = match &pin {
+            Some(cpus) if wrapper.is_empty() => vec!["taskset", "-c", cpus.as_str()],
+            _ => wrapper.to_vec(),
+        };
+        let wrapper = pinned.as_slice();
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = self.dir.join(format!("{name}-{n}.log"));
@@ -212,7 +238,8 @@ impl Stack {
                 c
             }
         };
-        cmd.env_clear()
+        cmd.args(args)
+            .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .current_dir(&self.dir);
         for (k, v) in &self.env {

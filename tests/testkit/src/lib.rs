@@ -177,6 +177,16 @@ impl Cluster {
     }
 
     fn start_inner(tcp: Option<Tcp>, hba_rules: &[&str], settings: &[(String, String)]) -> Cluster {
+        // Experiments (benchmarks): more server settings from `KICK_TESTKIT_PG_SETTINGS`
+        // (`name=value,name=value`).
+        let mut settings = settings.to_vec();
+        if let Ok(extra) = std::env::var("KICK_TESTKIT_PG_SETTINGS") {
+            settings.extend(extra.split(',').filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            }));
+        }
+        let settings = settings.as_slice();
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let bindir = bindir();
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
@@ -253,6 +263,12 @@ impl Cluster {
         let runas = match user {
             Some((uid, gid)) => format!("setpriv --reuid={uid} --regid={gid} --clear-groups"),
             None => String::new(),
+        };
+        // Benchmarks pin the server (with the services) to some cores, away from the load
+        // generator (`kick-bench --pin`).
+        let runas = match std::env::var("KICK_BENCH_SERVICE_CPUS") {
+            Ok(cpus) if !cpus.is_empty() => format!("taskset -c {cpus} {runas}"),
+            _ => runas,
         };
         let mut child = Command::new("sh")
             .args(["-c", SUPERVISOR, "supervisor"])

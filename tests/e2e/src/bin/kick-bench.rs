@@ -65,6 +65,24 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         rate: u64,
     },
+    /// kick-monitor (collector + writer) against the single-process reference (one durable
+    /// commit per event, no staging), side by side on the same stack, per transport and rate.
+    Compare {
+        #[arg(long, default_value_t = 10_000)]
+        streamers: usize,
+        #[arg(long, value_delimiter = ',', default_value = "20,100,1000")]
+        rates: Vec<u64>,
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+        #[arg(long, value_delimiter = ',', default_value = "centrifugo,pusher")]
+        transports: Vec<String>,
+        /// Alternate kick-monitor and the reference this many times per rate.
+        #[arg(long, default_value_t = 1)]
+        rounds: u32,
+    },
+    /// (used by `compare`) the reference implementation as its own process.
+    #[command(hide = true)]
+    Reference,
     /// kick-sim at scale: streamers, sockets and published events per second.
     SimScale {
         #[arg(long, default_value_t = 50_000)]
@@ -311,6 +329,114 @@ async fn measure_pipeline(stack: &Stack, rate: u64, seconds: u64, offset: usize)
     tokio::time::sleep(Duration::from_secs(2)).await;
     listener.abort();
     lat.lock().await.clone()
+}
+
+/// p50/p95/p99/max in ms.
+fn percentiles(mut v: Vec<f64>) -> (usize, [f64; 4]) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    (
+        n,
+        [
+            pct(&v, 0.5) * 1e3,
+            pct(&v, 0.95) * 1e3,
+            pct(&v, 0.99) * 1e3,
+            v.last().copied().unwrap_or(f64::NAN) * 1e3,
+        ],
+    )
+}
+
+/// Waits until no socket is connected to kick-sim (the previous phase's client is gone).
+async fn sockets_gone(stack: &Stack) {
+    let t0 = Instant::now();
+    while stack.sim.sim.socket_count().0 > 0 && t0.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn compare(
+    streamers: usize,
+    rates: &[u64],
+    seconds: u64,
+    transports: &[String],
+    rounds: u32,
+) {
+    println!(
+        "| compare | transport, rate | kick-monitor p50 / p95 / p99 / max | reference p50 / p95 / p99 / max | p99 ratio |"
+    );
+    for transport in transports {
+        let mut env = QUIET.to_vec();
+        env.push(("KICK_REALTIME_TRANSPORT", transport.as_str()));
+        let stack = Stack::start(sim_opts(streamers), &env).await;
+        let mut offset = 0;
+        for rate in rates {
+            for _ in 0..rounds {
+                let level = std::env::var("BENCH_WRITER_LOG").unwrap_or_else(|_| "warn".into());
+                let mut w = stack.spawn("kick-writer", &[("LOG_LEVEL", level.as_str())]);
+                let mut c = stack.spawn("kick-collector", &[]);
+                stack
+                    .wait_subscribed(streamers as i64, Duration::from_secs(120))
+                    .await
+                    .unwrap();
+                stack.converge(Duration::from_secs(120)).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let t_km = chrono::Utc::now();
+                let km = measure_pipeline(&stack, *rate, seconds, offset).await;
+                offset += (*rate * seconds) as usize;
+                // Where kick-monitor's time goes, from the database's own clock: staged (insert
+                // statement) → the writer's transaction start.
+                let r = stack
+                    .client()
+                    .await
+                    .query_one(
+                        "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM processed_at - received_at)) AS p
+                         FROM raw_events WHERE source = 'realtime' AND received_at >= $1",
+                        &[&t_km],
+                    )
+                    .await
+                    .unwrap();
+                let p: Vec<f64> = r.get("p");
+                eprintln!(
+                    "  {transport} {rate}/s: staged → writer transaction start p50 {:.2} ms, p99 {:.2} ms",
+                    p[0] * 1e3,
+                    p[1] * 1e3
+                );
+                c.terminate();
+                w.terminate();
+                if let Ok(dir) = std::env::var("BENCH_KEEP_LOG") {
+                    let _ = std::fs::copy(&w.log, format!("{dir}/writer-compare-{rate}.log"));
+                    let _ = std::fs::write(
+                        format!("{dir}/postgres-compare-{rate}.log"),
+                        stack.cluster.log(),
+                    );
+                }
+                sockets_gone(&stack).await;
+                let mut r = stack.spawn_with_args("kick-bench", &[], &["reference"], &[]);
+                stack
+                    .wait_subscribed(streamers as i64, Duration::from_secs(120))
+                    .await
+                    .unwrap_or_else(|e| panic!("reference: {e}\n{}", stack.log_tail(&r)));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let rf = measure_pipeline(&stack, *rate, seconds, offset).await;
+                offset += (*rate * seconds) as usize;
+                r.kill9();
+                sockets_gone(&stack).await;
+                let ((kn, k), (rn, f)) = (percentiles(km), percentiles(rf));
+                println!(
+                    "| compare | {transport}, {rate} events/s × {seconds} s, {streamers} streamers | {:.1} / {:.1} / {:.1} / {:.1} ms (n={kn}) | {:.1} / {:.1} / {:.1} / {:.1} ms (n={rn}) | {:.2} |",
+                    k[0],
+                    k[1],
+                    k[2],
+                    k[3],
+                    f[0],
+                    f[1],
+                    f[2],
+                    f[3],
+                    k[2] / f[2]
+                );
+            }
+        }
+    }
 }
 
 /// A free loopback port for a metrics endpoint.
@@ -572,6 +698,21 @@ async fn sim_scale(streamers: usize, rate: u64, seconds: u64) {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
+    if let Cmd::Reference = cli.cmd {
+        let cfg =
+            kick_shared::config::Config::from_env_for(kick_shared::config::Service::Collector)
+                .expect("reference: configuration");
+        if let Err(e) = kick_e2e::reference::run(cfg).await {
+            eprintln!("reference: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if let Ok(cpus) = std::env::var("KICK_BENCH_SERVICE_CPUS") {
+        eprintln!(
+            "pinned: PostgreSQL and the measured processes on CPU {cpus} (see scripts/bench)"
+        );
+    }
     println!("| benchmark | setup | result |\n|---|---|---|");
     match cli.cmd {
         Cmd::All => {
@@ -582,6 +723,14 @@ async fn main() {
             recovery(10_000).await;
             sim_scale(50_000, 5000, 10).await;
         }
+        Cmd::Reference => unreachable!("handled above"),
+        Cmd::Compare {
+            streamers,
+            rates,
+            seconds,
+            transports,
+            rounds,
+        } => compare(streamers, &rates, seconds, &transports, rounds).await,
         Cmd::Drain { events } => drain(events).await,
         Cmd::WriterLatency { rate, seconds } => writer_latency(rate, seconds).await,
         Cmd::Pipeline {
