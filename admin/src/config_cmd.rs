@@ -171,6 +171,15 @@ async fn set(
 /// A setting the services read is checked as they would read it: a value they would refuse
 /// is refused here (65, nothing stored), instead of stopping every service at its next start.
 fn validate(key: &str, value: &str) -> anyhow::Result<()> {
+    // No setting holds a control character (NUL, a newline, an escape sequence that would
+    // rewrite a terminal showing `config list`).
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(ExitError::new(
+            Exit::DataErr,
+            format!("{key} was not stored: the value holds a control character ({c:?})"),
+        )
+        .into());
+    }
     if !DB_SETTINGS.contains(&key) {
         return Ok(());
     }

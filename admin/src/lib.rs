@@ -131,11 +131,60 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
     for warning in config.database.warnings() {
         tracing::warn!("{warning}");
     }
-    if needs_db_settings {
-        // Kick credentials may be stored in the config table (`config set KICK_CLIENT_SECRET`).
-        config = kick_shared::config::load_with_db(Service::Admin).await?;
+    // Read-only commands answer within a bound: a hung database server (stopped, its disk
+    // frozen) must not hang a monitoring script that runs `kick-admin status`. Commands that
+    // change something are not cut short midway.
+    let read_only = matches!(
+        &cli.command,
+        Command::Status { .. }
+            | Command::Db(db::DbCommand::Status { .. })
+            | Command::Streamers(
+                streamers::StreamersCommand::List { .. }
+                    | streamers::StreamersCommand::Show { .. }
+                    | streamers::StreamersCommand::History { .. }
+            )
+            | Command::Config(ConfigCommand::Get { .. } | ConfigCommand::List { .. })
+    );
+    let limit = admin_timeout()?;
+    let work = async {
+        if needs_db_settings {
+            // Kick credentials may be stored in the config table (`config set KICK_CLIENT_SECRET`).
+            config = kick_shared::config::load_with_db(Service::Admin).await?;
+        }
+        run_with(cli, &config).await
+    };
+    match limit.filter(|_| read_only) {
+        Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+            Err(kick_shared::exit::ExitError::new(
+                Exit::TempFail,
+                format!(
+                    "no answer within {}s: the database is not answering (KICK_ADMIN_TIMEOUT sets the limit)",
+                    limit.as_secs()
+                ),
+            )
+            .into())
+        }),
+        None => work.await,
     }
-    run_with(cli, &config).await
+}
+
+/// `KICK_ADMIN_TIMEOUT`: seconds a read-only command may take (default 30; 0: no limit).
+fn admin_timeout() -> anyhow::Result<Option<std::time::Duration>> {
+    let secs = match std::env::var("KICK_ADMIN_TIMEOUT") {
+        Err(_) => 30,
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|s| *s <= 86_400)
+            .ok_or_else(|| {
+                kick_shared::exit::ExitError::new(
+                    Exit::Config,
+                    format!("KICK_ADMIN_TIMEOUT: expected seconds from 0 to 86400, got {v:?}"),
+                )
+            })?,
+    };
+    Ok((secs > 0).then(|| std::time::Duration::from_secs(secs)))
 }
 
 /// `db init` and `db roles` are run by the database superuser, typically as

@@ -1001,6 +1001,12 @@ mod with_kick {
                 .0,
             0
         );
+        // Control characters (an escape sequence, a newline) are refused, for any key (65).
+        for bad in ["60s\u{1b}[2J", "a\nb"] {
+            let (code, _, err) = run(&env, &["config", "set", "SOME_NOTE", bad]).await;
+            assert_eq!(code, 65, "{bad:?}: {err}");
+            assert!(err.contains("control character"), "{err}");
+        }
         let stored = |key: &'static str| {
             let db = &e.db;
             async move {

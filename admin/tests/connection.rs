@@ -439,3 +439,26 @@ fn rand_suffix() -> u128 {
         .unwrap()
         .as_nanos()
 }
+
+#[test]
+fn a_hung_server_gets_an_answer_within_kick_admin_timeout() {
+    // Its own cluster: hanging the shared ones would stall the other tests.
+    let c = Cluster::start_tcp(Tcp::Plain, &[]).with_template();
+    c.psql(
+        "postgres",
+        &format!("CREATE DATABASE {DB} TEMPLATE kick_template"),
+    );
+    let mut e = env(&c, "127.0.0.1", &[("KICK_ADMIN_TIMEOUT", "2")]);
+    assert_connects(&e);
+    c.pause();
+    let started = std::time::Instant::now();
+    let (code, err) = status(&e);
+    let took = started.elapsed();
+    c.resume();
+    assert_eq!(code, 75, "EX_TEMPFAIL: {err}");
+    assert!(err.contains("no answer within 2s"), "{err}");
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    // A value that is not a number of seconds is a configuration error, not a silent default.
+    e.push(("KICK_ADMIN_TIMEOUT".into(), "soon".into()));
+    assert_fails(&e, 78, &["KICK_ADMIN_TIMEOUT"]);
+}

@@ -99,6 +99,8 @@ pub async fn run(ctx: Arc<Ctx>, queue: Queue) -> anyhow::Result<()> {
     let mut next_all = Instant::now() + ctx.cfg().reconcile_interval;
     let mut next_poll = Instant::now() + ctx.cfg().poll_interval;
     let mut misses = Misses::new();
+    // Consecutive failed runs and since when (a problem from the third on).
+    let mut failing_since: Option<(u32, chrono::DateTime<Utc>)> = None;
     loop {
         if pending.is_empty() {
             let next_recheck = rechecks.iter().map(|(t, _)| *t).min();
@@ -201,6 +203,7 @@ pub async fn run(ctx: Arc<Ctx>, queue: Queue) -> anyhow::Result<()> {
                 Err(e) => result = Err(e),
             }
         }
+        api_health(&ctx, &mut failing_since, result.as_ref().err());
         match &result {
             Ok(differing) => {
                 tracing::debug!(
@@ -280,6 +283,33 @@ async fn load(ctx: &Ctx, scope: &Scope) -> anyhow::Result<Vec<Stored>> {
             realtime: r.get::<_, String>("coverage") == "realtime",
         })
         .collect())
+}
+
+/// Three failed runs in a row make the API a problem in health (one failure is common: a
+/// timeout, a 502); the next successful run clears it.
+fn api_health(
+    ctx: &Ctx,
+    failing: &mut Option<(u32, chrono::DateTime<Utc>)>,
+    error: Option<&anyhow::Error>,
+) {
+    match error {
+        None => {
+            *failing = None;
+            ctx.health.clear("kick_api");
+        }
+        Some(e) => {
+            let (n, since) = failing.get_or_insert((0, Utc::now()));
+            *n += 1;
+            if *n >= 3 {
+                let what: String = format!("{e:#}").chars().take(200).collect();
+                ctx.health.set_since(
+                    "kick_api",
+                    format!("kick api failing ({n} runs in a row): {what}"),
+                    *since,
+                );
+            }
+        }
+    }
 }
 
 /// Runs an API call, honouring 429 Retry-After a few times before giving up.

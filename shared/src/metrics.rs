@@ -44,11 +44,23 @@ impl Gauge {
 #[derive(Debug, Default)]
 pub struct LabeledCounter(Mutex<BTreeMap<String, u64>>);
 
+/// Distinct label values a [`LabeledCounter`] keeps; later new values count under
+/// [`OVERFLOW_LABEL`]. Labels can come from outside (Kick's event names): a flood of made-up
+/// names must not grow the metrics page (and Prometheus) without bound.
+pub const MAX_LABELS: usize = 64;
+/// Where new label values beyond [`MAX_LABELS`] are counted.
+pub const OVERFLOW_LABEL: &str = "_other";
+
 impl LabeledCounter {
     pub fn add(&self, label: &str, n: u64) {
         let mut m = self.0.lock().unwrap();
+        let full = m.len() >= MAX_LABELS;
         match m.get_mut(label) {
             Some(v) => *v = v.saturating_add(n),
+            None if full => {
+                let v = m.entry(OVERFLOW_LABEL.to_owned()).or_default();
+                *v = v.saturating_add(n);
+            }
             None => {
                 m.insert(label.to_owned(), n);
             }
@@ -190,6 +202,9 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // Connections still reading their request, oldest first (see the eviction below).
+    let waiting: Arc<Mutex<std::collections::VecDeque<(u64, CancellationToken)>>> = Arc::default();
+    let mut next_id: u64 = 0;
     tokio::spawn(async move {
         let mut backoff = std::time::Duration::from_millis(10);
         loop {
@@ -213,17 +228,46 @@ pub async fn serve(
                     continue;
                 }
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                // Over the cap: close at once rather than queue.
-                drop(sock);
-                continue;
+            let permit = match slots.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    // Over the cap: the oldest connection that has still not sent its request
+                    // makes room (a flood of idle connections must not lock out a scraper or a
+                    // health check, which send theirs at once); with none, the new one is
+                    // closed rather than queued.
+                    let victim = waiting.lock().unwrap().pop_front();
+                    let Some((_, stop)) = victim else {
+                        drop(sock);
+                        continue;
+                    };
+                    stop.cancel();
+                    match tokio::time::timeout(
+                        std::time::Duration::from_millis(100),
+                        slots.clone().acquire_owned(),
+                    )
+                    .await
+                    {
+                        Ok(Ok(p)) => p,
+                        _ => {
+                            drop(sock);
+                            continue;
+                        }
+                    }
+                }
             };
             let site = site.clone();
+            next_id += 1;
+            let (id, stop) = (next_id, CancellationToken::new());
+            waiting.lock().unwrap().push_back((id, stop.clone()));
+            let waiting = waiting.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                let Ok(Some(path)) =
-                    tokio::time::timeout(REQUEST_TIMEOUT, read_path(&mut sock)).await
-                else {
+                let path = tokio::select! {
+                    r = tokio::time::timeout(REQUEST_TIMEOUT, read_path(&mut sock)) => r,
+                    _ = stop.cancelled() => Ok(None),
+                };
+                waiting.lock().unwrap().retain(|(i, _)| *i != id);
+                let Ok(Some(path)) = path else {
                     return;
                 };
                 let (status, ctype, body) = match path.as_str() {
@@ -270,4 +314,67 @@ async fn read_path(sock: &mut tokio::net::TcpStream) -> Option<String> {
     }
     let target = parts.next()?;
     Some(target.split('?').next().unwrap_or(target).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dummy;
+    impl Render for Dummy {
+        fn render(&self) -> String {
+            "x 1\n".into()
+        }
+    }
+    impl Site for Dummy {
+        fn healthz(&self) -> (bool, serde_json::Value) {
+            (true, serde_json::json!({"status": "ok"}))
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_connections_cannot_lock_out_a_health_check() {
+        let stop = CancellationToken::new();
+        let addr = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Dummy),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        // More idle connections than the cap, never sending a byte.
+        let mut idle = Vec::new();
+        for _ in 0..(MAX_CONNECTIONS + 8) {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            s.read_to_string(&mut out),
+        )
+        .await
+        .expect("answered well before the idle ones time out")
+        .unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        stop.cancel();
+    }
+
+    #[test]
+    fn label_values_from_outside_are_bounded() {
+        let c = LabeledCounter::default();
+        for i in 0..10_000 {
+            c.add(&format!("made-up-{i}"), 1);
+        }
+        let snap = c.snapshot();
+        assert_eq!(snap.len(), MAX_LABELS + 1);
+        assert_eq!(snap[OVERFLOW_LABEL], 10_000 - MAX_LABELS as u64);
+        // Known labels still count as themselves.
+        c.add("made-up-0", 1);
+        assert_eq!(c.get("made-up-0"), 2);
+    }
 }

@@ -160,6 +160,12 @@ struct Streamer {
     reason: Option<String>,
 }
 
+/// A `timestamptz` column read by name; `infinity`, `-infinity` and years chrono cannot hold
+/// read as absent instead of panicking the writer (one hostile row affects only itself).
+fn time(r: &tokio_postgres::Row, col: &str) -> Option<DateTime<Utc>> {
+    r.try_get::<_, Option<DateTime<Utc>>>(col).ok().flatten()
+}
+
 fn parse_source(s: Option<String>) -> Option<Source> {
     s.and_then(|s| s.parse().ok())
 }
@@ -167,7 +173,7 @@ fn parse_source(s: Option<String>) -> Option<Source> {
 impl Streamer {
     fn from_row(r: &tokio_postgres::Row) -> Self {
         let status: String = r.get("status");
-        let pending_at: Option<DateTime<Utc>> = r.get("pending_offline_at");
+        let pending_at = time(r, "pending_offline_at");
         let pending_raw: Option<i64> = r.get("pending_offline_raw_id");
         let pending_offline = match (pending_at, pending_raw) {
             (Some(since), Some(raw_id)) => Some(PendingOffline {
@@ -185,8 +191,8 @@ impl Streamer {
             state: State {
                 status: status.parse().unwrap_or(Status::Unknown),
                 livestream_id: r.get("livestream_id"),
-                started_at: r.get("live_started_at"),
-                observed_at: r.get("last_observed_at"),
+                started_at: time(r, "live_started_at"),
+                observed_at: time(r, "last_observed_at"),
                 source: parse_source(r.get("status_source")),
                 pending_offline,
             },
@@ -231,8 +237,10 @@ fn decode_row(r: &tokio_postgres::Row) -> Staged {
     let channel_id: Option<i64> = r.get("kick_channel_id");
     let user_id: Option<i64> = r.get("kick_user_id");
     let livestream_id: Option<i64> = r.get("livestream_id");
-    let event_time: Option<DateTime<Utc>> = r.get("event_time");
-    let received_at: DateTime<Utc> = r.get("received_at");
+    let event_time = time(r, "event_time");
+    // `received_at` is the database's `now()` unless someone wrote the row by hand; a value
+    // chrono cannot hold (`infinity`) must not panic the writer, so it becomes the present.
+    let received_at = time(r, "received_at").unwrap_or_else(Utc::now);
     let slug: Option<String> = r.get("slug");
     let payload_started_at: Option<String> = r.get("payload_started_at");
     let event = (|| {

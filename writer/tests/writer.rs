@@ -1002,3 +1002,65 @@ async fn a_writer_started_while_the_database_is_down_waits_for_its_settings() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn times_chrono_cannot_hold_do_not_panic_the_writer() {
+    let db = kick_testkit::fresh_db().await;
+    let mut c = db.client().await;
+    add_streamer(&c, "inf", 401, 4010).await;
+    add_streamer(&c, "fine", 402, 4020).await;
+    // Rows written by hand (or by a hostile staging role): `infinity` is a valid timestamptz
+    // that chrono cannot represent.
+    stage(
+        &c,
+        "realtime",
+        "StreamerIsLive",
+        Some(4010),
+        None,
+        Some(7),
+        "inf",
+        json!({}),
+    )
+    .await;
+    c.execute(
+        "UPDATE raw_events SET event_time = 'infinity', received_at = '-infinity' WHERE dedupe_key = 'inf'",
+        &[],
+    )
+    .await
+    .unwrap();
+    stage(
+        &c,
+        "realtime",
+        "StreamerIsLive",
+        Some(4020),
+        None,
+        Some(8),
+        "fine",
+        json!({}),
+    )
+    .await;
+    drain(&mut c, &cfg(10)).await;
+    assert_eq!(status_of(&c, "inf").await, ("online".into(), Some(7)));
+    assert_eq!(status_of(&c, "fine").await, ("online".into(), Some(8)));
+    // A streamer row holding such a time is read too (the time reads as absent).
+    c.execute(
+        "UPDATE streamers SET live_started_at = 'infinity', last_observed_at = '-infinity' WHERE username = 'inf'",
+        &[],
+    )
+    .await
+    .unwrap();
+    stage(
+        &c,
+        "realtime",
+        "StopStreamBroadcast",
+        Some(4010),
+        None,
+        Some(7),
+        "inf-off",
+        json!({}),
+    )
+    .await;
+    drain(&mut c, &cfg(10)).await;
+    assert_eq!(status_of(&c, "inf").await.0, "offline");
+    assert_eq!(kick_shared::db::pending_events(&c).await.unwrap().0, 0);
+}

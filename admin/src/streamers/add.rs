@@ -276,10 +276,14 @@ struct Note {
     streamers: usize,
 }
 
-/// `streamers import`: names are added independently; conflicts and unknown names are reported
-/// and skipped. Exit 65 when a line conflicted, else 66 when a name is unknown, else 0.
-pub(crate) async fn import(config: &Config, file: &Path, json: bool) -> anyhow::Result<Exit> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
+/// The largest import file (a million names fit in far less).
+const MAX_IMPORT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads an import file of at most [`MAX_IMPORT_BYTES`] (`/dev/zero` or a huge file is refused,
+/// not read into memory); it must be UTF-8.
+fn read_bounded(file: &Path) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let cannot = |e: std::io::Error| {
         ExitError::new(
             Exit::NoInput,
             format!(
@@ -288,7 +292,40 @@ pub(crate) async fn import(config: &Config, file: &Path, json: bool) -> anyhow::
                 e.to_string().to_lowercase()
             ),
         )
-    })?;
+    };
+    let f = std::fs::File::open(file).map_err(cannot)?;
+    let mut bytes = Vec::new();
+    f.take(MAX_IMPORT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_IMPORT_BYTES {
+        return Err(ExitError::new(
+            Exit::DataErr,
+            format!(
+                "{} is larger than {} MiB: split it",
+                file.display(),
+                MAX_IMPORT_BYTES >> 20
+            ),
+        )
+        .into());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        ExitError::new(
+            Exit::DataErr,
+            format!(
+                "{} is not UTF-8 text (byte {})",
+                file.display(),
+                e.utf8_error().valid_up_to()
+            ),
+        )
+        .into()
+    })
+}
+
+/// `streamers import`: names are added independently; conflicts and unknown names are reported
+/// and skipped. Exit 65 when a line conflicted, else 66 when a name is unknown, else 0.
+pub(crate) async fn import(config: &Config, file: &Path, json: bool) -> anyhow::Result<Exit> {
+    let text = read_bounded(file)?;
     let wanted = parse_file(&text)?;
     let mut client = db::connect(&config.database).await?;
     let api = ApiClient::new(config.kick.clone())?;

@@ -70,6 +70,8 @@ struct Placement {
     reported: BTreeSet<i64>,
     /// Coverage could not be written: try again.
     report_due: bool,
+    /// The socket cap was reached (logged once until it is not).
+    capped: bool,
 }
 
 /// Runs the placement until shutdown: `desired` is the set of channels to subscribe (updated by
@@ -104,6 +106,7 @@ pub async fn run(
         regions: HashMap::new(),
         reported: BTreeSet::new(),
         report_due: true,
+        capped: false,
     };
     let first = desired.borrow_and_update().clone();
     p.apply(&first);
@@ -210,12 +213,33 @@ impl Placement {
                 self.owner.insert(ch, i);
                 Some(i)
             }
+            None if self.sockets.len() >= self.max_sockets() => {
+                // A server that refuses everything (or a limit of almost nothing) must not
+                // make us open a socket per channel: past the cap the channel is polled.
+                if !self.capped {
+                    self.capped = true;
+                    tracing::warn!(
+                        sockets = self.sockets.len(),
+                        channels = self.desired.len(),
+                        "realtime socket cap reached (the server refuses subscriptions): further channels are polled"
+                    );
+                }
+                self.parked.insert(ch, Instant::now() + PARKED_FOR);
+                None
+            }
             None => {
                 let i = self.open_socket(server, BTreeSet::from([ch]));
                 self.owner.insert(ch, i);
                 None
             }
         }
+    }
+
+    /// At most this many sockets: twice what the channels need at the configured size, plus
+    /// one per known region and a few spare. Normal operation stays far below it.
+    fn max_sockets(&self) -> usize {
+        let regions: BTreeSet<&String> = self.regions.values().collect();
+        self.desired.len().div_ceil(self.per_socket().max(1)) * 2 + regions.len() + 4
     }
 
     /// The server `ch` belongs on: its region when known (Centrifugo), else the general
@@ -425,9 +449,10 @@ impl Placement {
                     .unwrap()
                     .remove(&channel);
                 self.refused_by.entry(channel).or_default().insert(socket);
-                if code == 106 {
-                    // "Limit exceeded": this socket is full at what it holds now.
-                    let held = self.sockets[socket].shared.desired.lock().unwrap().len();
+                let held = self.sockets[socket].shared.desired.lock().unwrap().len();
+                if code == 106 && held > 0 {
+                    // "Limit exceeded": this socket is full at what it holds now. (A limit
+                    // refused on an empty socket is no per-connection limit: parked below.)
                     let s = &mut self.sockets[socket];
                     if held < s.capacity {
                         tracing::warn!(
@@ -435,7 +460,7 @@ impl Placement {
                             capacity = held,
                             "the realtime server limits subscriptions per connection: lowered"
                         );
-                        s.capacity = held.max(1);
+                        s.capacity = held;
                     }
                     if let Some(s) = self.place(channel) {
                         self.sockets[s].shared.changed.notify_one();
@@ -484,6 +509,7 @@ impl Placement {
         }
         self.publish_metrics();
         self.check_blind();
+        self.check_refused();
     }
 
     /// No socket up while there are channels to watch, for longer than [`BLIND_AFTER`]: a
@@ -509,6 +535,27 @@ impl Placement {
                 ),
                 since,
             );
+        }
+    }
+
+    /// Many watched channels without a subscription (refused, or past the socket cap) is a
+    /// problem: they are only polled. A few refused channels are normal (Kick refuses some).
+    fn check_refused(&mut self) {
+        let n = self.parked.len();
+        let watched = self.desired.len();
+        if n > 10.max(watched / 10) {
+            self.ctx.health.set(
+                "subscriptions",
+                format!(
+                    "{n} of {watched} channels have no realtime subscription (refused by the server{}): polled only",
+                    if self.capped { ", socket cap reached" } else { "" }
+                ),
+            );
+        } else {
+            self.ctx.health.clear("subscriptions");
+            if n == 0 {
+                self.capped = false;
+            }
         }
     }
 

@@ -268,6 +268,7 @@ async fn session(
         transport,
         client_id,
         refresh: None,
+        budget: std::collections::HashMap::new(),
     };
     let end = driver.drive(&mut proto, opening).await;
     if end.as_ref().is_some_and(|e| e.code == Some(4001)) && transport == "pusher" {
@@ -351,7 +352,17 @@ struct Driver<'a> {
     client_id: String,
     /// A token refresh in flight (Centrifugo).
     refresh: Option<TokenFuture>,
+    /// Status events staged per channel in the current window (see [`EVENTS_PER_CHANNEL`]).
+    budget: std::collections::HashMap<i64, (Instant, u32)>,
 }
+
+/// Status events one channel may stage per [`BUDGET_WINDOW`]: a stream starts and stops a few
+/// times an hour at most, so a flood for one channel (a broken or hostile server) is cut here
+/// instead of filling the staging buffer that every other streamer's events pass through.
+/// What is cut is counted (`malformed_frames_total{kind="flood"}`) and the reconciliation
+/// repairs the status.
+pub const EVENTS_PER_CHANNEL: u32 = 60;
+pub const BUDGET_WINDOW: Duration = Duration::from_secs(60);
 
 impl Driver<'_> {
     async fn drive(&mut self, proto: &mut Proto, opening: Vec<Action>) -> Option<End> {
@@ -520,7 +531,7 @@ impl Driver<'_> {
     }
 
     /// Stages a live/offline event; counts every event by name.
-    fn on_event(&self, topic: &str, event: &KickEvent) {
+    fn on_event(&mut self, topic: &str, event: &KickEvent) {
         let name = match event {
             KickEvent::Live(_) => kick_shared::model::event_name::STREAMER_IS_LIVE,
             KickEvent::Stop(_) => kick_shared::model::event_name::STOP_STREAM_BROADCAST,
@@ -529,6 +540,55 @@ impl Driver<'_> {
         // Event names come from Kick: bound the label space.
         let label: String = name.chars().take(64).collect();
         self.ctx.metrics.frames.add(&label, 1);
+        // An event about another channel than the feed it came on is not believed: it could
+        // set any streamer's status from any subscription.
+        let body_channel = match event {
+            KickEvent::Live(l) => Some(l.channel_id),
+            KickEvent::Stop(s) => Some(s.channel_id),
+            KickEvent::Other(_) => None,
+        };
+        if let (Some(body), Some(feed)) = (body_channel, frame::channel_id_of_topic(topic))
+            && body != feed
+        {
+            let shown = format!("{name} on {topic} names channel {body}");
+            self.reject("channel id differs from the feed's", shown.as_bytes());
+            return;
+        }
+        if let Some(ch) = body_channel {
+            // Only channels this socket subscribed (a server pushing others is not believed;
+            // one just unsubscribed is not watched any more).
+            if !self.sock.desired.lock().unwrap().contains(&ch) {
+                self.ctx.metrics.malformed.add("not_subscribed", 1);
+                tracing::debug!(
+                    socket = self.sock.id,
+                    channel = ch,
+                    "event for a channel not subscribed here: ignored"
+                );
+                return;
+            }
+            let now = Instant::now();
+            if self.budget.len() > 4 * 1024 {
+                self.budget
+                    .retain(|_, (t, _)| now.saturating_duration_since(*t) < BUDGET_WINDOW);
+            }
+            let (since, n) = self.budget.entry(ch).or_insert((now, 0));
+            if now.saturating_duration_since(*since) >= BUDGET_WINDOW {
+                (*since, *n) = (now, 0);
+            }
+            *n += 1;
+            if *n > EVENTS_PER_CHANNEL {
+                self.ctx.metrics.malformed.add("flood", 1);
+                if *n == EVENTS_PER_CHANNEL + 1 {
+                    tracing::warn!(
+                        socket = self.sock.id,
+                        channel = ch,
+                        limit = EVENTS_PER_CHANNEL,
+                        "status event flood for one channel: further events this minute are dropped"
+                    );
+                }
+                return;
+            }
+        }
         if let Some(row) = rows::realtime(topic, event, Utc::now()) {
             self.ctx.stager.stage(row);
         }

@@ -75,6 +75,12 @@ impl Classify for ApiError {
     }
 }
 
+/// A channel with a `channel_id` that cannot be Kick's dropped (the field is optional).
+fn sane_channel(mut c: Channel) -> Channel {
+    c.channel_id = c.channel_id.filter(|id| super::valid_id(*id));
+    c
+}
+
 /// A channel as `GET /public/v1/channels` returns it (fields we use).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Channel {
@@ -540,7 +546,13 @@ impl ApiClient {
                 .iter()
                 .map(|id| ("broadcaster_user_id", id.to_string()))
                 .collect();
-            out.extend(self.get::<Vec<Channel>>("/public/v1/channels", &q).await?);
+            let got = self.get::<Vec<Channel>>("/public/v1/channels", &q).await?;
+            // Only what was asked for, with ids that can be Kick's (see `valid_id`).
+            out.extend(
+                got.into_iter()
+                    .filter(|c| chunk.contains(&c.broadcaster_user_id))
+                    .map(sane_channel),
+            );
         }
         Ok(out)
     }
@@ -557,6 +569,11 @@ impl ApiClient {
             let q: Vec<_> = chunk.iter().map(|s| ("slug", s.clone())).collect();
             match self.get::<Vec<Channel>>("/public/v1/channels", &q).await {
                 Ok(chs) => {
+                    let chs: Vec<Channel> = chs
+                        .into_iter()
+                        .filter(|c| super::valid_id(c.broadcaster_user_id))
+                        .map(sane_channel)
+                        .collect();
                     for s in chunk {
                         if !chs.iter().any(|c| c.slug.eq_ignore_ascii_case(s)) {
                             unknown.push(s.clone());
@@ -572,7 +589,11 @@ impl ApiClient {
                             .get::<Vec<Channel>>("/public/v1/channels", &[("slug", s.clone())])
                             .await
                         {
-                            Ok(chs) if !chs.is_empty() => found.extend(chs),
+                            Ok(chs) if !chs.is_empty() => found.extend(
+                                chs.into_iter()
+                                    .filter(|c| super::valid_id(c.broadcaster_user_id))
+                                    .map(sane_channel),
+                            ),
                             Ok(_)
                             | Err(ApiError::Status {
                                 status: 400 | 404, ..
@@ -606,10 +627,12 @@ impl ApiClient {
                 .map(|id| ("broadcaster_user_id", id.to_string()))
                 .collect();
             q.push(("limit", "100".into()));
-            out.extend(
-                self.get::<Vec<Livestream>>("/public/v1/livestreams", &q)
-                    .await?,
-            );
+            let got = self
+                .get::<Vec<Livestream>>("/public/v1/livestreams", &q)
+                .await?;
+            out.extend(got.into_iter().filter(|l| {
+                chunk.contains(&l.broadcaster_user_id) && super::valid_id(l.channel_id)
+            }));
         }
         Ok(out)
     }

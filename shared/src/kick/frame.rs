@@ -53,7 +53,7 @@ pub fn channel_id_of_topic(topic: &str) -> Option<i64> {
         .strip_prefix("channel.")?
         .parse()
         .ok()
-        .filter(|id: &i64| *id > 0)
+        .filter(|id: &i64| super::valid_id(*id))
 }
 
 /// Kick's `data`: a JSON string to parse again, an object, or an empty marker.
@@ -72,12 +72,12 @@ fn inner_data(data: &Value) -> Result<Value, FrameError> {
     }
 }
 
-/// A Kick id: a positive integer, as a JSON number or a numeric string. Zero, negative and
-/// out-of-range values are not ids.
+/// A Kick id: a positive integer up to [`super::MAX_ID`], as a JSON number or a numeric string.
+/// Zero, negative and out-of-range values are not ids.
 fn as_id(v: &Value) -> Option<i64> {
     v.as_i64()
         .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-        .filter(|id| *id > 0)
+        .filter(|id| super::valid_id(*id))
 }
 
 /// A close or disconnect code from the wire: out-of-range values saturate (and then class as
@@ -593,6 +593,9 @@ mod tests {
             r#"{"livestream":{"id":18446744073709551615,"channel_id":7}}"#,
             r#"{"livestream":{"id":{"x":1},"channel_id":7}}"#,
             r#"{"livestream":{"id":5,"channel_id":-7}}"#,
+            r#"{"livestream":{"id":9223372036854775807,"channel_id":7}}"#,
+            r#"{"livestream":{"id":"9007199254740993","channel_id":7}}"#,
+            r#"{"livestream":{"id":5,"channel_id":9007199254740993}}"#,
         ] {
             let v: Value = serde_json::from_str(bad).unwrap();
             assert!(

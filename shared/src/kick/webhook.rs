@@ -160,7 +160,7 @@ const EARLIEST: &str = "2020-01-01T00:00:00Z";
 /// real event of the streamer).
 pub fn decode_status(body: &[u8], now: DateTime<Utc>) -> Result<StatusUpdated, String> {
     let s: StatusUpdated = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    if s.broadcaster.user_id <= 0 {
+    if !super::valid_id(s.broadcaster.user_id) {
         return Err("broadcaster.user_id is not a user id".into());
     }
     let Some(started) = s.started_at else {

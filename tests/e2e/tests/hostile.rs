@@ -377,3 +377,120 @@ async fn a_metrics_connection_flood_under_a_low_file_limit_does_not_spin() {
     assert!(collector.is_running());
     assert_eq!(collector.terminate(), Some(0));
 }
+
+/// One live event as `transport` carries it on feed `channel.{feed}` (Kick's envelope, with
+/// the JSON-in-JSON `data`).
+fn live_frame(transport: &str, feed: i64, channel_id: i64, livestream_id: &str) -> String {
+    let data = format!(
+        r#"{{"livestream":{{"id":{livestream_id},"channel_id":{channel_id},"session_title":"x","source":null,"created_at":"{}"}}}}"#,
+        chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S.000000Z")
+    );
+    let data = json!(data).to_string();
+    let event = r#""App\\Events\\StreamerIsLive""#;
+    if transport == "pusher" {
+        format!(r#"{{"event":{event},"data":{data},"channel":"channel.{feed}"}}"#)
+    } else {
+        format!(
+            r#"{{"push":{{"channel":"channel.{feed}","pub":{{"data":{{"event":{event},"data":{data}}}}}}}}}"#
+        )
+    }
+}
+
+async fn channel_of(stack: &Stack, slug: &str) -> i64 {
+    stack
+        .client()
+        .await
+        .query_one(
+            "SELECT kick_channel_id FROM streamers WHERE username = $1",
+            &[&slug],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_vouches_only_for_its_own_channel_ids_and_floods_stay_with_their_channel() {
+    for transport in ["centrifugo", "pusher"] {
+        let (stack, mut writer, mut collector) = running(transport, &[]).await;
+        let (a, b) = (stack.slug(20), stack.slug(21));
+        let (ca, cb) = (channel_of(&stack, &a).await, channel_of(&stack, &b).await);
+        let send = |text: String| {
+            let stack = &stack;
+            async move {
+                let v = stack
+                    .control(
+                        "/control/sockets/raw",
+                        json!({"text": text, "transport": transport, "channel": format!("channel.{ca}")}),
+                    )
+                    .await;
+                assert!(v["sockets"].as_u64().unwrap_or(0) >= 1, "{v}");
+            }
+        };
+        // 1. On A's feed, an event naming B's channel: neither A nor B changes.
+        send(live_frame(transport, ca, cb, "555")).await;
+        // 2. On A's feed, a livestream id no Kick id can be (i64::MAX): refused.
+        send(live_frame(transport, ca, ca, "9223372036854775807")).await;
+        let took = live_within(&stack, &stack.slug(22), Duration::from_secs(5)).await;
+        assert!(took < Duration::from_secs(1), "{transport}: {took:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(status_of(&stack, &b).await, "offline", "{transport}: B");
+        assert_eq!(status_of(&stack, &a).await, "offline", "{transport}: A");
+        let differs = count(
+            &stack,
+            "SELECT count(*) FROM raw_events WHERE outcome LIKE 'rejected: channel id differs%'",
+        )
+        .await;
+        assert_eq!(
+            differs, 1,
+            "{transport}: the foreign event is kept as rejected"
+        );
+        // A is not poisoned: its real sessions still go live and offline.
+        live_within(&stack, &a, Duration::from_secs(5)).await;
+        stack
+            .control(&format!("/control/streamers/{a}/offline"), json!({}))
+            .await;
+        let t0 = Instant::now();
+        while status_of(&stack, &a).await != "offline" {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{transport}: A did not go offline after a hostile livestream id"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // 3. A flood of distinct live events for A: cut at the per-channel budget, and
+        // another streamer's event behind it is applied at once.
+        for i in 0..150 {
+            send(live_frame(transport, ca, ca, &(100_000 + i).to_string())).await;
+        }
+        let took = live_within(&stack, &stack.slug(23), Duration::from_secs(5)).await;
+        assert!(
+            took < Duration::from_secs(1),
+            "{transport}: {took:?} behind a flood"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let staged = count(
+            &stack,
+            &format!(
+                "SELECT count(*) FROM raw_events WHERE kick_channel_id = {ca} AND livestream_id >= 100000"
+            ),
+        )
+        .await;
+        assert!(
+            (1..=60).contains(&staged),
+            "{transport}: {staged} flood events staged (budget 60 a minute)"
+        );
+        eprintln!(
+            "{transport}: {staged} of 150 flood events staged; A is {}",
+            status_of(&stack, &a).await
+        );
+        assert!(collector.is_running(), "{}", stack.log_tail(&collector));
+        // The reconciliation repairs A (Kick says offline).
+        stack
+            .converge(Duration::from_secs(45))
+            .await
+            .unwrap_or_else(|e| panic!("{transport}: {e}\n{}", stack.log_tail(&collector)));
+        assert_eq!(collector.terminate(), Some(0));
+        assert_eq!(writer.terminate(), Some(0));
+    }
+}

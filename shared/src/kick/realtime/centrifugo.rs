@@ -328,7 +328,13 @@ impl Session {
             return out;
         }
         let silent = now.saturating_duration_since(self.last_rx);
-        let limit = silence_limit(self.ping.unwrap_or(limits::OWN_PING), self.grace);
+        // A server that announces a long ping interval (or none) is still probed every
+        // OWN_PING at the WebSocket level: a stalled connection is found within OWN_PING +
+        // grace whatever the server announced (every WebSocket server answers a ping).
+        let probe = self
+            .ping
+            .map_or(limits::OWN_PING, |p| p.min(limits::OWN_PING));
+        let limit = silence_limit(probe, self.grace);
         if silent > limit {
             out.push(Action::Close(End::io(format!(
                 "silent for {}s",
@@ -336,7 +342,9 @@ impl Session {
             ))));
             return out;
         }
-        if self.ping.is_none()
+        let server_pings_often = self.ping.is_some_and(|p| p <= limits::OWN_PING);
+        if !server_pings_often
+            && silent >= limits::OWN_PING
             && now.saturating_duration_since(self.last_own_ping) >= limits::OWN_PING
         {
             self.last_own_ping = now;
@@ -460,6 +468,24 @@ mod tests {
             s.on_tick(now + Duration::from_secs(9))
                 .contains(&Action::RefreshToken)
         );
+    }
+
+    #[test]
+    fn a_server_announcing_a_long_ping_is_probed_and_a_stall_found_within_a_minute() {
+        let (mut s, now) = session(&[]);
+        s.on_text(
+            r#"{"id":1,"connect":{"client":"c","ping":600,"pong":true}}"#,
+            now,
+        );
+        assert!(s.is_up());
+        assert!(s.on_tick(now + Duration::from_secs(29)).is_empty());
+        assert_eq!(s.on_tick(now + Duration::from_secs(30)), vec![Action::Ping]);
+        // The pong (any received byte) keeps it up.
+        s.on_activity(now + Duration::from_secs(31));
+        assert!(s.on_tick(now + Duration::from_secs(55)).is_empty());
+        // Nothing after that: closed 30 s + grace (20 s) after the last byte, not 620 s.
+        let out = s.on_tick(now + Duration::from_secs(31 + 51));
+        assert!(matches!(out[0], Action::Close(_)), "{out:?}");
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub fn new_client_id() -> String {
 
 /// How long to stay away after Kick refused a negotiation without saying for how long.
 pub const REFUSAL_PAUSE: Duration = Duration::from_secs(300);
+/// The longest pause a refusal's `Retry-After` can ask for.
+pub const MAX_REFUSAL_PAUSE: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NegotiateError {
@@ -124,7 +126,10 @@ impl Web {
         match status {
             200..=299 => {}
             403 | 423 | 429 => {
-                self.limiter.pause(retry_after.unwrap_or(REFUSAL_PAUSE));
+                // Retry-After is believed up to MAX_REFUSAL_PAUSE: an absurd one (hours) must
+                // not keep every new socket from connecting that long.
+                self.limiter
+                    .pause(retry_after.unwrap_or(REFUSAL_PAUSE).min(MAX_REFUSAL_PAUSE));
                 return Err(NegotiateError::Refused {
                     what,
                     status,
