@@ -4,8 +4,9 @@
 //!
 //! Everything Kick sends is read with a size limit ([`PAGE_LIMIT`], [`SMALL_LIMIT`]) and every
 //! number in it is checked against a sane range before use (a token lifetime of `u64::MAX`
-//! seconds is clamped to [`TOKEN_LIFETIME`], with a WARN). The decoders are plain functions of
-//! the body ([`decode_page`], [`decode_token`]) so that they can be fuzzed without a network.
+//! seconds is clamped to [`TOKEN_LIFETIME`], with a WARN; an id that is zero or negative fails the
+//! page). The decoders are plain functions of the body ([`decode_page`], [`decode_token`]), fuzzed
+//! without a network (`fuzz/`, `./scripts/fuzz`).
 
 use std::time::{Duration, Instant};
 
@@ -84,6 +85,7 @@ fn sane_channel(mut c: Channel) -> Channel {
 /// A channel as `GET /public/v1/channels` returns it (fields we use).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Channel {
+    #[serde(deserialize_with = "positive_id")]
     pub broadcaster_user_id: i64,
     pub slug: String,
     #[serde(default)]
@@ -91,7 +93,7 @@ pub struct Channel {
     #[serde(default)]
     pub stream_title: Option<String>,
     /// Not in Kick's documented response (issue #396), but used when present.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_positive_id")]
     pub channel_id: Option<i64>,
 }
 
@@ -118,7 +120,9 @@ pub struct Stream {
 /// A live stream from `GET /public/v1/livestreams`: the only official source of the channel id.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Livestream {
+    #[serde(deserialize_with = "positive_id")]
     pub broadcaster_user_id: i64,
+    #[serde(deserialize_with = "positive_id")]
     pub channel_id: i64,
     #[serde(default)]
     pub slug: Option<String>,
@@ -155,9 +159,31 @@ pub const DELETE_BATCH: usize = 50;
 /// A user from `GET /public/v1/users`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct User {
+    #[serde(deserialize_with = "positive_id")]
     pub user_id: i64,
     #[serde(default)]
     pub name: Option<String>,
+}
+
+/// Kick's ids are from 1 to 2^53 ([`super::valid_id`]): another one is a decode error (the whole
+/// page fails, as for any malformed item), never a streamer with id 0 or `i64::MAX`.
+fn positive_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    match i64::deserialize(d)? {
+        id if super::valid_id(id) => Ok(id),
+        id => Err(serde::de::Error::custom(format!(
+            "id {id} is not a kick id"
+        ))),
+    }
+}
+
+/// [`positive_id`] for an optional id (`null` or absent is `None`).
+fn optional_positive_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    match Option::<i64>::deserialize(d)? {
+        Some(id) if !super::valid_id(id) => Err(serde::de::Error::custom(format!(
+            "id {id} is not a kick id"
+        ))),
+        id => Ok(id),
+    }
 }
 
 /// RFC 3339 in any offset ("…Z" on the wire, "+11:00" in Kick's docs).
@@ -718,5 +744,43 @@ mod tests {
         // Deep nesting is refused by the JSON parser's recursion limit, not by a stack overflow.
         let deep = format!("{{\"data\":{}{}}}", "[".repeat(3000), "]".repeat(3000));
         assert!(decode_page::<Vec<Channel>>("/c", &deep).is_err());
+    }
+
+    /// See: fuzz finding, api_livestreams' first crash (and the hostile seeds of api_channels
+    /// and api_users). Zero and negative ids were accepted; a livestream with `channel_id` 0
+    /// would have taught the collector channel 0. Such an id now fails the page.
+    #[test]
+    fn fuzz_non_positive_api_ids_fail_the_page() {
+        for body in [
+            r#"{"data":[{"broadcaster_user_id":0,"slug":"a"}]}"#,
+            r#"{"data":[{"broadcaster_user_id":-1,"slug":"a"}]}"#,
+            r#"{"data":[{"broadcaster_user_id":1,"slug":"a","channel_id":0}]}"#,
+        ] {
+            assert!(
+                matches!(
+                    decode_page::<Vec<Channel>>("/c", body),
+                    Err(ApiError::Decode(_))
+                ),
+                "{body}"
+            );
+        }
+        for body in [
+            r#"{"data":[{"broadcaster_user_id":1,"channel_id":0}]}"#,
+            r#"{"data":[{"broadcaster_user_id":-9223372036854775808,"channel_id":1}]}"#,
+        ] {
+            assert!(
+                decode_page::<Vec<Livestream>>("/l", body).is_err(),
+                "{body}"
+            );
+        }
+        assert!(decode_page::<Vec<User>>("/u", r#"{"data":[{"user_id":0}]}"#).is_err());
+        // Absent or null optional ids are still fine.
+        let chs: Vec<Channel> = decode_page(
+            "/c",
+            r#"{"data":[{"broadcaster_user_id":1,"slug":"a","channel_id":null},{"broadcaster_user_id":2,"slug":"b"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(chs[0].channel_id, None);
+        assert_eq!(chs[1].channel_id, None);
     }
 }

@@ -204,14 +204,33 @@ impl Session {
     pub fn on_text(&mut self, text: &str, now: Instant) -> Vec<Action> {
         self.last_rx = now;
         let mut out = Vec::new();
-        for msg in frame::decode_centrifugo(text) {
+        // One result per non-blank line: a bad line is reported with its own bytes (not the
+        // whole frame's: 8 MiB of bad one-byte lines would copy the frame four million times),
+        // and only the first few are reported one by one.
+        let lines = text.split('\n').filter(|l| !l.trim().is_empty());
+        let mut bad = 0usize;
+        for (msg, line) in frame::decode_centrifugo(text).into_iter().zip(lines) {
             match msg {
-                Err(e) => out.push(malformed(&e, text)),
+                Err(e) => {
+                    bad += 1;
+                    if bad <= MALFORMED_PER_FRAME {
+                        out.push(malformed(&e, line));
+                    }
+                }
                 Ok(m) => self.on_message(m, &mut out),
             }
             if matches!(out.last(), Some(Action::Close(_))) {
                 break;
             }
+        }
+        if bad > MALFORMED_PER_FRAME {
+            out.push(Action::Malformed {
+                reason: format!(
+                    "{} more undecodable lines in this frame",
+                    bad - MALFORMED_PER_FRAME
+                ),
+                frame: String::new(),
+            });
         }
         out
     }
@@ -362,6 +381,9 @@ impl Session {
     }
 }
 
+/// Undecodable lines of one frame reported one by one (the rest are counted in one report).
+pub const MALFORMED_PER_FRAME: usize = 8;
+
 fn malformed(e: &FrameError, text: &str) -> Action {
     Action::Malformed {
         reason: e.to_string(),
@@ -468,6 +490,20 @@ mod tests {
             s.on_tick(now + Duration::from_secs(9))
                 .contains(&Action::RefreshToken)
         );
+    }
+
+    #[test]
+    fn a_frame_of_many_bad_lines_costs_linear_time_and_few_reports() {
+        let (mut s, now) = session(&[1]);
+        let text = "x\n".repeat(4 * 1024 * 1024);
+        let started = Instant::now();
+        let out = s.on_text(&text, now);
+        assert_eq!(out.len(), MALFORMED_PER_FRAME + 1, "{:?}", &out[..3]);
+        match &out[0] {
+            Action::Malformed { frame, .. } => assert_eq!(frame, "x", "the line, not the frame"),
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(20));
     }
 
     #[test]
