@@ -1,7 +1,7 @@
 //! Staging: events from every socket and from reconciliation become rows of `raw_events`,
 //! committed durably (`synchronous_commit = on`: the staged rows are the only copy of what Kick
-//! pushed), with `ON CONFLICT (dedupe_key) DO NOTHING` and one `NOTIFY raw_events` per batch in
-//! the same transaction.
+//! pushed), with `ON CONFLICT (dedupe_key) DO NOTHING` and one `raw_events` doorbell per batch
+//! that inserted a row, in the same single-statement transaction (see [`Doorbell`]).
 //!
 //! **Group commit.** A batch is whatever is waiting when the previous commit ends (up to
 //! `BATCH_SIZE`): an idle collector commits each event at once, a busy one commits what arrived
@@ -216,12 +216,15 @@ const INSERT: &str = "WITH ins AS (
   SELECT inserted, CASE WHEN inserted > 0 AND $14 THEN pg_notify('raw_events', '') END AS rung
   FROM n";
 
-/// Where the `raw_events` doorbell (NOTIFY) rings. PostgreSQL holds a cluster-wide lock from a
-/// notifying commit until its commit record is flushed, so a NOTIFY inside the durable staging
-/// commit makes every other notifying commit (the writer's `status_changed`) wait for this
-/// fsync. Rung right after, in a tiny asynchronous transaction, it holds that lock only for
-/// microseconds; the rows are committed before it rings, and a doorbell lost in a crash is
-/// covered by the writer's poll. `KICK_STAGING_DOORBELL`: `after` (default) or `commit`.
+/// Where the `raw_events` doorbell (NOTIFY) rings. `commit` (the default): `pg_notify` inside
+/// the durable insert statement, delivered when its commit is flushed: one statement, one round
+/// trip, one commit per batch. `after`: in a tiny asynchronous transaction right after the
+/// insert commits (PostgreSQL holds a cluster-wide lock from a notifying commit until its
+/// commit record is flushed, so the in-commit doorbell can make the writer's own notifying
+/// commits wait for this fsync). Measured side by side with CPUs pinned (BENCHMARKS.md,
+/// "Latency against a single process"), `commit` had the lower tail at 20 and 100 events/s
+/// (staged → writer start p99 1.6–2.5 ms against 2.5–9.9 ms) and neither won at 1,000: the
+/// extra round trip costs more than the lock. `KICK_STAGING_DOORBELL` chooses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Doorbell {
     InCommit,
@@ -231,8 +234,8 @@ pub enum Doorbell {
 impl Doorbell {
     fn from_env() -> Doorbell {
         match std::env::var("KICK_STAGING_DOORBELL").as_deref() {
-            Ok("commit") => Doorbell::InCommit,
-            _ => Doorbell::After,
+            Ok("after") => Doorbell::After,
+            _ => Doorbell::InCommit,
         }
     }
 }
