@@ -2,7 +2,8 @@
 //! and the placement subscribes or unsubscribes without a restart) and `config_changed` (settings
 //! in the `config` table changed: re-read them). Notifications sent while the connection was
 //! down are lost, so both are re-read after every (re)connect. A silent connection is probed;
-//! losing it ends the task, which the supervisor restarts.
+//! a lost one is reconnected here with backoff (a database restart or failover is expected, not
+//! a task failure for the supervisor).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -31,11 +32,46 @@ pub async fn watched_channels(ctx: &Ctx) -> Result<BTreeSet<i64>, db::DbError> {
     Ok(rows.iter().map(|r| r.get("kick_channel_id")).collect())
 }
 
-/// Runs until shutdown or until the connection is lost (then the supervisor restarts it).
+/// Runs until shutdown. A lost connection (a restarted or failed-over database) is an expected
+/// event, not a task failure: it is logged, reported while it lasts (`listen` in health) and
+/// reconnected with backoff; the watched set and the settings are re-read on reconnect.
 pub async fn run(
     ctx: Arc<Ctx>,
     desired: Arc<watch::Sender<Arc<BTreeSet<i64>>>>,
     config: Arc<watch::Sender<Arc<Config>>>,
+) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let started = std::time::Instant::now();
+        let result = listen_once(&ctx, &desired, &config).await;
+        if ctx.shutdown.is_cancelled() {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(200);
+        }
+        let why = match result {
+            Ok(()) => return Ok(()),
+            Err(e) => format!("{e:#}"),
+        };
+        tracing::warn!(error = %why, retry_in_ms = backoff.as_millis() as u64, "listen connection lost: reconnecting");
+        ctx.health.set(
+            "listen",
+            format!("LISTEN connection lost ({why}): reconnecting"),
+        );
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// One LISTEN connection: returns `Ok` at shutdown, an error when the connection is lost.
+async fn listen_once(
+    ctx: &Arc<Ctx>,
+    desired: &watch::Sender<Arc<BTreeSet<i64>>>,
+    config: &watch::Sender<Arc<Config>>,
 ) -> anyhow::Result<()> {
     let cfg = ctx.cfg();
     let (client, mut notes) = db::bounded_connect(
@@ -47,8 +83,9 @@ pub async fn run(
     )
     .await?;
     // Anything may have changed while we were not listening.
-    reload_streamers(&ctx, &desired).await?;
-    reload_config(&ctx, &client, &config).await;
+    reload_streamers(ctx, desired).await?;
+    reload_config(ctx, &client, config).await;
+    ctx.health.clear("listen");
     loop {
         let first = tokio::select! {
             _ = ctx.shutdown.cancelled() => return Ok(()),
@@ -69,10 +106,10 @@ pub async fn run(
             settings |= n.channel() == channel::CONFIG_CHANGED;
         }
         if streamers {
-            reload_streamers(&ctx, &desired).await?;
+            reload_streamers(ctx, desired).await?;
         }
         if settings {
-            reload_config(&ctx, &client, &config).await;
+            reload_config(ctx, &client, config).await;
         }
     }
 }

@@ -141,10 +141,15 @@ impl DbConfig {
     pub fn from_source_for(src: &Source, service: Service) -> Result<Self, ConfigError> {
         // DATABASE_PORT is checked even when DATABASE_URL names a port: it must not be wrong
         // silently. The PG* variables are checked only when used, as libpq does.
-        let fallback_port = match port(src, "DATABASE_PORT")? {
+        let fallback_ports = match ports(src, "DATABASE_PORT")? {
             Some(p) => Some(p),
-            None => port(src, "PGPORT")?,
+            None => ports(src, "PGPORT")?,
         };
+        // A URL's hosts without a port take a single fallback port (a list is for the hosts of
+        // DATABASE_HOST / PGHOST).
+        let fallback_port = fallback_ports
+            .as_deref()
+            .and_then(|p| (p.len() == 1).then(|| p[0]));
         let url = match src.get("DATABASE_URL") {
             Some(text) => Some(ConnString::parse(text.trim(), fallback_port)?),
             None => None,
@@ -156,13 +161,61 @@ impl DbConfig {
         let base_options = pg.get_options().map(str::to_owned);
 
         if pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() {
-            let host =
-                first(src, &["DATABASE_HOST", "PGHOST"]).map_or(DEFAULT_SOCKET_DIR, |(_, h)| h);
-            pg.host(host.trim());
+            // Several hosts, comma-separated, as libpq takes them (a primary and its standbys:
+            // tried in order; `target_session_attrs=read-write` skips the read-only ones).
+            let (var, hosts) = first(src, &["DATABASE_HOST", "PGHOST"])
+                .unwrap_or(("DATABASE_HOST", DEFAULT_SOCKET_DIR));
+            let hosts: Vec<&str> = hosts.split(',').map(str::trim).collect();
+            if hosts.iter().any(|h| h.is_empty()) {
+                return Err(ConfigError::new(var, "an empty host in the list"));
+            }
+            for h in &hosts {
+                pg.host(*h);
+            }
+            match fallback_ports.as_deref() {
+                None => {
+                    pg.port(5432);
+                }
+                Some([one]) => {
+                    pg.port(*one);
+                }
+                Some(list) if list.len() == hosts.len() => {
+                    for p in list {
+                        pg.port(*p);
+                    }
+                }
+                Some(list) => {
+                    return Err(ConfigError::new(
+                        "DATABASE_PORT",
+                        format!(
+                            "{} ports for {} hosts (give one port, or one per host)",
+                            list.len(),
+                            hosts.len()
+                        ),
+                    ));
+                }
+            }
         }
 
         if pg.get_ports().is_empty() {
             pg.port(fallback_port.unwrap_or(5432));
+        }
+
+        if let Some((var, text)) = first(
+            src,
+            &["DATABASE_TARGET_SESSION_ATTRS", "PGTARGETSESSIONATTRS"],
+        ) {
+            use tokio_postgres::config::TargetSessionAttrs;
+            pg.target_session_attrs(match text.trim() {
+                "any" => TargetSessionAttrs::Any,
+                "read-write" => TargetSessionAttrs::ReadWrite,
+                other => {
+                    return Err(ConfigError::new(
+                        var,
+                        format!("'{}' is not one of any, read-write", shown(other)),
+                    ));
+                }
+            });
         }
 
         if pg.get_dbname().is_none() {
@@ -484,17 +537,21 @@ fn first<'a>(src: &'a Source, vars: &[&'static str]) -> Option<(&'static str, &'
     vars.iter().find_map(|var| src.get(var).map(|v| (*var, v)))
 }
 
-fn port(src: &Source, var: &'static str) -> Result<Option<u16>, ConfigError> {
+/// A port, or a comma-separated list of them (one per host, as libpq takes them).
+fn ports(src: &Source, var: &'static str) -> Result<Option<Vec<u16>>, ConfigError> {
     let Some(text) = src.get(var) else {
         return Ok(None);
     };
-    match text.trim().parse::<u16>() {
-        Ok(p) if p != 0 => Ok(Some(p)),
-        _ => Err(ConfigError::new(
-            var,
-            format!("'{}' is not a port number (1-65535)", shown(text)),
-        )),
-    }
+    text.split(',')
+        .map(|p| match p.trim().parse::<u16>() {
+            Ok(p) if p != 0 => Ok(p),
+            _ => Err(ConfigError::new(
+                var,
+                format!("'{}' is not a port number (1-65535)", shown(text)),
+            )),
+        })
+        .collect::<Result<Vec<u16>, _>>()
+        .map(Some)
 }
 
 fn parse_sslmode(var: &'static str, text: &str) -> Result<SslMode, ConfigError> {
@@ -1048,6 +1105,67 @@ XoBe
         assert_eq!(e.var, "DATABASE_URL");
         assert!(e.message.contains("sslmode 'sometimes'"), "{e}");
         assert!(!e.to_string().contains("url-secret"), "{e}");
+    }
+
+    #[test]
+    fn several_hosts_as_libpq_takes_them() {
+        use tokio_postgres::config::{Host, TargetSessionAttrs};
+        let c = DbConfig::from_source(&Source::from_pairs([
+            ("DATABASE_HOST", "/run/a, 10.0.0.2"),
+            ("DATABASE_PORT", "5433,5434"),
+            ("DATABASE_NAME", "kick"),
+            ("DATABASE_USER", "u"),
+            ("DATABASE_TARGET_SESSION_ATTRS", "read-write"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.pg.get_hosts(),
+            &[Host::Unix("/run/a".into()), Host::Tcp("10.0.0.2".into())]
+        );
+        assert_eq!(c.pg.get_ports(), &[5433, 5434]);
+        assert_eq!(
+            c.pg.get_target_session_attrs(),
+            TargetSessionAttrs::ReadWrite
+        );
+        // One port for every host.
+        let c = DbConfig::from_source(&Source::from_pairs([
+            ("PGHOST", "h1,h2,h3"),
+            ("PGPORT", "6000"),
+            ("PGDATABASE", "kick"),
+            ("PGUSER", "u"),
+        ]))
+        .unwrap();
+        assert_eq!(c.pg.get_ports(), &[6000]);
+        assert_eq!(c.pg.get_hosts().len(), 3);
+        // Mismatched lists, empty hosts and unknown attributes are refused by name.
+        for (pairs, var) in [
+            (
+                vec![("DATABASE_HOST", "a,b"), ("DATABASE_PORT", "1,2,3")],
+                "DATABASE_PORT",
+            ),
+            (vec![("DATABASE_HOST", "a,,b")], "DATABASE_HOST"),
+            (vec![("DATABASE_PORT", "1,x")], "DATABASE_PORT"),
+            (
+                vec![("PGTARGETSESSIONATTRS", "primary-ish")],
+                "PGTARGETSESSIONATTRS",
+            ),
+        ] {
+            let mut pairs = pairs;
+            pairs.extend([("DATABASE_NAME", "kick"), ("DATABASE_USER", "u")]);
+            let e = DbConfig::from_source(&Source::from_pairs(pairs.clone())).unwrap_err();
+            assert_eq!(e.var, var, "{pairs:?}: {e}");
+        }
+        // The URL form carries it too (tokio-postgres parses it).
+        let c = DbConfig::from_source(&Source::from_pairs([(
+            "DATABASE_URL",
+            "postgres://u@h1:5433,h2:5434/kick?target_session_attrs=read-write",
+        )]))
+        .unwrap();
+        assert_eq!(c.pg.get_ports(), &[5433, 5434]);
+        assert_eq!(
+            c.pg.get_target_session_attrs(),
+            TargetSessionAttrs::ReadWrite
+        );
     }
 
     #[test]

@@ -234,7 +234,11 @@ impl Cluster {
         };
         let mut certs = None;
         if let Some(tcp) = tcp {
-            let mut hba: Vec<String> = vec!["local all all trust".into()];
+            let mut hba: Vec<String> = vec![
+                "local all all trust".into(),
+                // A standby of this cluster (`start_standby`) streams over the Unix socket.
+                "local replication all trust".into(),
+            ];
             hba.extend(hba_rules.iter().map(|r| r.to_string()));
             let kind = match tcp {
                 Tcp::Plain => "host",
@@ -260,6 +264,21 @@ impl Cluster {
             }
         }
         let listen = if tcp.is_some() { "127.0.0.1" } else { "" };
+        Self::supervise(bindir, root, &data, port, listen, settings, certs)
+    }
+
+    /// Runs the server of `data` under the supervisor script; returns when it accepts
+    /// connections.
+    fn supervise(
+        bindir: PathBuf,
+        root: PathBuf,
+        data: &Path,
+        port: u16,
+        listen: &str,
+        settings: &[(String, String)],
+        certs: Option<TestCerts>,
+    ) -> Cluster {
+        let user = run_as();
         let runas = match user {
             Some((uid, gid)) => format!("setpriv --reuid={uid} --regid={gid} --clear-groups"),
             None => String::new(),
@@ -273,7 +292,7 @@ impl Cluster {
         let mut child = Command::new("sh")
             .args(["-c", SUPERVISOR, "supervisor"])
             .arg(&bindir)
-            .arg(&data)
+            .arg(data)
             .arg(&root)
             .arg(port.to_string())
             .arg(&root)
@@ -302,6 +321,80 @@ impl Cluster {
         };
         c.wait_ready(true);
         c
+    }
+
+    /// Starts a streaming standby of this cluster (`pg_basebackup -R`), listening on 127.0.0.1
+    /// at its own port like its primary (same `pg_hba.conf`, settings and databases). With
+    /// `synchronous`, the primary waits for it at every durable commit
+    /// (`synchronous_standby_names = '*'`), so a promotion loses nothing acknowledged.
+    pub fn start_standby(&self, synchronous: bool) -> Cluster {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let root = std::env::temp_dir().join(format!(
+            "kick-pg-standby-{}-{}-{:x}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&root).unwrap();
+        let user = run_as();
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&root, Some(uid), Some(gid)).unwrap();
+        }
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data = root.join("data");
+        let mut backup = Command::new(self.bindir.join("pg_basebackup"));
+        backup
+            .arg("-h")
+            .arg(&self.root)
+            .args(["-p", &self.port.to_string(), "-U", SUPERUSER, "-D"])
+            .arg(&data)
+            .args(["-R", "-X", "stream", "--no-sync", "-c", "fast"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some((uid, gid)) = user {
+            std::os::unix::process::CommandExt::uid(&mut backup, uid);
+            std::os::unix::process::CommandExt::gid(&mut backup, gid);
+        }
+        let out = backup.output().expect("run pg_basebackup");
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let standby = Self::supervise(
+            self.bindir.clone(),
+            root,
+            &data,
+            free_tcp_port(),
+            "127.0.0.1",
+            &[],
+            None,
+        );
+        if synchronous {
+            self.psql(
+                "postgres",
+                "ALTER SYSTEM SET synchronous_standby_names = '*'",
+            );
+            self.psql("postgres", "SELECT pg_reload_conf()");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while self.psql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'",
+            ) != "1"
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "the standby never became synchronous"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        standby
+    }
+
+    /// Promotes a standby to a primary (`pg_promote`, waiting for it).
+    pub fn promote(&self) {
+        assert_eq!(self.psql("postgres", "SELECT pg_promote(true, 30)"), "t");
     }
 
     /// The cluster shared by every test in this binary, with a migrated template database.
