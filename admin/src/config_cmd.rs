@@ -173,7 +173,13 @@ async fn set(
 fn validate(key: &str, value: &str) -> anyhow::Result<()> {
     // No setting holds a control character (NUL, a newline, an escape sequence that would
     // rewrite a terminal showing `config list`).
-    if let Some(c) = value.chars().find(|c| c.is_control()) {
+    // Unicode's invisible format characters too: bidirectional overrides and isolates would
+    // reorder what `config list` shows (U+202E, U+2066…), zero-width ones hide text.
+    let invisible = |c: char| {
+        matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}'
+            | '\u{061C}' | '\u{FEFF}')
+    };
+    if let Some(c) = value.chars().find(|c| c.is_control() || invisible(*c)) {
         return Err(ExitError::new(
             Exit::DataErr,
             format!("{key} was not stored: the value holds a control character ({c:?})"),

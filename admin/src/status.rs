@@ -26,7 +26,7 @@ const STALE_HEARTBEAT_S: f64 = 30.0;
 /// A collector silent for this long is gone: listed, no longer failing the check.
 pub const GONE_AFTER: Duration = Duration::from_secs(90);
 /// A pending event older than this means no writer is draining.
-const STUCK_QUEUE_S: f64 = 60.0;
+const STUCK_QUEUE_S: f64 = 30.0;
 
 /// A collector's heartbeat row, as status shows it.
 #[derive(Debug, Serialize)]

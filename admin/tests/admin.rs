@@ -1002,7 +1002,7 @@ mod with_kick {
             0
         );
         // Control characters (an escape sequence, a newline) are refused, for any key (65).
-        for bad in ["60s\u{1b}[2J", "a\nb"] {
+        for bad in ["60s\u{1b}[2J", "a\nb", "x\u{202e}\u{2066}"] {
             let (code, _, err) = run(&env, &["config", "set", "SOME_NOTE", bad]).await;
             assert_eq!(code, 65, "{bad:?}: {err}");
             assert!(err.contains("control character"), "{err}");

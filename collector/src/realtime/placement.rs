@@ -396,6 +396,21 @@ impl Placement {
     async fn on_event(&mut self, ev: SocketEvent) {
         match ev {
             SocketEvent::Up { socket } => {
+                // A new connection starts with the server's limits afresh: full capacity, no
+                // channel held as refused by it, and the parked channels tried again at the
+                // next tick (a server that refused everything for a while must not leave us
+                // polling until the collector restarts).
+                let per_socket = self.per_socket();
+                let s = &mut self.sockets[socket];
+                s.capacity = per_socket;
+                let id = s.shared.id;
+                for refused in self.refused_by.values_mut() {
+                    refused.remove(&id);
+                }
+                let now = Instant::now();
+                for until in self.parked.values_mut() {
+                    *until = (*until).min(now);
+                }
                 let s = &mut self.sockets[socket];
                 let again = std::mem::replace(&mut s.ever_up, true);
                 let gap = s.gap.take();

@@ -451,7 +451,9 @@ impl Driver<'_> {
                 Ok(Vec::new())
             }
             Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e))) => {
-                self.ctx.metrics.malformed.add("oversized", 1);
+                // Kept visible like any rejected frame (its bytes were never read: the error
+                // names its size).
+                self.reject("oversized", format!("connection dropped: {e}").as_bytes());
                 // A frame too large to read at all: drop the connection, come back at once.
                 Err(End {
                     code: None,

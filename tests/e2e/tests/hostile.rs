@@ -494,3 +494,67 @@ async fn a_feed_vouches_only_for_its_own_channel_ids_and_floods_stay_with_their_
         assert_eq!(writer.terminate(), Some(0));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_every_subscription_for_a_while_is_reported_then_recovered_from() {
+    let (stack, mut writer, mut collector) = running("centrifugo", &[]).await;
+    // The server now refuses every subscription (a limit of 0 per connection); the sockets
+    // reconnect and are refused.
+    stack
+        .control("/control/centrifugo", json!({"subscription_limit": 0}))
+        .await;
+    stack
+        .control(
+            "/control/sockets/drop",
+            json!({"code": 3001, "transport": "centrifugo", "fraction": 1.0}),
+        )
+        .await;
+    let t0 = Instant::now();
+    loop {
+        let (code, out, _, _) = stack.admin(&["status"]);
+        if code == 69 && out.contains("no realtime subscription") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "status never said the channels are unsubscribed\n{out}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let sockets = stack.sim.sim.connected_sockets();
+    // Capped at twice what the channels need (10 a socket here), one per region and 4 spare;
+    // not one per channel.
+    assert!(
+        sockets <= 16,
+        "{sockets} sockets for {STREAMERS} channels refused everywhere"
+    );
+    // The server accepts again: every channel is subscribed without a restart.
+    stack
+        .control("/control/centrifugo", json!({"reset": true}))
+        .await;
+    stack
+        .control(
+            "/control/sockets/drop",
+            json!({"code": 3001, "transport": "centrifugo", "fraction": 1.0}),
+        )
+        .await;
+    stack
+        .wait_subscribed(STREAMERS as i64, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
+    let t1 = Instant::now();
+    loop {
+        let (code, out, _, _) = stack.admin(&["status"]);
+        if code == 0 {
+            break;
+        }
+        assert!(
+            t1.elapsed() < Duration::from_secs(30),
+            "status not healthy after the server accepted again\n{out}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stack.converge(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(collector.terminate(), Some(0));
+    assert_eq!(writer.terminate(), Some(0));
+}

@@ -274,6 +274,11 @@ impl Sim {
     }
 
     /// The socket part of `/control/stats`.
+    /// WebSocket connections open now (both transports).
+    pub fn connected_sockets(&self) -> usize {
+        self.sockets.lock().unwrap().map.len()
+    }
+
     pub(crate) fn socket_stats(&self) -> Value {
         let s = self.sockets.lock().unwrap();
         let mut per_region = vec![(0usize, 0usize); s.n_regions];

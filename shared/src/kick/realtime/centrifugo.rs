@@ -47,6 +47,9 @@ pub struct Session {
     refresh_at: Option<Instant>,
     refreshing: bool,
     last_rx: Instant,
+    /// The last protocol message (a WebSocket pong is not one): a server that still answers
+    /// pings but sends nothing, not even its own announced pings, is dead all the same.
+    last_msg: Instant,
     last_own_ping: Instant,
     opened: Instant,
     grace: Duration,
@@ -78,6 +81,7 @@ impl Session {
             refresh_at: None,
             refreshing: false,
             last_rx: now,
+            last_msg: now,
             last_own_ping: now,
             opened: now,
             grace,
@@ -125,6 +129,7 @@ impl Session {
     pub fn open(&mut self, token: &str, now: Instant) -> Vec<Action> {
         self.opened = now;
         self.last_rx = now;
+        self.last_msg = now;
         let connect = self.command(
             Sent::Connect,
             json!({"connect": {"token": token, "name": "js"}}),
@@ -203,6 +208,7 @@ impl Session {
     /// One text frame: several messages, one per line, each decoded on its own.
     pub fn on_text(&mut self, text: &str, now: Instant) -> Vec<Action> {
         self.last_rx = now;
+        self.last_msg = now;
         let mut out = Vec::new();
         // One result per non-blank line: a bad line is reported with its own bytes (not the
         // whole frame's: 8 MiB of bad one-byte lines would copy the frame four million times),
@@ -361,6 +367,19 @@ impl Session {
             ))));
             return out;
         }
+        // The server announced pings: nothing from it for that long (plus the grace) is a dead
+        // server even if its WebSocket layer still answers ours.
+        if let Some(ping) = self.ping {
+            let quiet = now.saturating_duration_since(self.last_msg);
+            if quiet > silence_limit(ping, self.grace) {
+                out.push(Action::Close(End::io(format!(
+                    "no message for {}s (the server pings every {}s)",
+                    quiet.as_secs(),
+                    ping.as_secs()
+                ))));
+                return out;
+            }
+        }
         let server_pings_often = self.ping.is_some_and(|p| p <= limits::OWN_PING);
         if !server_pings_often
             && silent >= limits::OWN_PING
@@ -472,7 +491,7 @@ mod tests {
         let (mut s, now) = session(&[1]);
         let reply = r#"{"id":1,"connect":{"client":"c","ttl":18446744073709551615,"ping":18446744073709551615,"pong":true}}"#;
         s.on_text(reply, now);
-        assert_eq!(s.ping, Some(Duration::from_secs(600)));
+        assert_eq!(s.ping, Some(Duration::from_secs(60)));
         ack_all(&mut s, now);
         // Ticks far in the future: no overflow, the silence is detected.
         let later = now + Duration::from_secs(3600);
@@ -522,6 +541,24 @@ mod tests {
         // Nothing after that: closed 30 s + grace (20 s) after the last byte, not 620 s.
         let out = s.on_tick(now + Duration::from_secs(31 + 51));
         assert!(matches!(out[0], Action::Close(_)), "{out:?}");
+        // A server whose WebSocket layer answers every ping but that sends no message at all
+        // (its announced ping is clamped to 60 s): closed 60 s + grace after its last message.
+        let (mut s, now) = session(&[]);
+        s.on_text(
+            r#"{"id":1,"connect":{"client":"c","ping":600,"pong":true}}"#,
+            now,
+        );
+        for t in (1..=79).map(|t| now + Duration::from_secs(t)) {
+            s.on_activity(t);
+            assert!(
+                !s.on_tick(t).iter().any(|a| matches!(a, Action::Close(_))),
+                "closed early at {:?}",
+                t - now
+            );
+        }
+        s.on_activity(now + Duration::from_secs(81));
+        let out = s.on_tick(now + Duration::from_secs(81));
+        assert!(matches!(out.last(), Some(Action::Close(_))), "{out:?}");
     }
 
     #[test]
@@ -638,13 +675,14 @@ mod tests {
             r#"{"id":1,"connect":{"client":"c","ping":25,"pong":true,"ttl":300}}"#,
             now,
         );
-        // 300 s token: refreshed at 240 s (80 %).
+        // 300 s token: refreshed at 240 s (80 %). (The server's pings keep it alive.)
+        s.on_text("{}", now + Duration::from_secs(200));
         assert!(
             !s.on_tick(now + Duration::from_secs(200))
                 .contains(&Action::RefreshToken)
         );
         let t = now + Duration::from_secs(241);
-        s.on_activity(t);
+        s.on_text("{}", t);
         assert!(s.on_tick(t).contains(&Action::RefreshToken));
         assert!(!s.on_tick(t).contains(&Action::RefreshToken), "asked once");
         let cmd = sends(&s.on_token("new"))[0].clone();

@@ -24,8 +24,9 @@ pub mod limits {
     use std::ops::RangeInclusive;
     use std::time::Duration;
 
-    /// Centrifugo's `connect.ping` (Kick: 25 s).
-    pub const PING: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(600);
+    /// Centrifugo's `connect.ping` (Kick: 25 s). At most a minute: the announced interval is
+    /// also how long a silent server is believed alive.
+    pub const PING: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(60);
     /// Centrifugo's `connect.ttl` / `refresh.ttl`, the guest token's lifetime (Kick: 2,700 s).
     pub const TOKEN_TTL: RangeInclusive<Duration> =
         Duration::from_secs(2)..=Duration::from_secs(86_400);
