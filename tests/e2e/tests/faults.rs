@@ -274,8 +274,10 @@ async fn collectors_with_skewed_clocks_order_events_by_the_database() {
     let slow_env = skewed("-300", "slow");
     let mut fast = stack.spawn("kick-collector", &as_refs(&fast_env));
     let mut slow = stack.spawn("kick-collector", &as_refs(&slow_env));
+    // Two collectors resolve regions and subscribe side by side: give them room on a busy
+    // machine (alone this takes about 2 s).
     stack
-        .wait_subscribed(2 * STREAMERS as i64, Duration::from_secs(30))
+        .wait_subscribed(2 * STREAMERS as i64, Duration::from_secs(60))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&fast)));
     stack.converge(Duration::from_secs(30)).await.unwrap();
