@@ -454,8 +454,9 @@ pub struct Config {
     /// `KICK_SILENCE_GRACE` (default 20 s): a socket silent for the protocol's ping interval plus
     /// this long is dead and reconnected.
     pub silence_grace: Duration,
-    /// `KICK_TERMINAL_RETRY` (default 5 min): the wait after a terminal close code (Pusher
-    /// 4000–4099, Centrifugo 3500–3999 and 4500–4999) before starting again from negotiation.
+    /// `KICK_TERMINAL_RETRY` (default 5 min): the longest wait after a terminal close code
+    /// (Pusher 4000–4099, Centrifugo 3500–3999 and 4500–4999) before starting again from
+    /// negotiation; the first waits 10 s, doubling while they repeat.
     pub terminal_retry: Duration,
     /// Where the collector keeps its spool and its slot lock: `STATE_DIRECTORY` (systemd's
     /// `StateDirectory=`; the first of several), else `$XDG_STATE_HOME/kick-monitor`, else

@@ -119,6 +119,8 @@ pub async fn run(
     events: mpsc::UnboundedSender<SocketEvent>,
 ) -> anyhow::Result<()> {
     let mut attempt: u32 = 0;
+    // Terminal ends in a row without the socket coming up in between.
+    let mut terminal_streak: u32 = 0;
     // A restart after a panic: the old connection is gone.
     mark_down(&ctx, &sock);
     while !sock.stop.is_cancelled() {
@@ -130,6 +132,7 @@ pub async fn run(
         ctx.metrics.reconnects.add(&label, 1);
         if was_up {
             attempt = 0;
+            terminal_streak = 0;
             tracing::warn!(socket = sock.id, end = %end, "realtime socket lost, reconnecting");
         } else {
             tracing::info!(socket = sock.id, end = %end, attempt, "realtime connection failed");
@@ -146,9 +149,14 @@ pub async fn run(
                 backoff(attempt)
             }
             Retry::Terminal => {
-                let wait = ctx
-                    .cfg()
-                    .terminal_retry
+                // One terminal end (a single hostile or mistaken error frame) costs 10 s; only
+                // a server that keeps refusing us gets the full KICK_TERMINAL_RETRY wait
+                // (10 s, 20 s, 40 s … up to it). A refusal pause of the web limiter still wins.
+                terminal_streak = terminal_streak.saturating_add(1);
+                let escalating =
+                    Duration::from_secs(10).saturating_mul(1 << (terminal_streak - 1).min(10));
+                let wait = escalating
+                    .min(ctx.cfg().terminal_retry)
                     .max(ctx.web.limiter.paused_for())
                     .saturating_add(Duration::from_millis(rand::random_range(0..5000)));
                 tracing::warn!(
