@@ -38,6 +38,8 @@ pub const BLIND_AFTER: Duration = Duration::from_secs(60);
 
 /// How long a channel refused for another reason than a limit waits before it is tried again.
 pub const PARKED_FOR: Duration = Duration::from_secs(300);
+/// How long a channel waits for a place when the socket cap is reached.
+pub const CAPPED_FOR: Duration = Duration::from_secs(10);
 
 struct Socket {
     shared: Arc<SocketShared>,
@@ -213,7 +215,7 @@ impl Placement {
                 self.owner.insert(ch, i);
                 Some(i)
             }
-            None if self.sockets.len() >= self.max_sockets() => {
+            None if self.active_sockets() >= self.max_sockets() => {
                 // A server that refuses everything (or a limit of almost nothing) must not
                 // make us open a socket per channel: past the cap the channel is polled.
                 if !self.capped {
@@ -224,7 +226,8 @@ impl Placement {
                         "realtime socket cap reached (the server refuses subscriptions): further channels are polled"
                     );
                 }
-                self.parked.insert(ch, Instant::now() + PARKED_FOR);
+                // Soon again: the cap moves with the channels, regions and limits learned.
+                self.parked.insert(ch, Instant::now() + CAPPED_FOR);
                 None
             }
             None => {
@@ -235,11 +238,29 @@ impl Placement {
         }
     }
 
-    /// At most this many sockets: twice what the channels need at the configured size, plus
-    /// one per known region and a few spare. Normal operation stays far below it.
+    /// At most this many sockets carrying channels: twice what the channels need at the
+    /// smallest capacity a server allowed (the configured size unless a limit lowered it), plus
+    /// two per known region and a few spare. Normal operation stays far below it.
     fn max_sockets(&self) -> usize {
         let regions: BTreeSet<&String> = self.regions.values().collect();
-        self.desired.len().div_ceil(self.per_socket().max(1)) * 2 + regions.len() + 4
+        let per = self
+            .sockets
+            .iter()
+            .map(|s| s.capacity)
+            .filter(|c| *c > 0)
+            .min()
+            .unwrap_or(usize::MAX)
+            .min(self.per_socket())
+            .max(1);
+        self.desired.len().div_ceil(per) * 2 + 2 * regions.len() + 4
+    }
+
+    /// Sockets that carry channels now (an emptied one is reused before a new one opens).
+    fn active_sockets(&self) -> usize {
+        self.sockets
+            .iter()
+            .filter(|s| !s.shared.desired.lock().unwrap().is_empty())
+            .count()
     }
 
     /// The server `ch` belongs on: its region when known (Centrifugo), else the general

@@ -253,6 +253,23 @@ impl Session {
             } => {
                 self.sent.retain(|_, s| *s != Sent::Connect);
                 self.connected = true;
+                // Channels added after `open` but before this reply were only recorded (there
+                // was no connection to send on): subscribe them now, or they would never be.
+                let pending: BTreeSet<i64> = self
+                    .sent
+                    .values()
+                    .filter_map(|s| match s {
+                        Sent::Subscribe(ch) => Some(*ch),
+                        _ => None,
+                    })
+                    .collect();
+                let late: Vec<i64> = self
+                    .channels
+                    .iter()
+                    .filter(|ch| !pending.contains(ch) && !self.subscribed.contains(ch))
+                    .copied()
+                    .collect();
+                out.extend(self.subscribe_frames(&late));
                 self.pong = pong;
                 self.ping = ping.map(|p| clamp_secs("centrifugo connect.ping", p, &limits::PING));
                 self.refresh_at = ttl.map(|t| {
@@ -509,6 +526,33 @@ mod tests {
             s.on_tick(now + Duration::from_secs(9))
                 .contains(&Action::RefreshToken)
         );
+    }
+
+    #[test]
+    fn channels_added_while_connecting_are_subscribed_on_the_connect_reply() {
+        let (mut s, now) = session(&[1]);
+        // Between `open` (connect + channel 1 sent) and the server's connect reply.
+        assert!(
+            s.subscribe(&[2, 3]).is_empty(),
+            "no connection to send on yet"
+        );
+        let out = s.on_text(
+            r#"{"id":1,"connect":{"client":"c","ping":25,"pong":true}}"#,
+            now,
+        );
+        let frames = sends(&out).join("\n");
+        assert!(
+            frames.contains("channel.2") && frames.contains("channel.3"),
+            "{frames}"
+        );
+        assert!(
+            !frames.contains("channel.1\""),
+            "channel 1 was sent with the connect: {frames}"
+        );
+        assert!(!s.is_up(), "up only once every subscription is answered");
+        ack_all(&mut s, now);
+        assert!(s.is_up());
+        assert_eq!(s.subscribed().len(), 3);
     }
 
     #[test]
