@@ -215,7 +215,7 @@ impl Placement {
                 self.owner.insert(ch, i);
                 Some(i)
             }
-            None if self.active_sockets() >= self.max_sockets() => {
+            None if self.sockets.len() >= self.max_sockets() => {
                 // A server that refuses everything (or a limit of almost nothing) must not
                 // make us open a socket per channel: past the cap the channel is polled.
                 if !self.capped {
@@ -238,29 +238,13 @@ impl Placement {
         }
     }
 
-    /// At most this many sockets carrying channels: twice what the channels need at the
-    /// smallest capacity a server allowed (the configured size unless a limit lowered it), plus
-    /// two per known region and a few spare. Normal operation stays far below it.
+    /// At most this many sockets (emptied ones included: a socket whose channels were all
+    /// refused must count, or refusals would open sockets without end): twice what the
+    /// channels need at the configured size, plus two per known region and four spare. Normal
+    /// operation stays far below it.
     fn max_sockets(&self) -> usize {
         let regions: BTreeSet<&String> = self.regions.values().collect();
-        let per = self
-            .sockets
-            .iter()
-            .map(|s| s.capacity)
-            .filter(|c| *c > 0)
-            .min()
-            .unwrap_or(usize::MAX)
-            .min(self.per_socket())
-            .max(1);
-        self.desired.len().div_ceil(per) * 2 + 2 * regions.len() + 4
-    }
-
-    /// Sockets that carry channels now (an emptied one is reused before a new one opens).
-    fn active_sockets(&self) -> usize {
-        self.sockets
-            .iter()
-            .filter(|s| !s.shared.desired.lock().unwrap().is_empty())
-            .count()
+        self.desired.len().div_ceil(self.per_socket().max(1)) * 2 + 2 * regions.len() + 4
     }
 
     /// The server `ch` belongs on: its region when known (Centrifugo), else the general
