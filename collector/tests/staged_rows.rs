@@ -39,12 +39,7 @@ fn rows_of(text: &str) -> Vec<Staged> {
             now,
         )),
     }
-    let lines = text.split('\n').filter(|l| !l.trim().is_empty());
-    for (msg, line) in frame::decode_centrifugo(text)
-        .into_iter()
-        .zip(lines)
-        .take(64)
-    {
+    for (line, msg) in frame::centrifugo_messages(text).take(64) {
         match msg {
             Ok(CentrifugoMsg::Publication { channel, event }) => {
                 out.extend(rows::realtime(&channel, &event, now));

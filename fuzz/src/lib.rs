@@ -317,9 +317,8 @@ pub fn check_staged_row(text: &str) {
     }
     // One result per non-blank line; a bad line is rejected on its own (and the collector
     // keeps at most a few rejected rows a second: the first ones are checked here).
-    let lines = text.split('\n').filter(|l| !l.trim().is_empty());
     let mut rejected = 0;
-    for (msg, line) in frame::decode_centrifugo(text).into_iter().zip(lines) {
+    for (line, msg) in frame::centrifugo_messages(text) {
         match msg {
             Ok(CentrifugoMsg::Publication { channel, event }) => events.push((channel, event)),
             Ok(_) => {}

@@ -291,10 +291,17 @@ pub enum CentrifugoMsg {
 /// Decodes one WebSocket text frame, which may hold several messages separated by `\n`.
 /// Each line decodes on its own: one bad line does not hide the others.
 pub fn decode_centrifugo(text: &str) -> Vec<Result<CentrifugoMsg, FrameError>> {
+    centrifugo_messages(text).map(|(_, m)| m).collect()
+}
+
+/// The messages of one Centrifugo frame, lazily: one per non-blank line, each with its line
+/// (a bad line is reported with its own bytes, not the whole frame's).
+pub fn centrifugo_messages(
+    text: &str,
+) -> impl Iterator<Item = (&str, Result<CentrifugoMsg, FrameError>)> {
     text.split('\n')
         .filter(|l| !l.trim().is_empty())
-        .map(decode_centrifugo_line)
-        .collect()
+        .map(|l| (l, decode_centrifugo_line(l)))
 }
 
 fn decode_centrifugo_line(line: &str) -> Result<CentrifugoMsg, FrameError> {

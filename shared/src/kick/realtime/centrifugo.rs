@@ -213,9 +213,8 @@ impl Session {
         // One result per non-blank line: a bad line is reported with its own bytes (not the
         // whole frame's: 8 MiB of bad one-byte lines would copy the frame four million times),
         // and only the first few are reported one by one.
-        let lines = text.split('\n').filter(|l| !l.trim().is_empty());
         let mut bad = 0usize;
-        for (msg, line) in frame::decode_centrifugo(text).into_iter().zip(lines) {
+        for (line, msg) in frame::centrifugo_messages(text) {
             match msg {
                 Err(e) => {
                     bad += 1;
