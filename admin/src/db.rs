@@ -188,6 +188,10 @@ const GRANTS: &str = "
     GRANT SELECT ON v_streamer_status TO kick_collector, kick_writer;
     GRANT SELECT, INSERT, UPDATE, DELETE ON webhook_subscriptions TO kick_webhooks;
     GRANT SELECT ON webhook_subscriptions TO kick_collector;
+    GRANT SELECT, INSERT, UPDATE, DELETE ON shard_members, shard_leases TO kick_collector;
+    GRANT SELECT, INSERT ON shard_moves TO kick_collector;
+    GRANT USAGE ON SEQUENCE shard_lease_token, shard_moves_id_seq TO kick_collector;
+    GRANT SELECT (shard, token, prev_token, handoff_until) ON shard_leases TO kick_webhooks;
 ";
 
 /// Every privilege on the database, its public schema and the objects in it, as one string: equal

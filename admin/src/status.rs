@@ -98,6 +98,42 @@ struct Report {
     streamers: Vec<(String, i64)>,
     coverage: Vec<(String, i64)>,
     last: Vec<Transition>,
+    shards: Shards,
+}
+
+/// Who holds which shard (see the collector's `leases`).
+#[derive(Debug, Default, Serialize)]
+struct Shards {
+    count: i64,
+    replicas: i64,
+    /// Live owner → the shards it holds.
+    owners: std::collections::BTreeMap<String, Vec<i32>>,
+    /// Shards no live collector holds.
+    unowned: Vec<i32>,
+    /// Shards with fewer live owners than replicas.
+    under_replicated: Vec<i32>,
+    moves_last_hour: i64,
+    takeovers_last_hour: i64,
+    last_move_at: Option<DateTime<Utc>>,
+}
+
+/// `0-20,22,40-41`: shard numbers as ranges.
+fn ranges(v: &[i32]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            v[i].to_string()
+        } else {
+            format!("{}-{}", v[i], v[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
 }
 
 impl Report {
@@ -130,6 +166,7 @@ impl Report {
                 "queue": {"pending": self.pending, "oldest_pending_age_seconds": self.oldest_pending},
                 "streamers": counts,
                 "coverage": coverage,
+                "shards": self.shards,
                 "last_transitions": self.last,
             });
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
@@ -175,6 +212,11 @@ impl Report {
                     format!("{}/{}", c.sockets_up, c.sockets),
                     format!("{}/{}", c.subscriptions, c.watched_channels),
                     format!("{}/{}", c.buffered, c.spooled),
+                    self.shards
+                        .owners
+                        .get(&c.id)
+                        .map_or(0, Vec::len)
+                        .to_string(),
                     c.clock_skew_ms
                         .map_or("-".into(), |s| format!("{:.1}s", f64::from(s) / 1e3)),
                     c.transport.clone(),
@@ -193,6 +235,7 @@ impl Report {
                     "SOCKETS UP",
                     "SUBSCRIBED",
                     "BUFFERED/SPOOLED",
+                    "SHARDS",
                     "SKEW",
                     "TRANSPORT",
                     "VERSION"
@@ -200,6 +243,39 @@ impl Report {
                 &rows
             )
         );
+        let sh = &self.shards;
+        if sh.count > 0 {
+            let owners: Vec<String> = sh
+                .owners
+                .iter()
+                .map(|(o, v)| format!("{o} {}", ranges(v)))
+                .collect();
+            println!(
+                "shards:    {} x {} replica(s); {}",
+                sh.count,
+                sh.replicas,
+                if owners.is_empty() {
+                    "no live owner".into()
+                } else {
+                    owners.join("; ")
+                }
+            );
+            if !sh.unowned.is_empty() {
+                println!("  unowned: {}", ranges(&sh.unowned));
+            }
+            if !sh.under_replicated.is_empty() {
+                println!("  under-replicated: {}", ranges(&sh.under_replicated));
+            }
+            println!(
+                "  moves in the last hour: {} ({} takeovers){}",
+                sh.moves_last_hour,
+                sh.takeovers_last_hour,
+                sh.last_move_at.map_or(String::new(), |t| format!(
+                    ", last at {}",
+                    t.format("%Y-%m-%d %H:%M:%S")
+                ))
+            );
+        }
         println!(
             "queue:     {} pending, oldest {:.1}s",
             self.pending, self.oldest_pending
@@ -335,6 +411,19 @@ async fn collect(config: &Config) -> anyhow::Result<Report> {
         r.problems
             .push(line("no collector is running (no fresh heartbeat)", since));
     }
+    r.shards = shards(&client).await?;
+    // Unowned shards matter while collectors take part in the leases (a collector whose lease
+    // rounds fail reports that itself).
+    if live > 0 && !r.shards.owners.is_empty() && !r.shards.unowned.is_empty() {
+        r.problems.push(line(
+            &format!(
+                "{} shards have no live owner ({}): their channels are not watched",
+                r.shards.unowned.len(),
+                ranges(&r.shards.unowned)
+            ),
+            None,
+        ));
+    }
     let (pending, oldest) = db::pending_events(&client).await?;
     r.pending = pending;
     r.oldest_pending = oldest;
@@ -383,4 +472,60 @@ async fn collect(config: &Config) -> anyhow::Result<Report> {
         })
         .collect();
     Ok(r)
+}
+
+async fn shards(client: &tokio_postgres::Client) -> Result<Shards, db::DbError> {
+    let mut sh = Shards::default();
+    // A lease counts while it is unexpired and its owner's membership is alive.
+    let rows = client
+        .query(
+            "SELECT l.shard, l.replica,
+                    CASE WHEN l.expires_at > now() AND m.alive_until > now() THEN l.owner END AS owner
+             FROM shard_leases l LEFT JOIN shard_members m ON m.collector_id = l.owner
+             ORDER BY l.shard, l.replica",
+            &[],
+        )
+        .await?;
+    let mut live_owners: std::collections::BTreeMap<i32, i64> = std::collections::BTreeMap::new();
+    for row in &rows {
+        let shard: i32 = row.get("shard");
+        let replica: i32 = row.get("replica");
+        sh.replicas = sh.replicas.max(i64::from(replica) + 1);
+        let n = live_owners.entry(shard).or_default();
+        if let Some(o) = row.get::<_, Option<String>>("owner") {
+            *n += 1;
+            sh.owners.entry(o).or_default().push(shard);
+        }
+    }
+    sh.count = live_owners.len() as i64;
+    for (shard, n) in &live_owners {
+        if *n == 0 {
+            sh.unowned.push(*shard);
+        } else if *n < sh.replicas {
+            sh.under_replicated.push(*shard);
+        }
+    }
+    let m = client
+        .query_one(
+            "SELECT count(*) AS moves,
+                    count(*) FILTER (WHERE reason = 'owner gone') AS takeovers,
+                    (SELECT max(at) FROM shard_moves) AS last_at
+             FROM shard_moves WHERE at > now() - interval '1 hour'",
+            &[],
+        )
+        .await?;
+    sh.moves_last_hour = m.get("moves");
+    sh.takeovers_last_hour = m.get("takeovers");
+    sh.last_move_at = m.get("last_at");
+    Ok(sh)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shard_numbers_print_as_ranges() {
+        assert_eq!(super::ranges(&[]), "");
+        assert_eq!(super::ranges(&[3]), "3");
+        assert_eq!(super::ranges(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
+    }
 }

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::leases::Leases;
 use crate::metrics::CollectorMetrics;
 use crate::realtime::regions::{RecheckHandle, Rechecks};
 use crate::reconcile::ReconcileHandle;
@@ -37,6 +38,8 @@ pub struct Ctx {
     pub supervisor: Supervisor,
     pub shutdown: CancellationToken,
     pub reconcile: ReconcileHandle,
+    /// The shard leases this collector holds.
+    pub leases: Arc<Leases>,
     /// Asks `regions` to locate a channel again.
     pub regions: RecheckHandle,
     /// The queue behind `regions` (the task that reads it may restart).
@@ -64,6 +67,7 @@ pub struct Parts {
     pub supervisor: Supervisor,
     pub shutdown: CancellationToken,
     pub reconcile: ReconcileHandle,
+    pub leases: Arc<Leases>,
     pub regions: RecheckHandle,
     pub region_rechecks: Rechecks,
 }
@@ -83,6 +87,7 @@ impl Ctx {
             supervisor: p.supervisor,
             shutdown: p.shutdown,
             reconcile: p.reconcile,
+            leases: p.leases,
             regions: p.regions,
             region_rechecks: p.region_rechecks,
             sockets: std::sync::Mutex::new(Vec::new()),

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod ctx;
 pub mod gaps;
 pub mod heartbeat;
+pub mod leases;
 pub mod listen;
 pub mod lookup;
 pub mod metrics;
@@ -157,6 +158,7 @@ pub async fn run_with_metrics(
         );
     }
     let health = Arc::new(Health::default());
+    let leases = Arc::new(leases::Leases::default());
     // The stager outlives the sockets: its own token, cancelled after they stopped.
     let stager_stop = CancellationToken::new();
     let stager_sup = Supervisor::new(
@@ -171,6 +173,7 @@ pub async fn run_with_metrics(
             id: collector_id.clone(),
             batch_size: cfg.batch_size,
             capacity: BUFFER,
+            leases: Some(leases.clone()),
         },
         spool,
         metrics.clone(),
@@ -248,13 +251,30 @@ pub async fn run_with_metrics(
             supervisor: sup.clone(),
             shutdown: shutdown.clone(),
             reconcile: reconcile_handle,
+            leases: leases.clone(),
             regions: recheck_handle,
             region_rechecks,
         }));
         let first = listen::watched_channels(&ctx).await.unwrap_or_default();
         tracing::info!(channels = first.len(), "watching");
-        let (desired_tx, desired_rx) = watch::channel(Arc::new(first));
-        let (desired_tx, config_tx) = (Arc::new(desired_tx), Arc::new(config_tx));
+        // The listener keeps the watched set; the placement gets the part of it in the shards
+        // this collector holds (empty until the first lease round).
+        let (watched_tx, watched_rx) = watch::channel(Arc::new(first));
+        let (desired_tx, desired_rx) = watch::channel(Arc::new(std::collections::BTreeSet::new()));
+        let (watched_tx, desired_tx, config_tx) = (
+            Arc::new(watched_tx),
+            Arc::new(desired_tx),
+            Arc::new(config_tx),
+        );
+        {
+            let leases = leases.clone();
+            spawn(&sup, "leases", &ctx, move |ctx| {
+                leases::run(ctx, leases.clone())
+            });
+        }
+        spawn(&sup, "shards", &ctx, move |ctx| {
+            leases::filter(ctx, watched_rx.clone(), desired_tx.clone())
+        });
         let (region_tx, region_rx) = tokio::sync::mpsc::unbounded_channel();
         let region_rx = Arc::new(tokio::sync::Mutex::new(region_rx));
         let region_rechecks = ctx.region_rechecks.clone();
@@ -268,7 +288,7 @@ pub async fn run_with_metrics(
             )
         });
         spawn(&sup, "listener", &ctx, move |ctx| {
-            listen::run(ctx, desired_tx.clone(), config_tx.clone())
+            listen::run(ctx, watched_tx.clone(), config_tx.clone())
         });
         spawn(&sup, "reconciler", &ctx, move |ctx| {
             reconcile::run(ctx, reconcile_queue.clone())

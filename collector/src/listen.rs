@@ -1,6 +1,7 @@
 //! The collector's LISTEN connection: `streamers_changed` (the watched set changed: re-read it,
-//! and the placement subscribes or unsubscribes without a restart) and `config_changed` (settings
-//! in the `config` table changed: re-read them). Notifications sent while the connection was
+//! and the placement subscribes or unsubscribes without a restart), `config_changed` (settings
+//! in the `config` table changed: re-read them) and `shards_changed` (another collector moved
+//! shard leases: run a lease round now). Notifications sent while the connection was
 //! down are lost, so both are re-read after every (re)connect. A silent connection is probed;
 //! a lost one is reconnected here with backoff (a database restart or failover is expected, not
 //! a task failure for the supervisor).
@@ -78,13 +79,18 @@ async fn listen_once(
         Duration::from_secs(10),
         db::listen(
             &cfg.database,
-            &[channel::STREAMERS_CHANGED, channel::CONFIG_CHANGED],
+            &[
+                channel::STREAMERS_CHANGED,
+                channel::CONFIG_CHANGED,
+                channel::SHARDS_CHANGED,
+            ],
         ),
     )
     .await?;
     // Anything may have changed while we were not listening.
     reload_streamers(ctx, desired).await?;
     reload_config(ctx, &client, config).await;
+    ctx.leases.wake.notify_one();
     ctx.health.clear("listen");
     loop {
         let first = tokio::select! {
@@ -98,12 +104,23 @@ async fn listen_once(
                 continue;
             }
         };
+        if first.channel() == channel::SHARDS_CHANGED {
+            // Another collector moved leases: run a lease round now (no debounce: a handoff
+            // waits for it).
+            ctx.leases.wake.notify_one();
+            if notes.is_empty() {
+                continue;
+            }
+        }
         tokio::time::sleep(DEBOUNCE).await;
         let mut streamers = first.channel() == channel::STREAMERS_CHANGED;
         let mut settings = first.channel() == channel::CONFIG_CHANGED;
         while let Ok(n) = notes.try_recv() {
             streamers |= n.channel() == channel::STREAMERS_CHANGED;
             settings |= n.channel() == channel::CONFIG_CHANGED;
+            if n.channel() == channel::SHARDS_CHANGED {
+                ctx.leases.wake.notify_one();
+            }
         }
         if streamers {
             reload_streamers(ctx, desired).await?;

@@ -42,8 +42,11 @@ pub async fn run(ctx: Arc<Ctx>) -> anyhow::Result<()> {
             let rows = ctx
                 .query(
                     "SELECT kick_user_id, username FROM streamers
-                     WHERE enabled AND kick_channel_id IS NULL ORDER BY id LIMIT 1000",
-                    &[],
+                     WHERE enabled AND kick_channel_id IS NULL
+                       AND mod(kick_user_id, 64)::int = ANY($1)
+                     ORDER BY id LIMIT 1000",
+                    // Each collector looks up the streamers of the shards it holds.
+                    &[&ctx.leases.shards()],
                 )
                 .await?;
             for r in rows {

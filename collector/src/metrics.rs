@@ -39,6 +39,16 @@ pub struct CollectorMetrics {
     pub reconcile_differences: Counter,
     pub rate_limited: Counter,
     pub stage_latency: Histogram,
+    /// Shard leases this collector holds.
+    pub shards_held: AtomicUsize,
+    /// Leases this collector took from a collector that was gone.
+    pub shard_takeovers: Counter,
+    /// Leases this collector gained or gave up (any reason).
+    pub shard_moves: Counter,
+    /// Status rows not staged because this collector did not (or no longer) hold their shard.
+    pub fenced: Counter,
+    /// Lease rounds that failed.
+    pub lease_failures: Counter,
 }
 
 impl Default for CollectorMetrics {
@@ -72,6 +82,11 @@ impl Default for CollectorMetrics {
             reconcile_differences: Counter::default(),
             rate_limited: Counter::default(),
             stage_latency: Histogram::new(LATENCY_BUCKETS),
+            shards_held: AtomicUsize::new(0),
+            shard_takeovers: Counter::default(),
+            shard_moves: Counter::default(),
+            fenced: Counter::default(),
+            lease_failures: Counter::default(),
         }
     }
 }
@@ -228,6 +243,31 @@ impl Render for CollectorMetrics {
                 "kick_collector_last_heartbeat_timestamp_seconds",
                 "Unix time of the last heartbeat the database accepted.",
                 self.last_heartbeat.get(),
+            )
+            .gauge(
+                "kick_collector_shard_leases",
+                "Shard leases this collector holds.",
+                self.shards_held.load(Ordering::Relaxed) as f64,
+            )
+            .counter(
+                "kick_collector_shard_takeovers_total",
+                "Shard leases taken over from a collector that was gone.",
+                self.shard_takeovers.get(),
+            )
+            .counter(
+                "kick_collector_shard_moves_total",
+                "Shard leases this collector gained or gave up.",
+                self.shard_moves.get(),
+            )
+            .counter(
+                "kick_collector_rows_fenced_total",
+                "Status rows not staged: their shard's lease was not (or no longer) this collector's.",
+                self.fenced.get(),
+            )
+            .counter(
+                "kick_collector_lease_failures_total",
+                "Lease rounds that failed (the database did not answer).",
+                self.lease_failures.get(),
             )
             .histogram(
                 "kick_collector_stage_latency_seconds",

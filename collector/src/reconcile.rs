@@ -30,8 +30,10 @@ use crate::rows::{self, ApiStatus};
 /// What to reconcile.
 #[derive(Debug, Clone)]
 pub enum Request {
-    /// Every enabled streamer.
+    /// Every enabled streamer of the shards this collector holds.
     All,
+    /// Every enabled streamer of these shards (just taken over: at once).
+    Shards(Vec<i32>),
     /// The streamers realtime does not cover (`coverage = 'poll'`), every `KICK_POLL_INTERVAL`.
     Poll,
     /// The streamers of these channels (a socket's, after it went down or came back).
@@ -75,11 +77,12 @@ struct Stored {
     realtime: bool,
 }
 
-/// Which streamers one run covers.
+/// Which streamers one run covers (`All` and `Poll`: of the shards held when it runs).
 #[derive(Debug, Clone)]
 enum Scope {
     All,
     Poll,
+    Shards(Vec<i32>),
     Channels(Vec<i64>),
     /// A re-check of what the API contradicted.
     Users(Vec<i64>),
@@ -94,7 +97,8 @@ const MISSING_AFTER: u32 = 2;
 /// Runs reconciliations until shutdown (supervised).
 pub async fn run(ctx: Arc<Ctx>, queue: Queue) -> anyhow::Result<()> {
     let mut rx = queue.lock().await;
-    let mut pending: VecDeque<Request> = VecDeque::from([Request::All]);
+    // The first lease round asks for the shards it gained: that is the start-up reconcile.
+    let mut pending: VecDeque<Request> = VecDeque::new();
     let mut rechecks: Vec<(Instant, Vec<i64>)> = Vec::new();
     let mut next_all = Instant::now() + ctx.cfg().reconcile_interval;
     let mut next_poll = Instant::now() + ctx.cfg().poll_interval;
@@ -176,13 +180,23 @@ pub async fn run(ctx: Arc<Ctx>, queue: Queue) -> anyhow::Result<()> {
             .iter()
             .flat_map(|r| match r {
                 Request::Channels { channels, .. } => channels.clone(),
-                Request::All | Request::Poll => Vec::new(),
+                Request::All | Request::Poll | Request::Shards(_) => Vec::new(),
+            })
+            .collect();
+        let shards: BTreeSet<i32> = batch
+            .iter()
+            .flat_map(|r| match r {
+                Request::Shards(s) => s.clone(),
+                _ => Vec::new(),
             })
             .collect();
         let mut scopes = Vec::new();
         if alls > 0 {
             scopes.push(Scope::All);
         } else {
+            if !shards.is_empty() {
+                scopes.push(Scope::Shards(shards.into_iter().collect()));
+            }
             if polls > 0 {
                 scopes.push(Scope::Poll);
             }
@@ -252,11 +266,26 @@ pub async fn run(ctx: Arc<Ctx>, queue: Queue) -> anyhow::Result<()> {
 async fn load(ctx: &Ctx, scope: &Scope) -> anyhow::Result<Vec<Stored>> {
     const Q: &str = "SELECT kick_user_id, username, kick_channel_id, status, coverage
                      FROM v_streamer_status WHERE enabled";
+    // A streamer's shard: its channel id's, else its user id's (`kick_shared::model::shard`).
+    const IN_SHARDS: &str = "AND mod(coalesce(kick_channel_id, kick_user_id), 64)::int = ANY($1)";
+    let held = ctx.leases.shards();
     let rows = match scope {
-        Scope::All => ctx.query(&format!("{Q} ORDER BY id"), &[]).await?,
-        Scope::Poll => {
-            ctx.query(&format!("{Q} AND coverage = 'poll' ORDER BY id"), &[])
+        Scope::All => {
+            ctx.query(&format!("{Q} {IN_SHARDS} ORDER BY id"), &[&held])
                 .await?
+        }
+        Scope::Shards(s) => {
+            // Only what is still held (a lease may have moved on while this waited).
+            let s: Vec<i32> = s.iter().copied().filter(|x| held.contains(x)).collect();
+            ctx.query(&format!("{Q} {IN_SHARDS} ORDER BY id"), &[&s])
+                .await?
+        }
+        Scope::Poll => {
+            ctx.query(
+                &format!("{Q} AND coverage = 'poll' {IN_SHARDS} ORDER BY id"),
+                &[&held],
+            )
+            .await?
         }
         Scope::Channels(ch) => {
             ctx.query(

@@ -53,6 +53,13 @@ pub struct Staged {
     /// Set for rows stored already processed (rejected frames).
     #[serde(default)]
     pub outcome: Option<String>,
+    /// The id whose shard this status row belongs to (the channel id, or for a streamer without
+    /// one its user id); `None`: not a status row, never fenced (see `leases`).
+    #[serde(default)]
+    pub shard_key: Option<i64>,
+    /// The shard and lease token it was stamped with when it was seen (kept in the spool).
+    #[serde(default)]
+    pub lease: Option<(i32, i64)>,
     /// When the frame arrived, for the frame → staged latency (not persisted).
     #[serde(skip, default = "Instant::now")]
     pub arrived: Instant,
@@ -149,6 +156,8 @@ fn base(source: Source, name: &str, key: String, observed_at: DateTime<Utc>) -> 
         observed_at,
         received_at: None,
         outcome: None,
+        shard_key: None,
+        lease: None,
         arrived: Instant::now(),
         ack: None,
     }
@@ -173,6 +182,7 @@ pub fn realtime(topic: &str, event: &KickEvent, observed_at: DateTime<Utc>) -> O
             Staged {
                 topic: Some(topic),
                 channel_id: Some(*channel_id),
+                shard_key: Some(*channel_id),
                 livestream_id: Some(*livestream_id),
                 // Kick's own time for the start of the stream.
                 event_time: *created_at,
@@ -195,6 +205,7 @@ pub fn realtime(topic: &str, event: &KickEvent, observed_at: DateTime<Utc>) -> O
             Staged {
                 topic: Some(topic),
                 channel_id: Some(*channel_id),
+                shard_key: Some(*channel_id),
                 livestream_id: Some(*livestream_id),
                 // Kick gives no time for an end: the database stamps the row.
                 event_time: None,
@@ -278,6 +289,8 @@ pub fn api_status(a: &ApiStatus<'_>, observed_at: DateTime<Utc>) -> Staged {
         "stored_status": a.stored_status});
     Staged {
         channel_id: a.learned_channel.or(a.channel_id),
+        // The shard reconciliation chose it by: the stored channel id, else the user id.
+        shard_key: Some(a.channel_id.unwrap_or(a.user_id)),
         user_id: Some(a.user_id),
         // A live stream's start by Kick's clock; an offline has no time from Kick.
         event_time: if a.live { a.start_time } else { None },
@@ -295,6 +308,7 @@ pub fn unknown(
 ) -> Staged {
     Staged {
         channel_id,
+        shard_key: Some(channel_id.unwrap_or(user_id)),
         user_id: Some(user_id),
         payload: json!({"reason": "realtime socket down and kick api unavailable"}).to_string(),
         ..base(
@@ -316,6 +330,7 @@ pub fn missing(
 ) -> Staged {
     Staged {
         channel_id,
+        shard_key: Some(channel_id.unwrap_or(user_id)),
         user_id: Some(user_id),
         payload: json!({"reason": "missing from kick's channels answer twice (banned, renamed or deleted?)"})
             .to_string(),

@@ -37,6 +37,7 @@ use tokio::sync::{Mutex, mpsc};
 use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
+use crate::leases::Leases;
 use crate::metrics::CollectorMetrics;
 use crate::rows::{self, Durability, Staged};
 use crate::spool::{Spool, SpoolError};
@@ -64,12 +65,29 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 pub struct StagerHandle {
     tx: mpsc::Sender<Staged>,
     metrics: Arc<CollectorMetrics>,
+    /// The collector's leases: status rows are stamped with their token (`None`: the webhook
+    /// receiver, which holds no leases).
+    leases: Option<Arc<Leases>>,
 }
 
 impl StagerHandle {
+    /// Stamps `ev` with its lease; `false` (and counted) when this collector does not hold its
+    /// shard: a collector stages status only for its own shards.
+    fn fence(&self, ev: &mut Staged) -> bool {
+        if self.leases.as_ref().is_none_or(|l| l.stamp(ev)) {
+            return true;
+        }
+        self.metrics.fenced.inc();
+        tracing::debug!(dedupe_key = %ev.dedupe_key, "not staged: its shard is not this collector's");
+        false
+    }
+
     /// Queues an event for reconciliation, which can wait: it waits while the buffer is more
     /// than half full, so that a large reconcile never crowds out realtime events.
-    pub async fn stage_wait(&self, ev: Staged) {
+    pub async fn stage_wait(&self, mut ev: Staged) {
+        if !self.fence(&mut ev) {
+            return;
+        }
         while self.tx.capacity() < self.tx.max_capacity() / 2 {
             if self.tx.is_closed() {
                 return;
@@ -82,7 +100,10 @@ impl StagerHandle {
     }
 
     /// Queues an event; refuses it (metric + ERROR log) when the buffer is full.
-    pub fn stage(&self, ev: Staged) {
+    pub fn stage(&self, mut ev: Staged) {
+        if !self.fence(&mut ev) {
+            return;
+        }
         if let Err(e) = self.tx.try_send(ev) {
             let n = self.metrics.dropped.get();
             self.metrics.dropped.inc();
@@ -155,6 +176,8 @@ pub struct Settings {
     pub batch_size: usize,
     /// Events waiting in memory at most; the spool takes the rest.
     pub capacity: usize,
+    /// The collector's shard leases (fencing); `None` for the webhook receiver.
+    pub leases: Option<Arc<Leases>>,
 }
 
 /// Creates the stager.
@@ -170,11 +193,13 @@ pub fn new(
         id: collector_id,
         batch_size,
         capacity,
+        leases,
     } = settings;
     let (tx, rx) = mpsc::channel(capacity);
     let handle = StagerHandle {
         tx,
         metrics: metrics.clone(),
+        leases,
     };
     let spool_oldest = (!spool.is_empty()).then(Utc::now);
     let stager = Arc::new(Stager {
@@ -198,22 +223,34 @@ pub fn new(
 
 /// One statement, in autocommit: the insert and its durable commit in one round trip. `$14`
 /// rings the doorbell in the same transaction (see [`Doorbell`]); the count of inserted rows
-/// comes back either way.
-const INSERT: &str = "WITH ins AS (
+/// comes back either way. A status row stamped with a lease (`$15` shard, `$16` token) is kept
+/// only while that token is still its shard's (see `leases`): the rest come back as `fenced`.
+const INSERT: &str = "WITH v AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+                         $6::bigint[], $7::timestamptz[], $8::text[], $9::text[],
+                         $11::timestamptz[], $12::timestamptz[], $13::text[], $15::int[],
+                         $16::bigint[])
+         AS v(s, t, n, c, u, l, e, p, k, o, r, x, g, f)),
+  ok AS (
+    SELECT * FROM v
+    WHERE g IS NULL OR EXISTS (
+        SELECT 1 FROM shard_leases sl
+        WHERE sl.shard = v.g
+          AND (sl.token = v.f OR (sl.prev_token = v.f AND sl.handoff_until > clock_timestamp())))),
+  ins AS (
     INSERT INTO raw_events
     (source, topic, event_name, kick_channel_id, kick_user_id, livestream_id, event_time, payload,
-     dedupe_key, collector_id, observed_at, received_at, processed_at, outcome)
+     dedupe_key, collector_id, observed_at, received_at, processed_at, outcome, lease_shard,
+     lease_token)
     SELECT s, t, n, c, u, l, e, p::jsonb, k, $10, o,
            least(coalesce(r, clock_timestamp()), clock_timestamp()),
-           CASE WHEN x IS NULL THEN NULL ELSE clock_timestamp() END, x
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
-                $7::timestamptz[], $8::text[], $9::text[], $11::timestamptz[], $12::timestamptz[],
-                $13::text[])
-         AS v(s, t, n, c, u, l, e, p, k, o, r, x)
+           CASE WHEN x IS NULL THEN NULL ELSE clock_timestamp() END, x, g, f
+    FROM ok
     ON CONFLICT (dedupe_key) DO NOTHING
     RETURNING 1),
   n AS (SELECT count(*) AS inserted FROM ins)
-  SELECT inserted, CASE WHEN inserted > 0 AND $14 THEN pg_notify('raw_events', '') END AS rung
+  SELECT inserted, (SELECT count(*) FROM v) - (SELECT count(*) FROM ok) AS fenced,
+         CASE WHEN inserted > 0 AND $14 THEN pg_notify('raw_events', '') END AS rung
   FROM n";
 
 /// Where the `raw_events` doorbell (NOTIFY) rings. `commit` (the default): `pg_notify` inside
@@ -274,13 +311,13 @@ fn is_data_error(e: &tokio_postgres::Error) -> bool {
     })
 }
 
-/// One insert transaction; returns the number of rows inserted (not deduplicated).
+/// One insert transaction; returns how many rows were inserted (not deduplicated) and fenced.
 async fn insert(
     conn: &mut Conn,
     rows: &[&Staged],
     collector_id: &str,
     skew_ms: i64,
-) -> Result<u64, tokio_postgres::Error> {
+) -> Result<Counts, tokio_postgres::Error> {
     let source: Vec<&str> = rows.iter().map(|e| e.source.as_str()).collect();
     let topic: Vec<Option<&str>> = rows.iter().map(|e| e.topic.as_deref()).collect();
     let name: Vec<&str> = rows.iter().map(|e| e.event_name.as_str()).collect();
@@ -299,6 +336,8 @@ async fn insert(
         })
         .collect();
     let outcome: Vec<Option<&str>> = rows.iter().map(|e| e.outcome.as_deref()).collect();
+    let shard: Vec<Option<i32>> = rows.iter().map(|e| e.lease.map(|l| l.0)).collect();
+    let token: Vec<Option<i64>> = rows.iter().map(|e| e.lease.map(|l| l.1)).collect();
     let in_commit = conn.doorbell == Doorbell::InCommit;
     let row = conn
         .client
@@ -319,17 +358,32 @@ async fn insert(
                 &recv,
                 &outcome,
                 &in_commit,
+                &shard,
+                &token,
             ],
         )
         .await?;
     let n: i64 = row.get("inserted");
+    let fenced: i64 = row.get("fenced");
     if n > 0 && !in_commit {
         // The rows are durable: ring without waiting for another fsync.
         conn.client
             .batch_execute("BEGIN; SET LOCAL synchronous_commit = off; NOTIFY raw_events; COMMIT")
             .await?;
     }
-    Ok(n as u64)
+    Ok(Counts {
+        inserted: n as u64,
+        fenced: fenced as u64,
+    })
+}
+
+/// What one insert statement did.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    /// Rows inserted (the rest of the kept rows were duplicates).
+    inserted: u64,
+    /// Rows refused because their lease token was no longer their shard's.
+    fenced: u64,
 }
 
 /// The database's clock at a local instant, estimated from the measured skew.
@@ -353,6 +407,7 @@ fn rejected(row: &Staged, reason: &str) -> Staged {
 struct Inserted {
     inserted: u64,
     rejected: u64,
+    fenced: u64,
 }
 
 /// Inserts `rows`, isolating rows the database refuses for their data. A connection-level
@@ -369,7 +424,10 @@ async fn insert_isolating(
     while let Some(part) = todo.pop() {
         let refs: Vec<&Staged> = part.iter().collect();
         match insert(conn, &refs, collector_id, skew_ms).await {
-            Ok(n) => out.inserted += n,
+            Ok(n) => {
+                out.inserted += n.inserted;
+                out.fenced += n.fenced;
+            }
             Err(e) if is_data_error(&e) && part.len() > 1 => {
                 let (a, b) = part.split_at(part.len() / 2);
                 // Keep the original order: the first half is inserted first.
@@ -572,9 +630,21 @@ impl Stager {
                 }
                 self.metrics.staged.add(done.inserted);
                 self.metrics.rejected.add(done.rejected);
-                self.metrics
-                    .duplicates
-                    .add((batch.len() as u64).saturating_sub(done.inserted + done.rejected));
+                if done.fenced > 0 {
+                    let before = self.metrics.fenced.get();
+                    self.metrics.fenced.add(done.fenced);
+                    if before == 0 || (before + done.fenced).ilog2() > before.max(1).ilog2() {
+                        tracing::warn!(
+                            fenced = done.fenced,
+                            fenced_total = before + done.fenced,
+                            "staged rows refused: their shard's lease has passed to another collector"
+                        );
+                    }
+                }
+                self.metrics.duplicates.add(
+                    (batch.len() as u64)
+                        .saturating_sub(done.inserted + done.rejected + done.fenced),
+                );
                 Ok(())
             }
             Err(e) => {

@@ -226,10 +226,13 @@ async fn live_flip_staged_once(transport: &str) {
     })
     .await;
     assert!(r.metrics.stage_latency.count() >= 2);
-    let hb = r
-        .count("SELECT count(*) FROM collectors WHERE id = 'test-collector' AND sockets = 3")
-        .await;
-    assert_eq!(hb, 1, "heartbeat row");
+    // The heartbeat row follows the sockets within a second.
+    eventually("heartbeat row", Duration::from_secs(5), || async {
+        r.count("SELECT count(*) FROM collectors WHERE id = 'test-collector' AND sockets = 3")
+            .await
+            == 1
+    })
+    .await;
     r.stop().await;
 }
 

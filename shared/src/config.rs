@@ -435,6 +435,10 @@ pub struct Config {
     pub config_key_file: Option<PathBuf>,
     /// `KICK_CHANNELS_PER_CONNECTION` (default 100).
     pub channels_per_connection: usize,
+    /// `KICK_SHARD_REPLICAS` (default 1, at most 3): how many collectors hold each shard's
+    /// channels (2: a host's loss leaves no gap). Every collector must use the same value: set it
+    /// in the `config` table.
+    pub shard_replicas: u32,
     /// `KICK_WEB_RATE` (default 10, at most 1000): requests per second to Kick's web endpoints
     /// (realtime negotiation, guest tokens, region lookups), burst twice that. Kick publishes no
     /// limit; 10/s resolves 1,000 channels' regions in under two minutes, once (they are cached).
@@ -549,6 +553,14 @@ impl Config {
                 format!("{channels_per_connection} is not from 1 to 128"),
             ));
         }
+        let shard_replicas: u32 =
+            src.parse("KICK_SHARD_REPLICAS", 1, "a whole number from 1 to 3")?;
+        if !(1..=3).contains(&shard_replicas) {
+            return Err(ConfigError::new(
+                "KICK_SHARD_REPLICAS",
+                format!("{shard_replicas} is not from 1 to 3"),
+            ));
+        }
         let web_rate: u32 = src.parse("KICK_WEB_RATE", 10, "a whole number from 1 to 1000")?;
         if !(1..=1000).contains(&web_rate) {
             return Err(ConfigError::new(
@@ -659,6 +671,7 @@ impl Config {
             batch_size,
             config_key_file,
             channels_per_connection,
+            shard_replicas,
             web_rate,
             reconcile_interval,
             offline_grace: src.duration("KICK_OFFLINE_GRACE", Duration::ZERO)?,
@@ -714,6 +727,7 @@ pub const DB_SETTINGS: &[&str] = &[
     "KICK_REALTIME_TRANSPORT",
     "KICK_PUSHER_URL",
     "KICK_CHANNELS_PER_CONNECTION",
+    "KICK_SHARD_REPLICAS",
     "KICK_RECONCILE_INTERVAL",
     "KICK_OFFLINE_GRACE",
     "KICK_RAW_RETENTION",

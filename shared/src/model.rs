@@ -103,6 +103,20 @@ pub mod channel {
     pub const STATUS_CHANGED: &str = "status_changed";
     /// Settings in the `config` table changed.
     pub const CONFIG_CHANGED: &str = "config_changed";
+    /// Shard leases changed owner (collectors run their lease round at once).
+    pub const SHARDS_CHANGED: &str = "shards_changed";
+}
+
+/// Shards: how collectors share the channels (migration V8, the collector's `leases`).
+pub mod shard {
+    /// The number of shards (rows per replica in `shard_leases`; fixed by the migration).
+    pub const COUNT: i32 = 64;
+
+    /// The shard of a channel id (or, for a streamer without one, of its user id): the same
+    /// as `mod(coalesce(kick_channel_id, kick_user_id), 64)` in SQL.
+    pub fn of(id: i64) -> i32 {
+        id.rem_euclid(i64::from(COUNT)) as i32
+    }
 }
 
 /// How long a realtime observation outranks a contradicting answer of the official API, which

@@ -221,6 +221,7 @@ pub async fn run_with_metrics(
             id: id.clone(),
             batch_size: cfg.batch_size,
             capacity: BUFFER,
+            leases: None,
         },
         spool,
         metrics.stager.clone(),

@@ -2,6 +2,7 @@
 //! child processes, kick-sim on loopback and a throwaway PostgreSQL. Used by the fault-injection
 //! tests and by `kick-bench`.
 
+pub mod netcut;
 pub mod reference;
 
 use std::collections::HashMap;

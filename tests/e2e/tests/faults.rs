@@ -260,7 +260,8 @@ async fn collectors_with_skewed_clocks_order_events_by_the_database() {
     let stack = Stack::start(opts(), SETTINGS).await;
     let lib = faketime();
     let mut writer = stack.spawn("kick-writer", &[]);
-    // Two collectors, five minutes fast and five minutes slow, both covering every channel.
+    // Two collectors, five minutes fast and five minutes slow, both covering every channel
+    // (two replicas of every shard).
     let skewed = |offset: &'static str, id: &'static str| {
         vec![
             ("LD_PRELOAD", lib.clone()),
@@ -268,6 +269,8 @@ async fn collectors_with_skewed_clocks_order_events_by_the_database() {
             ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
             ("FAKETIME_NO_CACHE", "1".to_owned()),
             ("COLLECTOR_ID", id.to_owned()),
+            // Both hold every shard (one replica each).
+            ("KICK_SHARD_REPLICAS", "2".to_owned()),
         ]
     };
     let fast_env = skewed("+300", "fast");

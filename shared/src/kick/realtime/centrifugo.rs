@@ -172,9 +172,13 @@ impl Session {
                 continue;
             }
             self.subscribed.remove(ch);
-            // A subscription still unanswered no longer holds the socket down.
+            // A subscription still unanswered no longer holds the socket down. It was sent,
+            // though (perhaps with the connect, before its reply): the server will subscribe
+            // it, so it must be unsubscribed even before the connect reply (the server handles
+            // a connection's commands in order).
+            let was_sent = self.sent.values().any(|s| *s == Sent::Subscribe(*ch));
             self.sent.retain(|_, s| *s != Sent::Subscribe(*ch));
-            if self.connected {
+            if self.connected || was_sent {
                 lines.push(self.command(
                     Sent::Unsubscribe(*ch),
                     json!({"unsubscribe": {"channel": channel_name(*ch)}}),
@@ -525,6 +529,29 @@ mod tests {
             s.on_tick(now + Duration::from_secs(9))
                 .contains(&Action::RefreshToken)
         );
+    }
+
+    #[test]
+    fn a_channel_removed_while_connecting_is_unsubscribed_though_its_subscribe_was_sent() {
+        let (mut s, now) = session(&[1, 2]);
+        // `open` sent the connect and the subscriptions of 1 and 2 in one go; before the
+        // connect reply, channel 2 is taken away (its shard moved to another collector).
+        let out = s.unsubscribe(&[2]);
+        let frames = sends(&out).join("\n");
+        assert!(
+            frames.contains("unsubscribe") && frames.contains("channel.2"),
+            "the server got channel 2's subscribe: it must get the unsubscribe: {frames:?}"
+        );
+        // A channel never sent needs nothing.
+        assert!(s.subscribe(&[3]).is_empty());
+        assert!(s.unsubscribe(&[3]).is_empty());
+        s.on_text(
+            r#"{"id":1,"connect":{"client":"c","ping":25,"pong":true}}"#,
+            now,
+        );
+        ack_all(&mut s, now);
+        assert!(s.is_up());
+        assert_eq!(s.subscribed().len(), 1);
     }
 
     #[test]

@@ -1,0 +1,520 @@
+//! Shard leases: how several collectors (on one host or many) share the channels through the
+//! database they already use, without a consensus service of their own.
+//!
+//! A channel belongs to shard `channel id mod 64` (`kick_shared::model::shard`); a streamer
+//! without a channel id to `user id mod 64`. Each shard has `KICK_SHARD_REPLICAS` leases in
+//! `shard_leases` (migration V8). Every [`ROUND`] (and at once when another collector rang
+//! `shards_changed`) each collector runs one lease round, a short transaction serialized by an
+//! advisory lock: it renews its member row and its leases for [`TTL`], and applies the pure
+//! [`plan::plan`] to the live members and the leases (a dead member's leases are taken over, an
+//! over-full member hands leases to a joiner). All times are the database's: a host's clock
+//! never decides who owns what.
+//!
+//! **Fencing.** Every owner change issues a new token from one sequence. The collector stamps
+//! each status row with the token of its lease when it sees the event ([`Leases::stamp`]; a row
+//! of a shard it does not hold is dropped and counted), and the staging insert keeps a row only
+//! while its token is still its lease's (or, for [`HANDOFF`] after a planned handoff, the
+//! previous one, so a rebalance leaves no gap). A collector cut off from the database keeps
+//! subscribing and spooling; once its leases went to others, what it spooled is refused when it
+//! replays it; if nobody took them (it is alone), nothing is lost.
+//!
+//! **Takeover.** A collector that dies stops renewing: its member row and leases run out after
+//! [`TTL`], and the next round of any other collector (within [`ROUND`]) moves them; the new
+//! owner subscribes their channels and reconciles their streamers through the API at once.
+//!
+//! What a round decides reaches the rest of the collector through [`Leases`]: the placement
+//! subscribes only channels of held shards ([`filter`]), the reconciler covers only their
+//! streamers, and the stager fences with their tokens.
+
+pub mod plan;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kick_shared::db::{self, DbError};
+use kick_shared::model::{channel, shard};
+use tokio::sync::{Notify, watch};
+use tokio_postgres::Client;
+
+use crate::ctx::Ctx;
+use crate::reconcile::Request;
+use crate::rows::Staged;
+use plan::{Lease, Member, Move, Reason};
+
+/// A lease (and a member row) lasts this long unless renewed.
+pub const TTL: Duration = Duration::from_secs(8);
+/// How often each collector runs a lease round. A dead collector's shards are taken over within
+/// `TTL + ROUND` (10 s), then subscribed and reconciled.
+pub const ROUND: Duration = Duration::from_secs(2);
+/// After a planned handoff, the previous owner's token stays good this long.
+pub const HANDOFF: Duration = Duration::from_secs(5);
+/// One round must finish within this (a hung database must not hang the loop).
+const ROUND_TIMEOUT: Duration = Duration::from_secs(5);
+/// The advisory lock that serializes lease rounds (any constant other code does not use).
+const LOCK: i64 = 0x6b69_636b_5f73_6864; // "kick_shd"
+
+/// The leases this collector holds (shard → token), as the last round found them, and the
+/// shards it handed to another collector in a planned handoff, still served until the grace
+/// ends so that the new owner can subscribe first (no gap).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct View {
+    pub held: BTreeMap<i32, i64>,
+    /// shard → (the old token, until when it is served).
+    pub draining: BTreeMap<i32, (i64, Instant)>,
+}
+
+impl View {
+    /// The token to stage a row of `shard` with, if this collector serves it.
+    fn token(&self, shard: i32) -> Option<i64> {
+        self.held
+            .get(&shard)
+            .copied()
+            .or_else(|| self.draining.get(&shard).map(|d| d.0))
+    }
+
+    /// Whether this collector subscribes the channels of `shard`.
+    pub fn serves(&self, shard: i32) -> bool {
+        self.held.contains_key(&shard) || self.draining.contains_key(&shard)
+    }
+}
+
+/// The collector's leases, shared by its tasks.
+#[derive(Debug)]
+pub struct Leases {
+    view: watch::Sender<Arc<View>>,
+    /// Rings when another collector changed the leases (`shards_changed`).
+    pub wake: Notify,
+}
+
+impl Default for Leases {
+    fn default() -> Self {
+        Leases {
+            view: watch::Sender::new(Arc::new(View::default())),
+            wake: Notify::new(),
+        }
+    }
+}
+
+impl Leases {
+    /// A receiver that sees every change.
+    pub fn watch(&self) -> watch::Receiver<Arc<View>> {
+        self.view.subscribe()
+    }
+
+    /// The shards held now (not those draining).
+    pub fn shards(&self) -> Vec<i32> {
+        self.view.borrow().held.keys().copied().collect()
+    }
+
+    /// Stamps a status row with its shard's token. `false`: this collector does not serve the
+    /// shard (the row must not be staged). Rows that are no status (channel ids, slugs,
+    /// rejected frames) are not fenced.
+    pub fn stamp(&self, row: &mut Staged) -> bool {
+        let Some(key) = row.shard_key else {
+            return true;
+        };
+        let s = shard::of(key);
+        match self.view.borrow().token(s) {
+            Some(token) => {
+                row.lease = Some((s, token));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut View)) {
+        self.view.send_if_modified(|cur| {
+            let mut next = (**cur).clone();
+            f(&mut next);
+            if **cur == next {
+                false
+            } else {
+                *cur = Arc::new(next);
+                true
+            }
+        });
+    }
+}
+
+/// What one round found and did.
+#[derive(Debug, Default)]
+struct Round {
+    /// shard → token of every lease this collector holds after the round.
+    held: BTreeMap<i32, i64>,
+    /// The moves the round made (by any collector's leases).
+    moves: Vec<Move>,
+    /// Shards nobody holds after the round (a replica beyond the number of collectors is not
+    /// counted: that shard is still watched).
+    unowned: usize,
+    /// shard → (the token this collector held, how long the handoff grace still runs) for the
+    /// leases just handed from this collector to another in a planned handoff (by any
+    /// collector's round).
+    handed: BTreeMap<i32, (i64, Duration)>,
+}
+
+/// Runs lease rounds until shutdown (supervised); at shutdown, gives up this collector's leases
+/// so that the others take them over at once instead of after [`TTL`].
+pub async fn run(ctx: Arc<Ctx>, leases: Arc<Leases>) -> anyhow::Result<()> {
+    let host = crate::heartbeat::hostname();
+    let mut client: Option<Client> = None;
+    let mut last_ok = Instant::now();
+    let mut failing = false;
+    let mut tick = tokio::time::interval(ROUND);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // The earliest end of a handoff grace: the placement lets go of that shard then.
+        let drained = leases.view.borrow().draining.values().map(|d| d.1).min();
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+            _ = leases.wake.notified() => {}
+            _ = tokio::time::sleep_until(drained.unwrap_or_else(Instant::now).into()), if drained.is_some() => {
+                let now = Instant::now();
+                leases.update(|v| v.draining.retain(|_, (_, until)| *until > now));
+                continue;
+            }
+        }
+        let replicas = i32::try_from(ctx.cfg().shard_replicas).unwrap_or(1);
+        let result = tokio::time::timeout(ROUND_TIMEOUT, async {
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                client = Some(connect(&ctx).await?);
+            }
+            let mine: Vec<i64> = leases.view.borrow().held.values().copied().collect();
+            round(
+                client.as_mut().expect("connected"),
+                &ctx.collector_id,
+                &host,
+                replicas,
+                &mine,
+            )
+            .await
+        })
+        .await
+        .unwrap_or(Err(DbError::Timeout(ROUND_TIMEOUT.as_secs())));
+        match result {
+            Ok(r) => {
+                last_ok = Instant::now();
+                if failing {
+                    failing = false;
+                    tracing::info!("lease rounds succeed again");
+                }
+                ctx.health.clear("leases");
+                publish(&ctx, &leases, r);
+            }
+            Err(e) => {
+                client = None;
+                ctx.metrics.lease_failures.inc();
+                if !failing {
+                    failing = true;
+                    tracing::warn!(error = %e, "lease round failed; retrying every {}s", ROUND.as_secs());
+                }
+                if last_ok.elapsed() > TTL {
+                    ctx.health.set(
+                        "leases",
+                        format!(
+                            "shard leases not renewed for {}s ({e}): other collectors may have taken them over",
+                            last_ok.elapsed().as_secs()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(c) = client.as_ref() {
+        match db::bounded(3, release(c, &ctx.collector_id)).await {
+            Ok(n) => tracing::info!(leases = n, "shard leases given up at shutdown"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not give up the shard leases; they expire in {}s", TTL.as_secs());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn connect(ctx: &Ctx) -> Result<Client, DbError> {
+    let c = db::connect(&ctx.cfg().database).await?;
+    c.batch_execute(
+        "SET application_name = 'kick-collector'; SET statement_timeout = '5s';
+         SET idle_in_transaction_session_timeout = '30s'",
+    )
+    .await?;
+    Ok(c)
+}
+
+/// Tells the rest of the collector what the round decided.
+fn publish(ctx: &Ctx, leases: &Leases, r: Round) {
+    use std::sync::atomic::Ordering;
+    let before: BTreeSet<i32> = leases.shards().into_iter().collect();
+    let after: BTreeSet<i32> = r.held.keys().copied().collect();
+    let gained: Vec<i32> = after.difference(&before).copied().collect();
+    let lost: Vec<i32> = before.difference(&after).copied().collect();
+    let me = Some(ctx.collector_id.as_str());
+    for m in &r.moves {
+        if m.to.as_deref() == me && m.reason == Reason::OwnerGone {
+            ctx.metrics.shard_takeovers.inc();
+        }
+        if m.to.as_deref() == me || m.from.as_deref() == me {
+            ctx.metrics.shard_moves.inc();
+        }
+    }
+    if !r.moves.is_empty() {
+        let taken_over = r
+            .moves
+            .iter()
+            .filter(|m| m.reason == Reason::OwnerGone)
+            .count();
+        tracing::info!(
+            moves = r.moves.len(),
+            taken_over,
+            unowned = r.unowned,
+            "shard leases moved"
+        );
+    }
+    if r.unowned > 0 {
+        ctx.health.set(
+            "shards",
+            format!(
+                "{} shards have no owner: their channels are not watched",
+                r.unowned
+            ),
+        );
+    } else {
+        ctx.health.clear("shards");
+    }
+    ctx.metrics
+        .shards_held
+        .store(after.len(), Ordering::Relaxed);
+    // Handed to another collector in a planned handoff: still served until the grace ends
+    // (less a margin), so that the new owner subscribes before this one lets go.
+    let now = Instant::now();
+    leases.update(|v| {
+        v.held = r.held;
+        for (s, (t, left)) in r.handed {
+            if !v.held.contains_key(&s) && !v.draining.contains_key(&s) {
+                let until = now + left.saturating_sub(Duration::from_millis(500));
+                v.draining.insert(s, (t, until));
+            }
+        }
+        let held = v.held.clone();
+        v.draining.retain(|s, _| !held.contains_key(s));
+    });
+    if !gained.is_empty() {
+        tracing::info!(shards = ?gained, held = after.len(), "shards gained: subscribing and reconciling them");
+        ctx.reconcile.send(Request::Shards(gained));
+    }
+    if !lost.is_empty() {
+        tracing::info!(shards = ?lost, held = after.len(), "shards given up");
+    }
+}
+
+/// One lease round: renew, plan, apply, in one transaction.
+async fn round(
+    client: &mut Client,
+    me: &str,
+    host: &str,
+    replicas: i32,
+    mine: &[i64],
+) -> Result<Round, DbError> {
+    let ttl = TTL.as_secs_f64();
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK])
+        .await?;
+    tx.execute(
+        "INSERT INTO shard_members (collector_id, host, alive_until)
+         VALUES ($1, $2, now() + make_interval(secs => $3))
+         ON CONFLICT (collector_id) DO UPDATE
+         SET host = EXCLUDED.host, alive_until = EXCLUDED.alive_until",
+        &[&me, &host, &ttl],
+    )
+    .await?;
+    let members: Vec<Member> = tx
+        .query(
+            "SELECT collector_id, host FROM shard_members WHERE alive_until > now()
+             ORDER BY collector_id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| Member {
+            id: r.get("collector_id"),
+            host: r.get("host"),
+        })
+        .collect();
+    let mut leases = read_leases(&tx).await?;
+    let want = usize::try_from(shard::COUNT * replicas).unwrap_or(0);
+    if leases.len() != want || leases.iter().any(|l| l.replica >= replicas) {
+        // KICK_SHARD_REPLICAS changed: add or remove replica rows.
+        tx.execute(
+            "INSERT INTO shard_leases (shard, replica)
+             SELECT s, r FROM generate_series(0, $1 - 1) AS s, generate_series(0, $2 - 1) AS r
+             ON CONFLICT DO NOTHING",
+            &[&shard::COUNT, &replicas],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM shard_leases WHERE replica >= $2 OR shard >= $1",
+            &[&shard::COUNT, &replicas],
+        )
+        .await?;
+        leases = read_leases(&tx).await?;
+    }
+    let moves = plan::plan(&members, &leases);
+    if !moves.is_empty() {
+        let shards: Vec<i32> = moves.iter().map(|m| m.shard).collect();
+        let reps: Vec<i32> = moves.iter().map(|m| m.replica).collect();
+        let from: Vec<Option<&str>> = moves.iter().map(|m| m.from.as_deref()).collect();
+        let to: Vec<Option<&str>> = moves.iter().map(|m| m.to.as_deref()).collect();
+        let handoff: Vec<bool> = moves.iter().map(|m| m.reason.handoff()).collect();
+        let reason: Vec<&str> = moves.iter().map(|m| m.reason.as_str()).collect();
+        tx.execute(
+            "WITH m AS (
+                 SELECT * FROM unnest($1::int[], $2::int[], $3::text[], $4::text[], $5::bool[],
+                                      $6::text[])
+                     AS m(shard, replica, from_owner, to_owner, handoff, reason)),
+             up AS (
+                 UPDATE shard_leases l
+                 SET owner = m.to_owner,
+                     token = CASE WHEN m.to_owner IS NULL THEN l.token
+                                  ELSE nextval('shard_lease_token') END,
+                     prev_token = CASE WHEN m.handoff THEN l.token END,
+                     handoff_until = CASE WHEN m.handoff
+                                          THEN now() + make_interval(secs => $7) END,
+                     expires_at = CASE WHEN m.to_owner IS NULL THEN NULL
+                                       ELSE now() + make_interval(secs => $8) END,
+                     acquired_at = now()
+                 FROM m
+                 WHERE l.shard = m.shard AND l.replica = m.replica
+                   AND l.owner IS NOT DISTINCT FROM m.from_owner
+                 RETURNING l.shard, l.replica, m.from_owner, l.owner, l.token, m.reason)
+             INSERT INTO shard_moves (shard, replica, from_owner, to_owner, token, reason)
+             SELECT shard, replica, from_owner, owner, token, reason FROM up",
+            &[
+                &shards,
+                &reps,
+                &from,
+                &to,
+                &handoff,
+                &reason,
+                &HANDOFF.as_secs_f64(),
+                &ttl,
+            ],
+        )
+        .await?;
+        tx.execute("SELECT pg_notify($1, '')", &[&channel::SHARDS_CHANGED])
+            .await?;
+    }
+    let held = tx
+        .query(
+            "UPDATE shard_leases SET expires_at = now() + make_interval(secs => $2)
+             WHERE owner = $1 RETURNING shard, token",
+            &[&me, &ttl],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get::<_, i32>("shard"), r.get::<_, i64>("token")))
+        .collect();
+    let unowned: i64 = tx
+        .query_one(
+            "SELECT count(*) AS n FROM (SELECT shard FROM shard_leases GROUP BY shard
+                                        HAVING count(owner) = 0) AS s",
+            &[],
+        )
+        .await?
+        .get("n");
+    let handed = tx
+        .query(
+            "SELECT shard, prev_token,
+                    extract(epoch FROM handoff_until - now())::float8 AS left_s
+             FROM shard_leases
+             WHERE prev_token = ANY($1) AND handoff_until > now() AND owner IS DISTINCT FROM $2",
+            &[&mine, &me],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let left = Duration::from_secs_f64(r.get::<_, f64>("left_s").clamp(0.0, 60.0));
+            (
+                r.get::<_, i32>("shard"),
+                (r.get::<_, i64>("prev_token"), left),
+            )
+        })
+        .collect();
+    tx.commit().await?;
+    Ok(Round {
+        held,
+        moves,
+        unowned: usize::try_from(unowned).unwrap_or(0),
+        handed,
+    })
+}
+
+async fn read_leases(tx: &tokio_postgres::Transaction<'_>) -> Result<Vec<Lease>, DbError> {
+    Ok(tx
+        .query(
+            "SELECT shard, replica, owner FROM shard_leases ORDER BY shard, replica",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| Lease {
+            shard: r.get("shard"),
+            replica: r.get("replica"),
+            owner: r.get("owner"),
+        })
+        .collect())
+}
+
+/// Gives up this collector's leases and membership (a clean shutdown): the others take the
+/// shards at their next round. The tokens stay as they are until then, so what the stager
+/// still flushes is kept.
+async fn release(client: &Client, me: &str) -> Result<u64, tokio_postgres::Error> {
+    let n = client
+        .execute(
+            "WITH gone AS (DELETE FROM shard_members WHERE collector_id = $1),
+                  up AS (UPDATE shard_leases SET owner = NULL, expires_at = NULL
+                         WHERE owner = $1 RETURNING shard, replica, token)
+             INSERT INTO shard_moves (shard, replica, from_owner, to_owner, token, reason)
+             SELECT shard, replica, $1, NULL, token, 'released at shutdown' FROM up",
+            &[&me],
+        )
+        .await?;
+    client
+        .execute("SELECT pg_notify($1, '')", &[&channel::SHARDS_CHANGED])
+        .await?;
+    Ok(n)
+}
+
+/// Keeps the placement's channel set to the watched channels of the held shards (supervised).
+pub async fn filter(
+    ctx: Arc<Ctx>,
+    mut watched: watch::Receiver<Arc<BTreeSet<i64>>>,
+    desired: Arc<watch::Sender<Arc<BTreeSet<i64>>>>,
+) -> anyhow::Result<()> {
+    let mut held = ctx.leases.watch();
+    loop {
+        let set: BTreeSet<i64> = {
+            let view = held.borrow_and_update();
+            watched
+                .borrow_and_update()
+                .iter()
+                .copied()
+                .filter(|c| view.serves(shard::of(*c)))
+                .collect()
+        };
+        desired.send_if_modified(|cur| {
+            if **cur == set {
+                false
+            } else {
+                *cur = Arc::new(set);
+                true
+            }
+        });
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            r = watched.changed() => if r.is_err() { return Ok(()) },
+            r = held.changed() => if r.is_err() { return Ok(()) },
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! A TCP link from a service to PostgreSQL that a test can cut like a network partition and
+//! heal: while cut, nothing passes either way (bytes already read are held, new connections are
+//! accepted but not carried), as when a host's packets are dropped; when healed, the held bytes
+//! and connections go on, as TCP does after a partition shorter than its timeouts. So a request
+//! sent before the cut may reach the server long after others took over: what fencing is for.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::sync::watch;
+
+/// A cuttable link: listens on `127.0.0.1:port` and carries each connection to a Unix socket.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub port: u16,
+    cut: Arc<watch::Sender<bool>>,
+}
+
+impl Link {
+    /// Starts a link to the PostgreSQL Unix socket `socket` (e.g. `<dir>/.s.PGSQL.5433`).
+    pub async fn start(socket: PathBuf) -> Link {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(watch::Sender::new(false));
+        let state = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (socket, state) = (socket.clone(), state.subscribe());
+                tokio::spawn(carry(tcp, socket, state));
+            }
+        });
+        Link { port, cut }
+    }
+
+    /// Cuts the link (nothing passes until [`Link::heal`]).
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    pub fn heal(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+async fn wait_open(state: &mut watch::Receiver<bool>) {
+    let _ = state.wait_for(|cut| !*cut).await;
+}
+
+async fn carry(tcp: TcpStream, socket: PathBuf, mut state: watch::Receiver<bool>) {
+    wait_open(&mut state).await;
+    let Ok(unix) = UnixStream::connect(&socket).await else {
+        return;
+    };
+    let (mut tr, mut tw) = tcp.into_split();
+    let (mut ur, mut uw) = unix.into_split();
+    let (s1, s2) = (state.clone(), state);
+    let up = async move {
+        let mut s = s1;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match tr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            wait_open(&mut s).await;
+            if uw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = uw.shutdown().await;
+    };
+    let down = async move {
+        let mut s = s2;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match ur.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            wait_open(&mut s).await;
+            if tw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = tw.shutdown().await;
+    };
+    tokio::join!(up, down);
+}
