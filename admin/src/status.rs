@@ -3,7 +3,11 @@
 //! the database unreachable, hung or not migrated; no collector running; a collector whose
 //! heartbeat is stale, or that reports problems of its own (staging stalled or failing, a task
 //! restarting, its clock skewed, no socket up…); the queue stuck (the writer's oldest pending row
-//! too old). It answers within [`DEADLINE`] even when the database hangs.
+//! too old); shards no live collector holds. It answers within [`DEADLINE`] even when the
+//! database hangs.
+//!
+//! It also shows the shard leases (the collector's `leases`): who holds which shards, shards
+//! without a live owner or with fewer owners than replicas, and the moves of the last hour.
 //!
 //! A collector that stopped beating is *stale* (a problem) for [`GONE_AFTER`], then *gone*:
 //! listed, no longer a problem (a restarted collector takes over its own row: its identity is

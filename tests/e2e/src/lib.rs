@@ -3,6 +3,7 @@
 //! tests and by `kick-bench`.
 
 pub mod netcut;
+pub mod netns;
 pub mod reference;
 
 use std::collections::HashMap;
@@ -152,12 +153,20 @@ impl Stack {
     /// A private cluster (tests may restart it), a migrated database holding every simulated
     /// streamer, and kick-sim with `opts`. `extra` settings go to both services.
     pub async fn start(opts: Options, extra: &[(&str, &str)]) -> Stack {
+        Stack::start_at("127.0.0.1:0".parse().unwrap(), opts, extra).await
+    }
+
+    /// [`Stack::start`] with kick-sim listening on `sim_addr` (`0.0.0.0:0`: reachable from
+    /// network namespaces too).
+    pub async fn start_at(
+        sim_addr: std::net::SocketAddr,
+        opts: Options,
+        extra: &[(&str, &str)],
+    ) -> Stack {
         kick_shared::init_tls();
         let cluster: &'static Cluster = Box::leak(Box::new(Cluster::start().with_template()));
         let db = cluster.fresh_db().await;
-        let sim = kick_sim::start("127.0.0.1:0".parse().unwrap(), opts)
-            .await
-            .unwrap();
+        let sim = kick_sim::start(sim_addr, opts).await.unwrap();
         add_sim_streamers(&db.client().await, &sim.sim).await;
         let mut env = db.env();
         env.extend(sim.env());
@@ -348,6 +357,57 @@ impl Stack {
                 return Err(format!(
                     "only {subs}/{channels} subscriptions after {timeout:?}; not delivered: {:?}",
                     &missing[..missing.len().min(5)]
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Live collector → shard leases it holds (unexpired, its membership alive).
+    pub async fn lease_owners(&self) -> std::collections::BTreeMap<String, i64> {
+        self.client()
+            .await
+            .query(
+                "SELECT l.owner, count(*) AS n FROM shard_leases l
+                 JOIN shard_members m ON m.collector_id = l.owner
+                 WHERE l.expires_at > now() AND m.alive_until > now()
+                 GROUP BY l.owner",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get("owner"), r.get("n")))
+            .collect()
+    }
+
+    /// Waits until the 64 shard leases are shared by exactly `ids` (each within one of the
+    /// others) and each of the `channels` is subscribed exactly once. Returns the fewest
+    /// delivering subscriptions seen meanwhile (sampled every 20 ms: a gap shows).
+    pub async fn wait_balanced(
+        &self,
+        ids: &[&str],
+        channels: usize,
+        timeout: Duration,
+    ) -> Result<usize, String> {
+        let t0 = Instant::now();
+        let mut least = usize::MAX;
+        loop {
+            least = least.min(self.sim.sim.subscriptions_delivering());
+            let o = self.lease_owners().await;
+            let all = self.sim.sim.channel_subscriptions();
+            let dup = all.values().filter(|n| **n > 1).count();
+            let balanced = o.len() == ids.len()
+                && ids.iter().all(|id| o.contains_key(*id))
+                && o.values().sum::<i64>() == 64
+                && o.values().max().unwrap() - o.values().min().unwrap() <= 1;
+            if balanced && dup == 0 && all.len() == channels {
+                return Ok(least);
+            }
+            if t0.elapsed() > timeout {
+                return Err(format!(
+                    "not balanced after {timeout:?}: owners {o:?}, {dup} channels subscribed twice, {}/{channels} subscribed",
+                    all.len()
                 ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

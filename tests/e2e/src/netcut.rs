@@ -21,7 +21,12 @@ pub struct Link {
 impl Link {
     /// Starts a link to the PostgreSQL Unix socket `socket` (e.g. `<dir>/.s.PGSQL.5433`).
     pub async fn start(socket: PathBuf) -> Link {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Link::start_on("127.0.0.1".parse().unwrap(), socket).await
+    }
+
+    /// [`Link::start`] listening on `ip` (e.g. the host's end of a namespace's link).
+    pub async fn start_on(ip: std::net::IpAddr, socket: PathBuf) -> Link {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(watch::Sender::new(false));
         let state = cut.clone();

@@ -22,55 +22,12 @@ use serde_json::json;
 
 const STREAMERS: usize = 3000;
 
-/// Live owner → leases held.
 async fn owners(stack: &Stack) -> BTreeMap<String, i64> {
-    stack
-        .client()
-        .await
-        .query(
-            "SELECT l.owner, count(*) AS n FROM shard_leases l
-             JOIN shard_members m ON m.collector_id = l.owner
-             WHERE l.expires_at > now() AND m.alive_until > now()
-             GROUP BY l.owner",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get("owner"), r.get("n")))
-        .collect()
+    stack.lease_owners().await
 }
 
-/// Channels subscribed on more than one socket, and channels subscribed at all.
-fn subscription_counts(stack: &Stack) -> (usize, usize) {
-    let all = stack.sim.sim.channel_subscriptions();
-    (all.values().filter(|n| **n > 1).count(), all.len())
-}
-
-/// Waits until the leases are shared by exactly `ids` (each within one of the others) and every
-/// channel is subscribed exactly once. Returns the smallest number of delivering subscriptions
-/// seen meanwhile (sampled every 20 ms).
 async fn wait_balanced(stack: &Stack, ids: &[&str], timeout: Duration) -> Result<usize, String> {
-    let t0 = Instant::now();
-    let mut least = usize::MAX;
-    loop {
-        least = least.min(stack.sim.sim.subscriptions_delivering());
-        let o = owners(stack).await;
-        let (dup, subscribed) = subscription_counts(stack);
-        let balanced = o.len() == ids.len()
-            && ids.iter().all(|id| o.contains_key(*id))
-            && o.values().sum::<i64>() == 64
-            && o.values().max().unwrap() - o.values().min().unwrap() <= 1;
-        if balanced && dup == 0 && subscribed == STREAMERS {
-            return Ok(least);
-        }
-        if t0.elapsed() > timeout {
-            return Err(format!(
-                "not balanced after {timeout:?}: owners {o:?}, {dup} channels subscribed twice, {subscribed}/{STREAMERS} subscribed"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    stack.wait_balanced(ids, STREAMERS, timeout).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
