@@ -11,9 +11,14 @@
 -- stage as the owner any more.
 
 -- The collectors taking part, and until when each counts as alive (renewed with its leases).
+-- `instance` tells two processes with the same id apart (a configuration error: the second
+-- waits and says so); `replicas` is each collector's KICK_SHARD_REPLICAS (the rounds use the
+-- largest among the living, so collectors that disagree cannot fight).
 CREATE TABLE shard_members (
     collector_id text PRIMARY KEY,
     host         text NOT NULL,
+    instance     text NOT NULL,
+    replicas     integer NOT NULL CHECK (replicas BETWEEN 1 AND 3),
     alive_until  timestamptz NOT NULL,
     joined_at    timestamptz NOT NULL DEFAULT now()
 );
@@ -31,6 +36,8 @@ CREATE TABLE shard_leases (
     -- (both collectors are subscribed for that moment: no gap; duplicates dedupe).
     prev_token    bigint,
     handoff_until timestamptz,
+    -- Why the current owner got it (`owner gone`, `rebalance`, `unowned`, ...).
+    reason        text,
     PRIMARY KEY (shard, replica)
 );
 CREATE INDEX shard_leases_token ON shard_leases (token);

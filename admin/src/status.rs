@@ -109,6 +109,8 @@ struct Report {
 #[derive(Debug, Default, Serialize)]
 struct Shards {
     count: i64,
+    /// Collectors that ever took part in the leases (rows in `shard_members`).
+    members: i64,
     replicas: i64,
     /// Live owner → the shards it holds.
     owners: std::collections::BTreeMap<String, Vec<i32>>,
@@ -416,9 +418,10 @@ async fn collect(config: &Config) -> anyhow::Result<Report> {
             .push(line("no collector is running (no fresh heartbeat)", since));
     }
     r.shards = shards(&client).await?;
-    // Unowned shards matter while collectors take part in the leases (a collector whose lease
-    // rounds fail reports that itself).
-    if live > 0 && !r.shards.owners.is_empty() && !r.shards.unowned.is_empty() {
+    // Unowned shards are a problem once collectors take part in the leases (every collector
+    // stopped or hung leaves them all unowned: that must fail at once, not only when the
+    // heartbeats go stale).
+    if r.shards.members > 0 && !r.shards.unowned.is_empty() {
         r.problems.push(line(
             &format!(
                 "{} shards have no live owner ({}): their channels are not watched",
@@ -502,6 +505,10 @@ async fn shards(client: &tokio_postgres::Client) -> Result<Shards, db::DbError> 
         }
     }
     sh.count = live_owners.len() as i64;
+    sh.members = client
+        .query_one("SELECT count(*) AS n FROM shard_members", &[])
+        .await?
+        .get("n");
     for (shard, n) in &live_owners {
         if *n == 0 {
             sh.unowned.push(*shard);

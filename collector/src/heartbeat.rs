@@ -48,6 +48,8 @@ pub async fn run(ctx: Arc<Ctx>, started: DateTime<Utc>) -> anyhow::Result<()> {
             ctx.metrics.sockets_up.load(Ordering::Relaxed),
             ctx.metrics.subscriptions.load(Ordering::Relaxed),
         );
+        // Transient peaks (a large reconcile or placement) are given back to the system.
+        crate::memory::trim();
         match beat(&ctx, started).await {
             Ok(()) => {
                 ctx.health.clear("database");

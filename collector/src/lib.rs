@@ -19,6 +19,7 @@ pub mod heartbeat;
 pub mod leases;
 pub mod listen;
 pub mod lookup;
+pub mod memory;
 pub mod metrics;
 pub mod realtime;
 pub mod reconcile;

@@ -69,6 +69,8 @@ pub fn queue() -> (ReconcileHandle, Queue) {
 /// A stored streamer, as reconciliation compares it.
 #[derive(Debug, Clone)]
 struct Stored {
+    /// `streamers.id`: the key the load pages by.
+    id: i64,
     user_id: i64,
     username: String,
     channel_id: Option<i64>,
@@ -263,45 +265,61 @@ pub async fn run(ctx: Arc<Ctx>, queue: Queue) -> anyhow::Result<()> {
     }
 }
 
-async fn load(ctx: &Ctx, scope: &Scope) -> anyhow::Result<Vec<Stored>> {
-    const Q: &str = "SELECT kick_user_id, username, kick_channel_id, status, coverage
-                     FROM v_streamer_status WHERE enabled";
+/// Streamers loaded from the database per query: a run over 100,000 streamers holds one page
+/// of them at a time, not all (the collector's memory stays flat whatever the number).
+const LOAD_PAGE: i64 = 2000;
+
+/// One page of the streamers `scope` covers, those with `id > after`, in `id` order.
+async fn load(ctx: &Ctx, scope: &Scope, after: i64) -> anyhow::Result<Vec<Stored>> {
+    const Q: &str = "SELECT id, kick_user_id, username, kick_channel_id, status, coverage
+                     FROM v_streamer_status WHERE enabled AND id > $1";
     // A streamer's shard: its channel id's, else its user id's (`kick_shared::model::shard`).
-    const IN_SHARDS: &str = "AND mod(coalesce(kick_channel_id, kick_user_id), 64)::int = ANY($1)";
+    const IN_SHARDS: &str = "AND mod(coalesce(kick_channel_id, kick_user_id), 64)::int = ANY($2)";
+    const PAGE: &str = "ORDER BY id LIMIT $3";
     let held = ctx.leases.shards();
     let rows = match scope {
         Scope::All => {
-            ctx.query(&format!("{Q} {IN_SHARDS} ORDER BY id"), &[&held])
-                .await?
+            ctx.query(
+                &format!("{Q} {IN_SHARDS} {PAGE}"),
+                &[&after, &held, &LOAD_PAGE],
+            )
+            .await?
         }
         Scope::Shards(s) => {
             // Only what is still held (a lease may have moved on while this waited).
             let s: Vec<i32> = s.iter().copied().filter(|x| held.contains(x)).collect();
-            ctx.query(&format!("{Q} {IN_SHARDS} ORDER BY id"), &[&s])
-                .await?
+            ctx.query(
+                &format!("{Q} {IN_SHARDS} {PAGE}"),
+                &[&after, &s, &LOAD_PAGE],
+            )
+            .await?
         }
         Scope::Poll => {
             ctx.query(
-                &format!("{Q} AND coverage = 'poll' {IN_SHARDS} ORDER BY id"),
-                &[&held],
+                &format!("{Q} AND coverage = 'poll' {IN_SHARDS} {PAGE}"),
+                &[&after, &held, &LOAD_PAGE],
             )
             .await?
         }
         Scope::Channels(ch) => {
             ctx.query(
-                &format!("{Q} AND kick_channel_id = ANY($1) ORDER BY id"),
-                &[ch],
+                &format!("{Q} AND kick_channel_id = ANY($2) {PAGE}"),
+                &[&after, ch, &LOAD_PAGE],
             )
             .await?
         }
         Scope::Users(u) => {
-            ctx.query(&format!("{Q} AND kick_user_id = ANY($1) ORDER BY id"), &[u])
-                .await?
+            ctx.query(
+                &format!("{Q} AND kick_user_id = ANY($2) {PAGE}"),
+                &[&after, u, &LOAD_PAGE],
+            )
+            .await?
         }
     };
     Ok(rows
         .iter()
         .map(|r| Stored {
+            id: r.get("id"),
             user_id: r.get("kick_user_id"),
             username: r.get("username"),
             channel_id: r.get("kick_channel_id"),
@@ -312,6 +330,24 @@ async fn load(ctx: &Ctx, scope: &Scope) -> anyhow::Result<Vec<Stored>> {
             realtime: r.get::<_, String>("coverage") == "realtime",
         })
         .collect())
+}
+
+/// Every streamer `scope` covers, page by page (for the small scopes).
+async fn load_all(ctx: &Ctx, scope: &Scope) -> anyhow::Result<Vec<Stored>> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = load(ctx, scope, after).await?;
+        let Some(last) = page.last() else {
+            return Ok(out);
+        };
+        after = last.id;
+        let full = page.len() as i64 == LOAD_PAGE;
+        out.extend(page);
+        if !full {
+            return Ok(out);
+        }
+    }
 }
 
 /// Three failed runs in a row make the API a problem in health (one failure is common: a
@@ -386,99 +422,111 @@ struct Found {
 /// Reconciles `scope`: stages what the API contradicts, channel ids it reveals, renames, and
 /// `unknown` for streamers missing from its answers [`MISSING_AFTER`] times in a row.
 async fn reconcile(ctx: &Ctx, scope: &Scope, misses: &mut Misses) -> anyhow::Result<Found> {
-    let stored = load(ctx, scope).await?;
     let now = Utc::now();
     let run_ms = now.timestamp_millis();
     let mut differing = Vec::new();
     let mut realtime_missed = Vec::new();
-    // One API page (50 streamers) at a time, staged as we go: memory stays flat however many
-    // streamers there are, and staging waits for room rather than refusing events.
-    for page in stored.chunks(kick_shared::kick::api::BATCH) {
-        let ids: Vec<i64> = page.iter().map(|s| s.user_id).collect();
-        let api = with_retry(ctx, || ctx.api.channels_by_ids(&ids)).await?;
-        let by_user: HashMap<i64, &Stored> = page.iter().map(|s| (s.user_id, s)).collect();
-        // Live streamers whose realtime channel id we do not know yet: ask the livestreams endpoint.
-        let unknown_channel: Vec<i64> = api
-            .iter()
-            .filter(|c| {
-                c.is_live()
-                    && by_user
-                        .get(&c.broadcaster_user_id)
-                        .is_some_and(|s| s.channel_id.is_none())
-            })
-            .map(|c| c.broadcaster_user_id)
-            .collect();
-        let learned: HashMap<i64, i64> = if unknown_channel.is_empty() {
-            HashMap::new()
-        } else {
-            match with_retry(ctx, || ctx.api.livestreams_by_ids(&unknown_channel)).await {
-                Ok(ls) => ls
-                    .into_iter()
-                    .filter(|l| l.channel_id > 0)
-                    .map(|l| (l.broadcaster_user_id, l.channel_id))
-                    .collect(),
-                Err(e) => {
-                    tracing::debug!(error = %e, "livestreams lookup failed; channel ids stay unknown for now");
-                    HashMap::new()
+    // One database page (LOAD_PAGE streamers) and one API page (50) at a time, staged as we
+    // go: memory stays flat however many streamers there are, and staging waits for room
+    // rather than refusing events.
+    let mut after = 0;
+    loop {
+        let stored = load(ctx, scope, after).await?;
+        let Some(last) = stored.last() else {
+            break;
+        };
+        after = last.id;
+        let more = stored.len() as i64 == LOAD_PAGE;
+        for page in stored.chunks(kick_shared::kick::api::BATCH) {
+            let ids: Vec<i64> = page.iter().map(|s| s.user_id).collect();
+            let api = with_retry(ctx, || ctx.api.channels_by_ids(&ids)).await?;
+            let by_user: HashMap<i64, &Stored> = page.iter().map(|s| (s.user_id, s)).collect();
+            // Live streamers whose realtime channel id we do not know yet: ask the livestreams endpoint.
+            let unknown_channel: Vec<i64> = api
+                .iter()
+                .filter(|c| {
+                    c.is_live()
+                        && by_user
+                            .get(&c.broadcaster_user_id)
+                            .is_some_and(|s| s.channel_id.is_none())
+                })
+                .map(|c| c.broadcaster_user_id)
+                .collect();
+            let learned: HashMap<i64, i64> = if unknown_channel.is_empty() {
+                HashMap::new()
+            } else {
+                match with_retry(ctx, || ctx.api.livestreams_by_ids(&unknown_channel)).await {
+                    Ok(ls) => ls
+                        .into_iter()
+                        .filter(|l| l.channel_id > 0)
+                        .map(|l| (l.broadcaster_user_id, l.channel_id))
+                        .collect(),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "livestreams lookup failed; channel ids stay unknown for now");
+                        HashMap::new()
+                    }
+                }
+            };
+            // Streamers Kick left out of its answer (banned, renamed or deleted channels).
+            for s in page {
+                if api.iter().any(|c| c.broadcaster_user_id == s.user_id) {
+                    misses.remove(&s.user_id);
+                    continue;
+                }
+                let n = misses.entry(s.user_id).or_default();
+                *n = n.saturating_add(1);
+                if *n >= MISSING_AFTER && s.status != Status::Unknown {
+                    tracing::warn!(user_id = s.user_id, username = %s.username, "missing from kick's channels answer twice: status unknown");
+                    ctx.stager
+                        .stage_wait(rows::missing(s.user_id, s.channel_id, run_ms, now))
+                        .await;
                 }
             }
-        };
-        // Streamers Kick left out of its answer (banned, renamed or deleted channels).
-        for s in page {
-            if api.iter().any(|c| c.broadcaster_user_id == s.user_id) {
-                misses.remove(&s.user_id);
-                continue;
-            }
-            let n = misses.entry(s.user_id).or_default();
-            *n = n.saturating_add(1);
-            if *n >= MISSING_AFTER && s.status != Status::Unknown {
-                tracing::warn!(user_id = s.user_id, username = %s.username, "missing from kick's channels answer twice: status unknown");
-                ctx.stager
-                    .stage_wait(rows::missing(s.user_id, s.channel_id, run_ms, now))
-                    .await;
+            for ch in &api {
+                let Some(s) = by_user.get(&ch.broadcaster_user_id) else {
+                    continue;
+                };
+                // A rename on Kick: same user id, another slug.
+                let slug = ch.slug.to_lowercase();
+                if !slug.is_empty() && slug != s.username {
+                    ctx.stager
+                        .stage_wait(rows::slug_changed(s.user_id, &s.username, &slug, now))
+                        .await;
+                }
+                let live = ch.is_live();
+                let learned_channel = learned.get(&s.user_id).copied();
+                let differs = !matches!(
+                    (live, s.status),
+                    (true, Status::Online) | (false, Status::Offline)
+                );
+                if !differs && learned_channel.is_none() {
+                    continue;
+                }
+                if differs {
+                    differing.push(s.user_id);
+                    if s.realtime && matches!(scope, Scope::Users(_)) {
+                        realtime_missed.extend(s.channel_id);
+                    }
+                }
+                let row = rows::api_status(
+                    &ApiStatus {
+                        user_id: s.user_id,
+                        channel_id: s.channel_id,
+                        slug: &ch.slug,
+                        live,
+                        start_time: ch.start_time(),
+                        stored_status: s.status.as_str(),
+                        differs,
+                        learned_channel,
+                        run_ms,
+                    },
+                    now,
+                );
+                ctx.stager.stage_wait(row).await;
             }
         }
-        for ch in &api {
-            let Some(s) = by_user.get(&ch.broadcaster_user_id) else {
-                continue;
-            };
-            // A rename on Kick: same user id, another slug.
-            let slug = ch.slug.to_lowercase();
-            if !slug.is_empty() && slug != s.username {
-                ctx.stager
-                    .stage_wait(rows::slug_changed(s.user_id, &s.username, &slug, now))
-                    .await;
-            }
-            let live = ch.is_live();
-            let learned_channel = learned.get(&s.user_id).copied();
-            let differs = !matches!(
-                (live, s.status),
-                (true, Status::Online) | (false, Status::Offline)
-            );
-            if !differs && learned_channel.is_none() {
-                continue;
-            }
-            if differs {
-                differing.push(s.user_id);
-                if s.realtime && matches!(scope, Scope::Users(_)) {
-                    realtime_missed.extend(s.channel_id);
-                }
-            }
-            let row = rows::api_status(
-                &ApiStatus {
-                    user_id: s.user_id,
-                    channel_id: s.channel_id,
-                    slug: &ch.slug,
-                    live,
-                    start_time: ch.start_time(),
-                    stored_status: s.status.as_str(),
-                    differs,
-                    learned_channel,
-                    run_ms,
-                },
-                now,
-            );
-            ctx.stager.stage_wait(row).await;
+        if !more {
+            break;
         }
     }
     ctx.metrics
@@ -493,7 +541,7 @@ async fn reconcile(ctx: &Ctx, scope: &Scope, misses: &mut Misses) -> anyhow::Res
 /// While a socket is down and the API also fails, its streamers' status is unknown — never
 /// offline. Stages one `StatusUnknown` row per streamer not already unknown.
 async fn mark_unknown(ctx: &Ctx, channels: &[i64], gap_key: &str) -> anyhow::Result<usize> {
-    let stored = load(ctx, &Scope::Channels(channels.to_vec())).await?;
+    let stored = load_all(ctx, &Scope::Channels(channels.to_vec())).await?;
     let now = Utc::now();
     let mut n = 0;
     for s in stored.iter().filter(|s| s.status != Status::Unknown) {

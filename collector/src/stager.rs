@@ -534,7 +534,13 @@ impl Stager {
                 tokio::select! {
                     ev = st.rx.recv() => match ev {
                         Some(ev) => st.pending.push_back(ev),
-                        None => return Ok(()),
+                        // Every sender is gone (the process is stopping): nothing more comes;
+                        // the stop itself ends this task (returning now would look like a
+                        // failure to the supervisor).
+                        None => {
+                            shutdown.cancelled().await;
+                            continue;
+                        }
                     },
                     _ = shutdown.cancelled() => continue,
                 }

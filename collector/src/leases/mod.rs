@@ -49,6 +49,9 @@ pub const TTL: Duration = Duration::from_secs(8);
 pub const ROUND: Duration = Duration::from_secs(2);
 /// After a planned handoff, the previous owner's token stays good this long.
 pub const HANDOFF: Duration = Duration::from_secs(5);
+/// Shards just gained are reconciled at once and again this much later: an event between the
+/// first reconcile's API answer and the moment the new subscriptions are up would be missed.
+const FOLLOW_UP: Duration = Duration::from_secs(5);
 /// One round must finish within this (a hung database must not hang the loop).
 const ROUND_TIMEOUT: Duration = Duration::from_secs(5);
 /// The advisory lock that serializes lease rounds (any constant other code does not use).
@@ -152,56 +155,116 @@ struct Round {
     /// leases just handed from this collector to another in a planned handoff (by any
     /// collector's round).
     handed: BTreeMap<i32, (i64, Duration)>,
+    /// Shards this collector holds whose lease it got from a collector that was gone.
+    taken_over: BTreeSet<i32>,
+    /// The smallest and largest `KICK_SHARD_REPLICAS` among the living, when they differ (the
+    /// largest is used).
+    replicas_disagree: Option<(i32, i32)>,
 }
+
+/// What a round came to.
+#[derive(Debug)]
+enum Outcome {
+    Done(Round),
+    /// Another live process uses this collector's id (on `host`): this one takes no part.
+    IdInUse {
+        other: String,
+    },
+}
+
+/// Who this process is in the lease tables.
+#[derive(Debug)]
+struct Me<'a> {
+    id: &'a str,
+    host: &'a str,
+    /// `host:pid:random`: tells two processes with the same id apart.
+    instance: &'a str,
+    replicas: i32,
+}
+
+/// For this long after it starts and after its lease rounds failed, a collector counts members
+/// silent for up to [`CAUTION_WINDOW`] as alive: they may be coming back from the same
+/// outage (a database restart), and taking their shards would fence what they spooled.
+const CAUTIOUS_FOR: Duration = Duration::from_secs(10);
+const CAUTION_WINDOW: Duration = Duration::from_secs(60);
 
 /// Runs lease rounds until shutdown (supervised); at shutdown, gives up this collector's leases
 /// so that the others take them over at once instead of after [`TTL`].
 pub async fn run(ctx: Arc<Ctx>, leases: Arc<Leases>) -> anyhow::Result<()> {
     let host = crate::heartbeat::hostname();
+    let instance = format!(
+        "{host}:{}:{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    );
     let mut client: Option<Client> = None;
     let mut last_ok = Instant::now();
     let mut failing = false;
+    let mut cautious_until = Instant::now() + CAUTIOUS_FOR;
     let mut tick = tokio::time::interval(ROUND);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Shards gained, to be reconciled once more when their subscriptions are up.
+    let mut follow_ups: Vec<(Instant, Vec<i32>)> = Vec::new();
     loop {
         // The earliest end of a handoff grace: the placement lets go of that shard then.
         let drained = leases.view.borrow().draining.values().map(|d| d.1).min();
+        let follow_up = follow_ups.first().map(|f| f.0);
         tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
             _ = tick.tick() => {}
             _ = leases.wake.notified() => {}
+            _ = tokio::time::sleep_until(follow_up.unwrap_or_else(Instant::now).into()), if follow_up.is_some() => {
+                let (_, shards) = follow_ups.remove(0);
+                ctx.reconcile.send(Request::Shards(shards));
+                continue;
+            }
             _ = tokio::time::sleep_until(drained.unwrap_or_else(Instant::now).into()), if drained.is_some() => {
                 let now = Instant::now();
                 leases.update(|v| v.draining.retain(|_, (_, until)| *until > now));
                 continue;
             }
         }
-        let replicas = i32::try_from(ctx.cfg().shard_replicas).unwrap_or(1);
+        let me = Me {
+            id: &ctx.collector_id,
+            host: &host,
+            instance: &instance,
+            replicas: i32::try_from(ctx.cfg().shard_replicas).unwrap_or(1),
+        };
+        let cautious = Instant::now() < cautious_until;
         let result = tokio::time::timeout(ROUND_TIMEOUT, async {
             if client.as_ref().is_none_or(|c| c.is_closed()) {
                 client = Some(connect(&ctx).await?);
             }
             let mine: Vec<i64> = leases.view.borrow().held.values().copied().collect();
-            round(
-                client.as_mut().expect("connected"),
-                &ctx.collector_id,
-                &host,
-                replicas,
-                &mine,
-            )
-            .await
+            round(client.as_mut().expect("connected"), &me, &mine, cautious).await
         })
         .await
         .unwrap_or(Err(DbError::Timeout(ROUND_TIMEOUT.as_secs())));
         match result {
-            Ok(r) => {
+            Ok(Outcome::Done(r)) => {
                 last_ok = Instant::now();
                 if failing {
                     failing = false;
+                    cautious_until = Instant::now() + CAUTIOUS_FOR;
                     tracing::info!("lease rounds succeed again");
                 }
                 ctx.health.clear("leases");
-                publish(&ctx, &leases, r);
+                let gained = publish(&ctx, &leases, r);
+                if !gained.is_empty() {
+                    follow_ups.push((Instant::now() + FOLLOW_UP, gained));
+                }
+            }
+            Ok(Outcome::IdInUse { other }) => {
+                last_ok = Instant::now();
+                let what = format!(
+                    "another running collector uses the id {:?} ({other}): this one holds no shard; give each collector its own COLLECTOR_ID",
+                    ctx.collector_id
+                );
+                if !ctx.health.problems().iter().any(|p| p.what == what) {
+                    tracing::error!(collector = %ctx.collector_id, other = %other, "{what}");
+                }
+                ctx.health.set("leases", what);
+                publish(&ctx, &leases, Round::default());
             }
             Err(e) => {
                 client = None;
@@ -223,7 +286,7 @@ pub async fn run(ctx: Arc<Ctx>, leases: Arc<Leases>) -> anyhow::Result<()> {
         }
     }
     if let Some(c) = client.as_ref() {
-        match db::bounded(3, release(c, &ctx.collector_id)).await {
+        match db::bounded(3, release(c, &ctx.collector_id, &instance)).await {
             Ok(n) => tracing::info!(leases = n, "shard leases given up at shutdown"),
             Err(e) => {
                 tracing::warn!(error = %e, "could not give up the shard leases; they expire in {}s", TTL.as_secs());
@@ -231,6 +294,20 @@ pub async fn run(ctx: Arc<Ctx>, leases: Arc<Leases>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether the process `instance` (`host:pid:random`) is gone: on this host, its pid no longer
+/// runs (a collector restarted after `kill -9` takes its id back at once). On another host it
+/// cannot be told: its membership must run out.
+fn instance_gone(instance: &str, host: &str) -> bool {
+    let mut parts = instance.rsplitn(3, ':');
+    let (_rand, pid, other_host) = (parts.next(), parts.next(), parts.next());
+    match (other_host, pid.and_then(|p| p.parse::<u32>().ok())) {
+        (Some(h), Some(pid)) if h == host => {
+            pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        }
+        _ => false,
+    }
 }
 
 async fn connect(ctx: &Ctx) -> Result<Client, DbError> {
@@ -243,22 +320,20 @@ async fn connect(ctx: &Ctx) -> Result<Client, DbError> {
     Ok(c)
 }
 
-/// Tells the rest of the collector what the round decided.
-fn publish(ctx: &Ctx, leases: &Leases, r: Round) {
+/// Tells the rest of the collector what the round decided; returns the shards gained.
+fn publish(ctx: &Ctx, leases: &Leases, r: Round) -> Vec<i32> {
     use std::sync::atomic::Ordering;
     let before: BTreeSet<i32> = leases.shards().into_iter().collect();
     let after: BTreeSet<i32> = r.held.keys().copied().collect();
     let gained: Vec<i32> = after.difference(&before).copied().collect();
     let lost: Vec<i32> = before.difference(&after).copied().collect();
-    let me = Some(ctx.collector_id.as_str());
-    for m in &r.moves {
-        if m.to.as_deref() == me && m.reason == Reason::OwnerGone {
-            ctx.metrics.shard_takeovers.inc();
-        }
-        if m.to.as_deref() == me || m.from.as_deref() == me {
-            ctx.metrics.shard_moves.inc();
-        }
-    }
+    // Counted here, whichever collector's round moved them.
+    ctx.metrics
+        .shard_moves
+        .add((gained.len() + lost.len()) as u64);
+    ctx.metrics
+        .shard_takeovers
+        .add(gained.iter().filter(|s| r.taken_over.contains(s)).count() as u64);
     if !r.moves.is_empty() {
         let taken_over = r
             .moves
@@ -283,6 +358,15 @@ fn publish(ctx: &Ctx, leases: &Leases, r: Round) {
     } else {
         ctx.health.clear("shards");
     }
+    match r.replicas_disagree {
+        Some((lo, hi)) => ctx.health.set(
+            "replicas",
+            format!(
+                "collectors disagree on KICK_SHARD_REPLICAS ({lo} to {hi}; {hi} is used): set it in the config table, not per host"
+            ),
+        ),
+        None => ctx.health.clear("replicas"),
+    }
     ctx.metrics
         .shards_held
         .store(after.len(), Ordering::Relaxed);
@@ -302,50 +386,81 @@ fn publish(ctx: &Ctx, leases: &Leases, r: Round) {
     });
     if !gained.is_empty() {
         tracing::info!(shards = ?gained, held = after.len(), "shards gained: subscribing and reconciling them");
-        ctx.reconcile.send(Request::Shards(gained));
+        ctx.reconcile.send(Request::Shards(gained.clone()));
     }
     if !lost.is_empty() {
         tracing::info!(shards = ?lost, held = after.len(), "shards given up");
     }
+    gained
 }
 
 /// One lease round: renew, plan, apply, in one transaction.
 async fn round(
     client: &mut Client,
-    me: &str,
-    host: &str,
-    replicas: i32,
+    me: &Me<'_>,
     mine: &[i64],
-) -> Result<Round, DbError> {
+    cautious: bool,
+) -> Result<Outcome, DbError> {
     let ttl = TTL.as_secs_f64();
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK])
         .await?;
-    tx.execute(
-        "INSERT INTO shard_members (collector_id, host, alive_until)
-         VALUES ($1, $2, now() + make_interval(secs => $3))
-         ON CONFLICT (collector_id) DO UPDATE
-         SET host = EXCLUDED.host, alive_until = EXCLUDED.alive_until",
-        &[&me, &host, &ttl],
-    )
-    .await?;
-    let members: Vec<Member> = tx
-        .query(
-            "SELECT collector_id, host FROM shard_members WHERE alive_until > now()
-             ORDER BY collector_id",
-            &[],
+    if let Some(row) = tx
+        .query_opt(
+            "SELECT instance, host FROM shard_members
+             WHERE collector_id = $1 AND alive_until > now() AND instance <> $2",
+            &[&me.id, &me.instance],
         )
         .await?
+    {
+        let other: String = row.get("instance");
+        if !instance_gone(&other, me.host) {
+            tx.commit().await?;
+            return Ok(Outcome::IdInUse {
+                other: format!("host {}", row.get::<_, String>("host")),
+            });
+        }
+    }
+    tx.execute(
+        "INSERT INTO shard_members (collector_id, host, instance, replicas, alive_until)
+         VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
+         ON CONFLICT (collector_id) DO UPDATE
+         SET host = EXCLUDED.host, instance = EXCLUDED.instance, replicas = EXCLUDED.replicas,
+             alive_until = EXCLUDED.alive_until",
+        &[&me.id, &me.host, &me.instance, &me.replicas, &ttl],
+    )
+    .await?;
+    let window = if cautious {
+        CAUTION_WINDOW.as_secs_f64()
+    } else {
+        0.0
+    };
+    let rows = tx
+        .query(
+            "SELECT collector_id, host, replicas FROM shard_members
+             WHERE alive_until > now() - make_interval(secs => $1)
+             ORDER BY collector_id",
+            &[&window],
+        )
+        .await?;
+    let members: Vec<Member> = rows
         .iter()
         .map(|r| Member {
             id: r.get("collector_id"),
             host: r.get("host"),
         })
         .collect();
+    // Collectors that disagree on the replica count must not fight: the largest wins.
+    let wanted: Vec<i32> = rows.iter().map(|r| r.get("replicas")).collect();
+    let (lo, hi) = (
+        wanted.iter().copied().min().unwrap_or(me.replicas),
+        wanted.iter().copied().max().unwrap_or(me.replicas),
+    );
+    let replicas = hi;
     let mut leases = read_leases(&tx).await?;
     let want = usize::try_from(shard::COUNT * replicas).unwrap_or(0);
     if leases.len() != want || leases.iter().any(|l| l.replica >= replicas) {
-        // KICK_SHARD_REPLICAS changed: add or remove replica rows.
+        // The replica count changed: add or remove replica rows.
         tx.execute(
             "INSERT INTO shard_leases (shard, replica)
              SELECT s, r FROM generate_series(0, $1 - 1) AS s, generate_series(0, $2 - 1) AS r
@@ -383,7 +498,8 @@ async fn round(
                                           THEN now() + make_interval(secs => $7) END,
                      expires_at = CASE WHEN m.to_owner IS NULL THEN NULL
                                        ELSE now() + make_interval(secs => $8) END,
-                     acquired_at = now()
+                     acquired_at = now(),
+                     reason = m.reason
                  FROM m
                  WHERE l.shard = m.shard AND l.replica = m.replica
                    AND l.owner IS NOT DISTINCT FROM m.from_owner
@@ -405,15 +521,23 @@ async fn round(
         tx.execute("SELECT pg_notify($1, '')", &[&channel::SHARDS_CHANGED])
             .await?;
     }
-    let held = tx
+    let renewed = tx
         .query(
             "UPDATE shard_leases SET expires_at = now() + make_interval(secs => $2)
-             WHERE owner = $1 RETURNING shard, token",
-            &[&me, &ttl],
+             WHERE owner = $1 RETURNING shard, token, reason",
+            &[&me.id, &ttl],
         )
-        .await?
+        .await?;
+    let held = renewed
         .iter()
         .map(|r| (r.get::<_, i32>("shard"), r.get::<_, i64>("token")))
+        .collect();
+    let taken_over = renewed
+        .iter()
+        .filter(|r| {
+            r.get::<_, Option<String>>("reason").as_deref() == Some(Reason::OwnerGone.as_str())
+        })
+        .map(|r| r.get::<_, i32>("shard"))
         .collect();
     let unowned: i64 = tx
         .query_one(
@@ -429,7 +553,7 @@ async fn round(
                     extract(epoch FROM handoff_until - now())::float8 AS left_s
              FROM shard_leases
              WHERE prev_token = ANY($1) AND handoff_until > now() AND owner IS DISTINCT FROM $2",
-            &[&mine, &me],
+            &[&mine, &me.id],
         )
         .await?
         .iter()
@@ -442,12 +566,14 @@ async fn round(
         })
         .collect();
     tx.commit().await?;
-    Ok(Round {
+    Ok(Outcome::Done(Round {
         held,
         moves,
         unowned: usize::try_from(unowned).unwrap_or(0),
         handed,
-    })
+        taken_over,
+        replicas_disagree: (lo != hi).then_some((lo, hi)),
+    }))
 }
 
 async fn read_leases(tx: &tokio_postgres::Transaction<'_>) -> Result<Vec<Lease>, DbError> {
@@ -469,15 +595,19 @@ async fn read_leases(tx: &tokio_postgres::Transaction<'_>) -> Result<Vec<Lease>,
 /// Gives up this collector's leases and membership (a clean shutdown): the others take the
 /// shards at their next round. The tokens stay as they are until then, so what the stager
 /// still flushes is kept.
-async fn release(client: &Client, me: &str) -> Result<u64, tokio_postgres::Error> {
+async fn release(client: &Client, me: &str, instance: &str) -> Result<u64, tokio_postgres::Error> {
+    // Only this process's membership (another process wrongly using the same id keeps its own).
     let n = client
         .execute(
-            "WITH gone AS (DELETE FROM shard_members WHERE collector_id = $1),
-                  up AS (UPDATE shard_leases SET owner = NULL, expires_at = NULL
-                         WHERE owner = $1 RETURNING shard, replica, token)
+            "WITH gone AS (DELETE FROM shard_members WHERE collector_id = $1 AND instance = $2
+                           RETURNING 1),
+                  up AS (UPDATE shard_leases SET owner = NULL, expires_at = NULL,
+                                reason = 'released at shutdown'
+                         WHERE owner = $1 AND EXISTS (SELECT 1 FROM gone)
+                         RETURNING shard, replica, token)
              INSERT INTO shard_moves (shard, replica, from_owner, to_owner, token, reason)
              SELECT shard, replica, $1, NULL, token, 'released at shutdown' FROM up",
-            &[&me],
+            &[&me, &instance],
         )
         .await?;
     client
@@ -516,5 +646,24 @@ pub async fn filter(
             r = watched.changed() => if r.is_err() { return Ok(()) },
             r = held.changed() => if r.is_err() { return Ok(()) },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::instance_gone;
+
+    #[test]
+    fn an_instance_is_gone_only_when_its_pid_no_longer_runs_on_this_host() {
+        let me = format!("h:{}:ab", std::process::id());
+        assert!(!instance_gone(&me, "h"), "this process");
+        assert!(instance_gone("h:999999999:ab", "h"), "no such pid here");
+        assert!(
+            !instance_gone("other:999999999:ab", "h"),
+            "another host cannot be told"
+        );
+        assert!(!instance_gone("garbage", "h"));
+        // Host names with colons (IPv6-like) keep working: the pid is the second field from the end.
+        assert!(instance_gone("fe80::1:999999999:ab", "fe80::1"));
     }
 }

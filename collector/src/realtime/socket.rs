@@ -650,7 +650,7 @@ async fn connect(url: &str) -> Result<Ws, End> {
     );
     // Small buffers: a collector holds hundreds of sockets.
     let config = WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(1 << 20)
         .max_message_size(Some(MAX_MESSAGE))

@@ -210,7 +210,12 @@ async fn three_collectors_share_the_channels_take_over_and_are_fenced() {
         assert!(t.elapsed() < Duration::from_secs(20));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stack.check_history().await.unwrap();
+    // A late row (a replay, a periodic reconcile) may still be pending for a moment.
+    let t = Instant::now();
+    while let Err(e) = stack.check_history().await {
+        assert!(t.elapsed() < Duration::from_secs(20), "{e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (code, out, err, _) = stack.admin(&["status", "--json"]);
     let v: serde_json::Value =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
@@ -227,4 +232,110 @@ async fn three_collectors_share_the_channels_take_over_and_are_fenced() {
     // A clean stop gives the leases up at once.
     assert!(owners(&stack).await.is_empty());
     assert_eq!(writer.terminate(), Some(0));
+}
+
+/// Configuration mistakes an operator makes: two collectors disagreeing on
+/// `KICK_SHARD_REPLICAS` (the largest is used, no lease storm, both say so), and a second process
+/// started with an id already running (it holds nothing and says so; its stop does not release
+/// the other's leases).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misconfigured_collectors_neither_fight_nor_double() {
+    const N: usize = 200;
+    let stack = Stack::start(
+        Options {
+            streamers: N,
+            ..Options::default()
+        },
+        &[("KICK_RECONCILE_INTERVAL", "60s")],
+    )
+    .await;
+    let mut writer = stack.spawn("kick-writer", &[]);
+    let mut a = stack.spawn(
+        "kick-collector",
+        &[
+            ("COLLECTOR_ID", "a"),
+            ("KICK_SHARD_REPLICAS", "2"),
+            ("METRICS_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    let mut b = stack.spawn(
+        "kick-collector",
+        &[("COLLECTOR_ID", "b"), ("KICK_SHARD_REPLICAS", "1")],
+    );
+    // Two replicas (the larger setting): every channel on both.
+    let c = stack.client().await;
+    let t = Instant::now();
+    loop {
+        let o = stack.lease_owners().await;
+        let subs = stack.sim.sim.channel_subscriptions();
+        if o.get("a") == Some(&64)
+            && o.get("b") == Some(&64)
+            && subs.len() == N
+            && subs.values().all(|n| *n == 2)
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "owners {o:?}\n{}",
+            stack.all_logs(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m0 = moves(&c).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        moves(&c).await,
+        m0,
+        "leases keep moving: the collectors fight"
+    );
+    let (code, out, _, _) = stack.admin(&["status"]);
+    assert_eq!(code, 69, "{out}");
+    assert!(out.contains("disagree on KICK_SHARD_REPLICAS"), "{out}");
+    // A second process as "a" (its own state directory): holds nothing, says so.
+    let state2 = stack.dir.join("state2").display().to_string();
+    let mut dup = stack.spawn(
+        "kick-collector",
+        &[
+            ("COLLECTOR_ID", "a"),
+            ("KICK_SHARD_REPLICAS", "2"),
+            ("STATE_DIRECTORY", state2.as_str()),
+        ],
+    );
+    let t = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(&dup.log).unwrap();
+        if log.contains("another running collector uses the id") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        stack
+            .sim
+            .sim
+            .channel_subscriptions()
+            .values()
+            .all(|n| *n == 2),
+        "the duplicate subscribed channels"
+    );
+    // Its stop does not give away the leases of the real "a".
+    assert_eq!(dup.terminate(), Some(0));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(stack.lease_owners().await.get("a"), Some(&64));
+    for svc in [&mut a, &mut b] {
+        assert_eq!(svc.terminate(), Some(0), "{}", stack.log_tail(svc));
+        let log = std::fs::read_to_string(&svc.log).unwrap();
+        assert!(!log.contains("ended unexpectedly"), "{log}");
+    }
+    assert_eq!(writer.terminate(), Some(0));
+}
+
+async fn moves(c: &tokio_postgres::Client) -> i64 {
+    c.query_one("SELECT count(*) AS n FROM shard_moves", &[])
+        .await
+        .unwrap()
+        .get("n")
 }
