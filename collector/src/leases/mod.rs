@@ -4,9 +4,10 @@
 //! A channel belongs to shard `channel id mod 64` (`kick_shared::model::shard`); a streamer
 //! without a channel id to `user id mod 64`. Each shard has `KICK_SHARD_REPLICAS` leases in
 //! `shard_leases` (migration V8). Every [`ROUND`] (and at once when another collector rang
-//! `shards_changed`) each collector runs one lease round, a short transaction serialized by an
-//! advisory lock: it renews its member row and its leases for [`TTL`], and applies the pure
-//! [`plan::plan`] to the live members and the leases (a dead member's leases are taken over, an
+//! `shards_changed`) each collector runs one lease round, a short transaction: it renews its
+//! member row and its leases for [`TTL`] and, if it gets the advisory lock that serializes
+//! planning (a round that cannot get it only renews: a collector cut off mid-round must not stop
+//! the others' renewals), applies the pure [`plan::plan`] to the live members and the leases (a dead member's leases are taken over, an
 //! over-full member hands leases to a joiner). All times are the database's: a host's clock
 //! never decides who owns what.
 //!
@@ -312,9 +313,12 @@ fn instance_gone(instance: &str, host: &str) -> bool {
 
 async fn connect(ctx: &Ctx) -> Result<Client, DbError> {
     let c = db::connect(&ctx.cfg().database).await?;
+    // A round is a few quick statements. A collector cut off in the middle of one must not
+    // hold row locks for long: the server ends its session after 3 s idle in the transaction,
+    // and a renewal waits at most 1 s for a row another round holds.
     c.batch_execute(
         "SET application_name = 'kick-collector'; SET statement_timeout = '5s';
-         SET idle_in_transaction_session_timeout = '30s'",
+         SET lock_timeout = '1s'; SET idle_in_transaction_session_timeout = '3s'",
     )
     .await?;
     Ok(c)
@@ -403,8 +407,6 @@ async fn round(
 ) -> Result<Outcome, DbError> {
     let ttl = TTL.as_secs_f64();
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK])
-        .await?;
     if let Some(row) = tx
         .query_opt(
             "SELECT instance, host FROM shard_members
@@ -457,9 +459,19 @@ async fn round(
         wanted.iter().copied().max().unwrap_or(me.replicas),
     );
     let replicas = hi;
-    let mut leases = read_leases(&tx).await?;
+    // Planning is serialized by an advisory lock, renewing is not: if another collector holds
+    // the lock (or hangs with it, cut off mid-round), this round only renews.
+    let planner: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1) AS got", &[&LOCK])
+        .await?
+        .get("got");
+    let mut leases = if planner {
+        read_leases(&tx).await?
+    } else {
+        Vec::new()
+    };
     let want = usize::try_from(shard::COUNT * replicas).unwrap_or(0);
-    if leases.len() != want || leases.iter().any(|l| l.replica >= replicas) {
+    if planner && (leases.len() != want || leases.iter().any(|l| l.replica >= replicas)) {
         // The replica count changed: add or remove replica rows.
         tx.execute(
             "INSERT INTO shard_leases (shard, replica)
@@ -475,7 +487,11 @@ async fn round(
         .await?;
         leases = read_leases(&tx).await?;
     }
-    let moves = plan::plan(&members, &leases);
+    let moves = if planner {
+        plan::plan(&members, &leases)
+    } else {
+        Vec::new()
+    };
     if !moves.is_empty() {
         let shards: Vec<i32> = moves.iter().map(|m| m.shard).collect();
         let reps: Vec<i32> = moves.iter().map(|m| m.replica).collect();

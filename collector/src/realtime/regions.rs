@@ -11,7 +11,7 @@
 //! discovery of many channels takes a while, and channels not yet located
 //! stay on the general endpoint's sockets and count as polled, not as covered.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,7 +63,9 @@ pub async fn run(
     );
     // What we know: channel → (url, checked at).
     let mut known: HashMap<i64, (String, DateTime<Utc>)> = HashMap::new();
-    let mut loaded = false;
+    // Channels whose cached region was already read (the channel set grows as shards are
+    // gained: each new channel's cache row is read once, not looked up on the web again).
+    let mut cache_read: HashSet<i64> = HashSet::new();
     let mut again = false;
     loop {
         if ctx.cfg().kick.transport == Transport::Pusher {
@@ -73,22 +75,40 @@ pub async fn run(
             }
         }
         let chans = desired.borrow_and_update().clone();
-        if !loaded {
-            // The cache, once per start (and after a restart of this task).
-            let rows = ctx
+        let unread: Vec<i64> = chans
+            .iter()
+            .copied()
+            .filter(|c| !known.contains_key(c) && !cache_read.contains(c))
+            .collect();
+        if !unread.is_empty() {
+            // A database that does not answer is an outage, not a failure of this task: the
+            // cache is read again at the next round.
+            match ctx
                 .query(
                     "SELECT kick_channel_id, url, checked_at FROM channel_regions
                      WHERE kick_channel_id = ANY($1)",
-                    &[&chans.iter().copied().collect::<Vec<i64>>()],
+                    &[&unread],
                 )
-                .await?;
-            for r in rows {
-                let (ch, url, at): (i64, String, DateTime<Utc>) =
-                    (r.get("kick_channel_id"), r.get("url"), r.get("checked_at"));
-                let _ = updates.send((ch, url.clone()));
-                known.insert(ch, (url, at));
+                .await
+            {
+                Ok(rows) => {
+                    for r in rows {
+                        let (ch, url, at): (i64, String, DateTime<Utc>) =
+                            (r.get("kick_channel_id"), r.get("url"), r.get("checked_at"));
+                        let _ = updates.send((ch, url.clone()));
+                        known.insert(ch, (url, at));
+                    }
+                    cache_read.extend(unread);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "region cache not readable now; retried");
+                    tokio::select! {
+                        _ = ctx.shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                    }
+                }
             }
-            loaded = true;
+            cache_read.retain(|c| chans.contains(c));
         }
         // The channels to ask about: never asked, or not for too long.
         let refresh = chrono::Duration::from_std(ctx.cfg().region_refresh)
@@ -127,12 +147,17 @@ pub async fn run(
                     if moved {
                         tracing::info!(channel = ch, url = %url, "channel served from another region now: moving it");
                     }
-                    ctx.query(
-                        "INSERT INTO channel_regions (kick_channel_id, url, checked_at) VALUES ($1, $2, now())
-                         ON CONFLICT (kick_channel_id) DO UPDATE SET url = $2, checked_at = now()",
-                        &[&ch, &url],
-                    )
-                    .await?;
+                    // The cache is an optimisation: not writing it now costs a lookup later.
+                    if let Err(e) = ctx
+                        .query(
+                            "INSERT INTO channel_regions (kick_channel_id, url, checked_at) VALUES ($1, $2, now())
+                             ON CONFLICT (kick_channel_id) DO UPDATE SET url = $2, checked_at = now()",
+                            &[&ch, &url],
+                        )
+                        .await
+                    {
+                        tracing::debug!(channel = ch, error = %e, "region not cached");
+                    }
                     known.insert(ch, (url.clone(), Utc::now()));
                     let _ = updates.send((ch, url));
                 }

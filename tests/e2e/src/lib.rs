@@ -139,6 +139,15 @@ impl Drop for Stack {
     }
 }
 
+/// What a collector held when a test cut it off (see [`Stack::before_cut`]).
+#[derive(Debug)]
+pub struct CutAudit {
+    pub id: String,
+    tokens: Vec<i64>,
+    /// The newest `raw_events` id before the cut.
+    before: i64,
+}
+
 /// The system under test.
 #[derive(Debug)]
 pub struct Stack {
@@ -411,6 +420,70 @@ impl Stack {
                 ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Records what collector `id` holds before a test cuts it off, for [`Stack::fenced_out`].
+    pub async fn before_cut(&self, id: &str) -> CutAudit {
+        let c = self.client().await;
+        let tokens: Vec<i64> = c
+            .query("SELECT token FROM shard_leases WHERE owner = $1", &[&id])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get("token"))
+            .collect();
+        assert!(!tokens.is_empty(), "{id} holds no lease");
+        let before: i64 = c
+            .query_one("SELECT coalesce(max(id), 0) AS m FROM raw_events", &[])
+            .await
+            .unwrap()
+            .get("m");
+        CutAudit {
+            id: id.to_owned(),
+            tokens,
+            before,
+        }
+    }
+
+    /// Waits until the other collectors hold every lease and `id` none; panics after `within`.
+    pub async fn wait_taken_over(&self, id: &str, within: Duration) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            let o = self.lease_owners().await;
+            if !o.contains_key(id) && o.values().sum::<i64>() == 64 {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < within,
+                "{id}'s leases not taken over within {within:?}: {o:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Rows the cut-off collector staged after the cut under a token it had lost (fencing
+    /// holds when this is 0).
+    pub async fn staged_under_lost_tokens(&self, a: &CutAudit) -> i64 {
+        self.client()
+            .await
+            .query_one(
+                "SELECT count(*) AS n FROM raw_events
+                 WHERE id > $1 AND collector_id = $2 AND lease_token = ANY($3)",
+                &[&a.before, &a.id, &a.tokens],
+            )
+            .await
+            .unwrap()
+            .get("n")
+    }
+
+    /// Waits until nothing is pending and the history invariants hold (a late row, e.g. a
+    /// periodic reconcile, may be pending for a moment); panics after `within`.
+    pub async fn settle_history(&self, within: Duration) {
+        let t = Instant::now();
+        while let Err(e) = self.check_history().await {
+            assert!(t.elapsed() < within, "{e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

@@ -58,38 +58,27 @@ async fn carry(tcp: TcpStream, socket: PathBuf, mut state: watch::Receiver<bool>
     let Ok(unix) = UnixStream::connect(&socket).await else {
         return;
     };
-    let (mut tr, mut tw) = tcp.into_split();
-    let (mut ur, mut uw) = unix.into_split();
-    let (s1, s2) = (state.clone(), state);
-    let up = async move {
-        let mut s = s1;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match tr.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            wait_open(&mut s).await;
-            if uw.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
+    let (tr, tw) = tcp.into_split();
+    let (ur, uw) = unix.into_split();
+    tokio::join!(relay(tr, uw, state.clone()), relay(ur, tw, state));
+}
+
+/// Copies `from` to `to`, holding what it read while the link is cut.
+async fn relay(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    mut state: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        wait_open(&mut state).await;
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
         }
-        let _ = uw.shutdown().await;
-    };
-    let down = async move {
-        let mut s = s2;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match ur.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            wait_open(&mut s).await;
-            if tw.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
-        }
-        let _ = tw.shutdown().await;
-    };
-    tokio::join!(up, down);
+    }
+    let _ = to.shutdown().await;
 }

@@ -85,33 +85,10 @@ async fn a_host_cut_off_from_postgresql_is_fenced_and_rejoins() {
 
     stack.control("/control/flap", json!({"rate": 20})).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let c = stack.client().await;
-    let lost_tokens: Vec<i64> = c
-        .query("SELECT token FROM shard_leases WHERE owner = 'h3'", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get("token"))
-        .collect();
-    assert!(!lost_tokens.is_empty());
-    let before_cut: i64 = c
-        .query_one("SELECT coalesce(max(id), 0) AS m FROM raw_events", &[])
-        .await
-        .unwrap()
-        .get("m");
+    let audit = stack.before_cut("h3").await;
     hosts[2].cut_db();
     let t0 = Instant::now();
-    loop {
-        let o = stack.lease_owners().await;
-        if !o.contains_key("h3") && o.values().sum::<i64>() == 64 {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "h3's leases not taken over within 15 s of the cut: {o:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stack.wait_taken_over("h3", Duration::from_secs(15)).await;
     let takeover = t0.elapsed();
     eprintln!("h3 cut off from PostgreSQL: its leases taken over after {takeover:?}");
     // The others subscribe h3's channels (h3 still does: its Kick link is up).
@@ -135,15 +112,7 @@ async fn a_host_cut_off_from_postgresql_is_fenced_and_rejoins() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", stack.all_logs(30)));
     // Fencing: nothing h3 staged after the cut carries a token it had lost.
-    let stale: i64 = c
-        .query_one(
-            "SELECT count(*) AS n FROM raw_events
-             WHERE id > $1 AND collector_id = 'h3' AND lease_token = ANY($2)",
-            &[&before_cut, &lost_tokens],
-        )
-        .await
-        .unwrap()
-        .get("n");
+    let stale = stack.staged_under_lost_tokens(&audit).await;
     assert_eq!(stale, 0, "rows staged by h3 under tokens it had lost");
     let refused = std::fs::read_to_string(&collectors[2].log)
         .unwrap()
@@ -152,16 +121,7 @@ async fn a_host_cut_off_from_postgresql_is_fenced_and_rejoins() {
         refused,
         "h3 must have tried to stage what it saw during the cut (and been refused)"
     );
-    let t = Instant::now();
-    while kick_shared::db::pending_events(&c).await.unwrap().0 > 0 {
-        assert!(t.elapsed() < Duration::from_secs(20));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let t = Instant::now();
-    while let Err(e) = stack.check_history().await {
-        assert!(t.elapsed() < Duration::from_secs(20), "{e}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    stack.settle_history(Duration::from_secs(30)).await;
     for svc in collectors.iter_mut() {
         assert_eq!(svc.terminate(), Some(0), "{}", stack.log_tail(svc));
     }

@@ -132,33 +132,10 @@ async fn three_collectors_share_the_channels_take_over_and_are_fenced() {
     assert_eq!(least, STREAMERS, "a gap in coverage during the rebalance");
 
     // 4. Cut c3 off from PostgreSQL.
-    let c = stack.client().await;
-    let old_tokens: Vec<i64> = c
-        .query("SELECT token FROM shard_leases WHERE owner = 'c3'", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get("token"))
-        .collect();
-    assert!(!old_tokens.is_empty());
-    let before_cut: i64 = c
-        .query_one("SELECT coalesce(max(id), 0) AS m FROM raw_events", &[])
-        .await
-        .unwrap()
-        .get("m");
+    let audit = stack.before_cut("c3").await;
     link.cut();
     let t0 = Instant::now();
-    loop {
-        let o = owners(&stack).await;
-        if !o.contains_key("c3") && o.values().sum::<i64>() == 64 {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "c3's leases not taken over within 15 s of the cut: {o:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    stack.wait_taken_over("c3", Duration::from_secs(15)).await;
     eprintln!(
         "cut: c3's leases taken over {:?} after the cut",
         t0.elapsed()
@@ -189,15 +166,7 @@ async fn three_collectors_share_the_channels_take_over_and_are_fenced() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", stack.all_logs(30)));
     // Fencing: nothing c3 staged after the cut carries a token it had lost.
-    let stale: i64 = c
-        .query_one(
-            "SELECT count(*) AS n FROM raw_events
-             WHERE id > $1 AND collector_id = 'c3' AND lease_token = ANY($2)",
-            &[&before_cut, &old_tokens],
-        )
-        .await
-        .unwrap()
-        .get("n");
+    let stale = stack.staged_under_lost_tokens(&audit).await;
     assert_eq!(stale, 0, "rows staged by c3 with tokens it had lost");
     let log = std::fs::read_to_string(&c3.log).unwrap();
     assert!(
@@ -205,27 +174,29 @@ async fn three_collectors_share_the_channels_take_over_and_are_fenced() {
         "c3 staged nothing it saw during the cut under its old tokens, but it should have tried"
     );
     // History and the operator's view.
+    stack.settle_history(Duration::from_secs(30)).await;
+    // The operator's view, once the problems of the cut have cleared (c3's replay, its
+    // listener reconnecting): healthy, three owners, nothing unowned.
     let t = Instant::now();
-    while kick_shared::db::pending_events(&c).await.unwrap().0 > 0 {
-        assert!(t.elapsed() < Duration::from_secs(20));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // A late row (a replay, a periodic reconcile) may still be pending for a moment.
-    let t = Instant::now();
-    while let Err(e) = stack.check_history().await {
-        assert!(t.elapsed() < Duration::from_secs(20), "{e}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let (code, out, err, _) = stack.admin(&["status", "--json"]);
-    let v: serde_json::Value =
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    let (v, out) = loop {
+        let (code, out, err, _) = stack.admin(&["status", "--json"]);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+        if code == 0 {
+            break (v, out);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "status {code}: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     assert_eq!(v["shards"]["unowned"], json!([]), "{out}");
     assert_eq!(v["shards"]["owners"].as_object().unwrap().len(), 3, "{out}");
     assert!(
         v["shards"]["takeovers_last_hour"].as_i64().unwrap() >= 42,
         "{out}"
     );
-    assert_eq!(code, 0, "{out}");
     for svc in [&mut c1, &mut c2, &mut c3] {
         assert_eq!(svc.terminate(), Some(0), "{}", stack.log_tail(svc));
     }
