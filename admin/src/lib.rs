@@ -45,6 +45,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The collectors, the shards each holds, and who holds which shard (owners, unowned and
+    /// under-replicated shards, moves in the last hour). Exit 69 only when the database does not
+    /// answer; `status` is the health check.
+    Collectors {
+        #[arg(long)]
+        json: bool,
+    },
     /// Check, against the real Kick, each assumption kick-monitor makes (needs the Internet
     /// and credentials): OAuth, a channels lookup by slug, v1 livestreams, the realtime
     /// negotiation (general and per channel), a guest token, a WebSocket subscribe. One line per
@@ -137,6 +144,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
     let read_only = matches!(
         &cli.command,
         Command::Status { .. }
+            | Command::Collectors { .. }
             | Command::Db(db::DbCommand::Status { .. })
             | Command::Streamers(
                 streamers::StreamersCommand::List { .. }
@@ -219,6 +227,9 @@ pub async fn run_with(cli: Cli, config: &Config) -> anyhow::Result<Exit> {
         Command::Streamers(cmd) => streamers::run(cmd, config).await.context("streamers"),
         Command::Config(cmd) => config_cmd::run(cmd, config).await.context("config"),
         Command::Status { json } => status::run(json, config).await.context("status"),
+        Command::Collectors { json } => {
+            status::collectors(json, config).await.context("collectors")
+        }
         Command::Probe {
             slug,
             channel_id,

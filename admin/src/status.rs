@@ -90,6 +90,35 @@ pub async fn run(json_out: bool, config: &Config) -> anyhow::Result<Exit> {
     }
 }
 
+/// `kick-admin collectors`: the collectors, the shards each holds, and the shard leases
+/// (owners per shard, unowned and under-replicated shards, recent moves). Exit 0 when the
+/// database answered, 69 when not.
+pub async fn collectors(json_out: bool, config: &Config) -> anyhow::Result<Exit> {
+    let report = match tokio::time::timeout(DEADLINE, collect(config)).await {
+        Ok(Ok(r)) if r.migrated => r,
+        Ok(Ok(r)) => return Ok(r.print(json_out, config)),
+        Ok(Err(e)) => {
+            let what = format!("database: {}", format!("{e:#}").replace('\n', " "));
+            return Ok(Report::unreachable(what).print(json_out, config));
+        }
+        Err(_) => {
+            return Ok(Report::unreachable(format!(
+                "database: no answer within {}s (hung or unreachable: {})",
+                DEADLINE.as_secs(),
+                config.database.describe()
+            ))
+            .print(json_out, config));
+        }
+    };
+    if json_out {
+        let out = json!({"collectors": report.collectors, "shards": report.shards});
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else {
+        report.print_collectors();
+    }
+    Ok(Exit::Ok)
+}
+
 /// Everything status found.
 #[derive(Debug, Default)]
 struct Report {
@@ -182,31 +211,8 @@ impl Report {
         if healthy { Exit::Ok } else { Exit::Unavailable }
     }
 
-    fn print_text(&self, config: &Config) {
-        let healthy = self.problems.is_empty();
-        println!(
-            "health:    {}",
-            if healthy {
-                "ok".to_owned()
-            } else {
-                format!("PROBLEMS ({})", self.problems.len())
-            }
-        );
-        for p in &self.problems {
-            println!("  - {p}");
-        }
-        if !self.reachable {
-            println!("database:  {} (unreachable)", config.database.describe());
-            return;
-        }
-        if !self.migrated {
-            println!(
-                "database:  {} (NOT migrated: run `kick-admin db migrate`)",
-                config.database.describe()
-            );
-            return;
-        }
-        println!("database:  {} (migrated)", config.database.describe());
+    /// The collectors table and the shard leases (status, and `kick-admin collectors`).
+    fn print_collectors(&self) {
         let rows: Vec<Vec<String>> = self
             .collectors
             .iter()
@@ -282,6 +288,34 @@ impl Report {
                 ))
             );
         }
+    }
+
+    fn print_text(&self, config: &Config) {
+        let healthy = self.problems.is_empty();
+        println!(
+            "health:    {}",
+            if healthy {
+                "ok".to_owned()
+            } else {
+                format!("PROBLEMS ({})", self.problems.len())
+            }
+        );
+        for p in &self.problems {
+            println!("  - {p}");
+        }
+        if !self.reachable {
+            println!("database:  {} (unreachable)", config.database.describe());
+            return;
+        }
+        if !self.migrated {
+            println!(
+                "database:  {} (NOT migrated: run `kick-admin db migrate`)",
+                config.database.describe()
+            );
+            return;
+        }
+        println!("database:  {} (migrated)", config.database.describe());
+        self.print_collectors();
         println!(
             "queue:     {} pending, oldest {:.1}s",
             self.pending, self.oldest_pending

@@ -197,6 +197,21 @@ async fn three_collectors_share_the_channels_take_over_and_are_fenced() {
         v["shards"]["takeovers_last_hour"].as_i64().unwrap() >= 42,
         "{out}"
     );
+    // The collectors command: the same, per collector.
+    let (code, out, _, _) = stack.admin(&["collectors", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["collectors"].as_array().unwrap().len(), 3, "{out}");
+    let held: i64 = v["shards"]["owners"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|s| s.as_array().unwrap().len() as i64)
+        .sum();
+    assert_eq!(held, 64, "{out}");
+    let (code, text, _, _) = stack.admin(&["collectors"]);
+    assert_eq!(code, 0);
+    assert!(text.contains("SHARDS") && text.contains("shards:    64 x 1"), "{text}");
     for svc in [&mut c1, &mut c2, &mut c3] {
         assert_eq!(svc.terminate(), Some(0), "{}", stack.log_tail(svc));
     }
