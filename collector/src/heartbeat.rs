@@ -50,6 +50,10 @@ pub async fn run(ctx: Arc<Ctx>, started: DateTime<Utc>) -> anyhow::Result<()> {
         );
         // Transient peaks (a large reconcile or placement) are given back to the system.
         crate::memory::trim();
+        if ctx.leases.id_in_use() {
+            // The row is the other process's (this one says so in its own /healthz and log).
+            continue;
+        }
         match beat(&ctx, started).await {
             Ok(()) => {
                 ctx.health.clear("database");

@@ -308,10 +308,13 @@ pub async fn run_with_metrics(
                 _ = tick.tick() => liveness.beat("main"),
             }
         }
-        // A clean exit removes the heartbeat row (status then shows no stale collector).
-        let _ = ctx
-            .query("DELETE FROM collectors WHERE id = $1", &[&ctx.collector_id])
-            .await;
+        // A clean exit removes the heartbeat row (status then shows no stale collector),
+        // unless the row is another process's (this one wrongly shares its id).
+        if !ctx.leases.id_in_use() {
+            let _ = ctx
+                .query("DELETE FROM collectors WHERE id = $1", &[&ctx.collector_id])
+                .await;
+        }
         Ok::<_, anyhow::Error>(())
     }
     .await;

@@ -692,3 +692,40 @@ async fn channel_id_learned_from_the_api_leads_to_a_subscription() {
     .await;
     r.stop().await;
 }
+
+/// Settings in the config table are applied each time they change, not only the first time: a
+/// reload starts from the environment, so the previous reload's database values do not pose as
+/// environment values (which win). Found by a red-team run: `KICK_SHARD_REPLICAS` and
+/// `KICK_RECONCILE_INTERVAL` changed once, then never again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_in_the_config_table_is_applied_not_only_the_first() {
+    let db = kick_testkit::fresh_db().await;
+    let c = db.client().await;
+    let start = db.app_config(&[]);
+    let mut current = start.clone();
+    for (replicas, interval) in [("2", "45s"), ("1", "40s"), ("3", "35s")] {
+        c.execute(
+            "INSERT INTO config (key, value) VALUES ('KICK_SHARD_REPLICAS', $1), ('KICK_RECONCILE_INTERVAL', $2)
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            &[&replicas, &interval],
+        )
+        .await
+        .unwrap();
+        current = kick_shared::config::with_db_settings(&current, &c)
+            .await
+            .unwrap();
+        assert_eq!(current.shard_replicas.to_string(), replicas);
+        assert_eq!(
+            current.reconcile_interval,
+            kick_shared::duration::parse(interval).unwrap()
+        );
+    }
+    c.execute("DELETE FROM config", &[]).await.unwrap();
+    current = kick_shared::config::with_db_settings(&current, &c)
+        .await
+        .unwrap();
+    assert_eq!(
+        current.shard_replicas, start.shard_replicas,
+        "unset: back to the default"
+    );
+}

@@ -842,7 +842,12 @@ pub async fn with_db_settings(
     if !applied.is_empty() {
         tracing::debug!(settings = ?applied, "settings read from the config table");
     }
-    Ok(Config::from_source_for(&src, service)?)
+    let mut merged = Config::from_source_for(&src, service)?;
+    // Keep the environment alone as the source of the next reload: had the merged values been
+    // kept, the next reload would take this one's database values for environment ones (which
+    // win) and ignore every later `config set` (found by a red-team run).
+    merged.env = current.env.clone();
+    Ok(merged)
 }
 
 #[cfg(test)]

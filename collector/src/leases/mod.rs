@@ -49,10 +49,11 @@ pub const TTL: Duration = Duration::from_secs(8);
 /// `TTL + ROUND` (10 s), then subscribed and reconciled.
 pub const ROUND: Duration = Duration::from_secs(2);
 /// After a planned handoff, the previous owner's token stays good this long.
-pub const HANDOFF: Duration = Duration::from_secs(5);
-/// Shards just gained are reconciled at once and again this much later: an event between the
-/// first reconcile's API answer and the moment the new subscriptions are up would be missed.
-const FOLLOW_UP: Duration = Duration::from_secs(5);
+pub const HANDOFF: Duration = Duration::from_secs(10);
+/// Shards just gained are reconciled at once and again after each of these: an event between
+/// the first reconcile's API answer and the moment the new subscriptions are up would be missed
+/// (a loaded machine was seen taking 9 s to bring new sockets up).
+const FOLLOW_UPS: [Duration; 2] = [Duration::from_secs(5), Duration::from_secs(15)];
 /// One round must finish within this (a hung database must not hang the loop).
 const ROUND_TIMEOUT: Duration = Duration::from_secs(5);
 /// The advisory lock that serializes lease rounds (any constant other code does not use).
@@ -89,6 +90,11 @@ pub struct Leases {
     view: watch::Sender<Arc<View>>,
     /// Rings when another collector changed the leases (`shards_changed`).
     pub wake: Notify,
+    /// Whether the last round took part (false before the first one, and while another live
+    /// process uses this collector's id).
+    member: std::sync::atomic::AtomicBool,
+    /// Whether the last round found another live process using this collector's id.
+    id_in_use: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Leases {
@@ -96,11 +102,29 @@ impl Default for Leases {
         Leases {
             view: watch::Sender::new(Arc::new(View::default())),
             wake: Notify::new(),
+            member: std::sync::atomic::AtomicBool::new(false),
+            id_in_use: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
 
 impl Leases {
+    /// Whether this process takes part in the leases under its id (it writes coverage then).
+    pub fn is_member(&self) -> bool {
+        self.member.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether another live process uses this collector's id (its heartbeat row is the other's).
+    pub fn id_in_use(&self) -> bool {
+        self.id_in_use.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_membership(&self, member: bool, in_use: bool) {
+        use std::sync::atomic::Ordering;
+        self.member.store(member, Ordering::Relaxed);
+        self.id_in_use.store(in_use, Ordering::Relaxed);
+    }
+
     /// A receiver that sees every change.
     pub fn watch(&self) -> watch::Receiver<Arc<View>> {
         self.view.subscribe()
@@ -246,13 +270,16 @@ pub async fn run(ctx: Arc<Ctx>, leases: Arc<Leases>) -> anyhow::Result<()> {
                 last_ok = Instant::now();
                 if failing {
                     failing = false;
-                    cautious_until = Instant::now() + CAUTIOUS_FOR;
                     tracing::info!("lease rounds succeed again");
                 }
                 ctx.health.clear("leases");
+                leases.set_membership(true, false);
                 let gained = publish(&ctx, &leases, r);
                 if !gained.is_empty() {
-                    follow_ups.push((Instant::now() + FOLLOW_UP, gained));
+                    for after in FOLLOW_UPS {
+                        follow_ups.push((Instant::now() + after, gained.clone()));
+                    }
+                    follow_ups.sort_by_key(|f| f.0);
                 }
             }
             Ok(Outcome::IdInUse { other }) => {
@@ -265,11 +292,15 @@ pub async fn run(ctx: Arc<Ctx>, leases: Arc<Leases>) -> anyhow::Result<()> {
                     tracing::error!(collector = %ctx.collector_id, other = %other, "{what}");
                 }
                 ctx.health.set("leases", what);
+                leases.set_membership(false, true);
                 publish(&ctx, &leases, Round::default());
             }
             Err(e) => {
                 client = None;
                 ctx.metrics.lease_failures.inc();
+                // The first rounds after the failures end are cautious: the others may be
+                // coming back from the same outage.
+                cautious_until = Instant::now() + CAUTIOUS_FOR;
                 if !failing {
                     failing = true;
                     tracing::warn!(error = %e, "lease round failed; retrying every {}s", ROUND.as_secs());

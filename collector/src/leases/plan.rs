@@ -8,13 +8,15 @@
 //!    the same collector is free (`Duplicate`).
 //! 2. Shares: `total / alive` leases each, and the remainder to the collectors that hold the
 //!    most already (ties: the smaller id), so that as few leases move as possible.
-//! 3. A collector holding more than its share gives up its highest-numbered leases
-//!    (`Rebalance`: a planned handoff, the old token stays good for a few seconds).
-//! 4. Free leases go, in shard order, to a collector under its share that holds no replica of
+//! 3. Free leases go, in shard order, to a collector under its share that holds no replica of
 //!    that shard, preferring one on another host than the shard's other replicas, then the one
 //!    holding fewest, then the smaller id. If every collector is at its share, a collector that
 //!    holds no replica of the shard takes it anyway (better over share than unowned). A lease no
 //!    collector may hold stays unowned.
+//! 4. A collector holding more than its share hands its highest-numbered leases, one by one, to
+//!    a collector under its share that may hold that shard (`Rebalance`: a planned handoff, the
+//!    old token stays good for a few seconds). With replicas the highest shards of two
+//!    collectors can be the same ones; a lease nobody may take is passed over for the next.
 //!
 //! A move to the collector it came from is no move. With the leases in steady state the plan is
 //! empty: rounds write nothing but renewals.
@@ -116,34 +118,13 @@ pub fn plan(alive: &[Member], leases: &[Lease]) -> Vec<Move> {
         .map(|(rank, id)| (*id, base + usize::from(rank < extra)))
         .collect();
 
-    // Rule 3: give up what is over the share (highest shard first).
-    for (id, list) in held.iter_mut() {
-        while list.len() > share[id] {
-            let i = list.pop().expect("over share");
-            holders.get_mut(&leases[i].shard).map(|h| h.remove(id));
-            free.push((i, Reason::Rebalance));
-        }
-    }
+    // Rule 3: place the free leases.
     free.sort_by_key(|&(i, _)| (leases[i].shard, leases[i].replica));
-
-    // Rule 4: place what is free.
     let mut moves = Vec::new();
     for (i, reason) in free {
         let l = &leases[i];
-        let taken: BTreeSet<&str> = holders.get(&l.shard).cloned().unwrap_or_default();
-        let other_hosts: BTreeSet<&str> = taken.iter().map(|o| host[o]).collect();
-        let pick = held
-            .iter()
-            .filter(|(id, _)| !taken.contains(*id))
-            .min_by_key(|(id, list)| {
-                (
-                    list.len() >= share[*id],
-                    other_hosts.contains(host[*id]),
-                    list.len(),
-                    **id,
-                )
-            })
-            .map(|(id, _)| *id);
+        let pick = best_taker(&held, &holders, &host, &share, l.shard, true)
+            .or_else(|| best_taker(&held, &holders, &host, &share, l.shard, false));
         if let Some(id) = pick {
             held.get_mut(id).expect("alive").push(i);
             holders.entry(l.shard).or_default().insert(id);
@@ -159,7 +140,60 @@ pub fn plan(alive: &[Member], leases: &[Lease]) -> Vec<Move> {
             });
         }
     }
+
+    // Rule 4: a collector over its share hands its highest leases, one by one, to a collector
+    // under its share that may hold that shard (with replicas, the highest shards of two
+    // collectors may be the same ones: a lease nobody under the share may take stays).
+    let mut over: Vec<&str> = held
+        .iter()
+        .filter(|(id, list)| list.len() > share[*id])
+        .map(|(id, _)| *id)
+        .collect();
+    over.sort_by_key(|id| (std::cmp::Reverse(held[id].len() - share[id]), *id));
+    for m in over {
+        let mut mine = held[m].clone();
+        mine.sort_by_key(|&i| std::cmp::Reverse((leases[i].shard, leases[i].replica)));
+        for i in mine {
+            if held[m].len() <= share[m] {
+                break;
+            }
+            let l = &leases[i];
+            let Some(u) = best_taker(&held, &holders, &host, &share, l.shard, true) else {
+                continue;
+            };
+            held.get_mut(m).expect("alive").retain(|&x| x != i);
+            holders.get_mut(&l.shard).map(|h| h.remove(m));
+            held.get_mut(u).expect("alive").push(i);
+            holders.entry(l.shard).or_default().insert(u);
+            moves.push(Move {
+                shard: l.shard,
+                replica: l.replica,
+                from: Some(m.to_owned()),
+                to: Some(u.to_owned()),
+                reason: Reason::Rebalance,
+            });
+        }
+    }
     moves
+}
+
+/// The collector that should take a lease of `shard`: one holding no replica of it (and, when
+/// `under_share`, below its share), preferring another host than the shard's other holders,
+/// then the fewest leases, then the smaller id.
+fn best_taker<'a>(
+    held: &BTreeMap<&'a str, Vec<usize>>,
+    holders: &BTreeMap<i32, BTreeSet<&'a str>>,
+    host: &BTreeMap<&'a str, &'a str>,
+    share: &BTreeMap<&'a str, usize>,
+    shard: i32,
+    under_share: bool,
+) -> Option<&'a str> {
+    let taken: BTreeSet<&str> = holders.get(&shard).cloned().unwrap_or_default();
+    let other_hosts: BTreeSet<&str> = taken.iter().map(|o| host[o]).collect();
+    held.iter()
+        .filter(|(id, list)| !taken.contains(*id) && (!under_share || list.len() < share[*id]))
+        .min_by_key(|(id, list)| (other_hosts.contains(host[*id]), list.len(), **id))
+        .map(|(id, _)| *id)
 }
 
 #[cfg(test)]
@@ -330,6 +364,33 @@ mod tests {
             assert!(owners.contains(&Some("a".into())) && owners.contains(&None));
         }
         assert!(plan(&m, &l).is_empty(), "no flapping");
+    }
+
+    #[test]
+    fn with_two_replicas_a_joiner_gets_a_full_share() {
+        // a and b hold one replica of every shard; c joins: 128 leases over 3 is 43/43/42, and
+        // the highest shards of a and b are the same ones, so c must be handed others too.
+        let mut l = leases(64, 2, |_, r| Some(if r == 0 { "a" } else { "b" }));
+        let m = members(&[("a", "h1"), ("b", "h2"), ("c", "h3")]);
+        let moves = plan(&m, &l);
+        assert!(moves.iter().all(|m| m.reason == Reason::Rebalance));
+        apply(&mut l, &moves);
+        let c = counts(&l);
+        assert_eq!(
+            c.values().copied().collect::<BTreeSet<_>>(),
+            BTreeSet::from([42, 43]),
+            "{c:?}"
+        );
+        assert_eq!(moves.len(), 42, "only c's share moves");
+        for s in 0..64 {
+            let owners: BTreeSet<_> = l
+                .iter()
+                .filter(|x| x.shard == s)
+                .map(|x| x.owner.clone())
+                .collect();
+            assert_eq!(owners.len(), 2, "shard {s}: two different owners");
+        }
+        assert!(plan(&m, &l).is_empty(), "steady");
     }
 
     #[test]

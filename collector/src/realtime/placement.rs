@@ -74,6 +74,8 @@ struct Placement {
     report_due: bool,
     /// The socket cap was reached (logged once until it is not).
     capped: bool,
+    /// This run's coverage rows replaced those of an earlier run (done at the first report).
+    cleared: bool,
 }
 
 /// Runs the placement until shutdown: `desired` is the set of channels to subscribe (updated by
@@ -89,12 +91,6 @@ pub async fn run(
     for old in ctx.sockets.lock().unwrap().drain(..) {
         old.stop.cancel();
     }
-    // Rows of an earlier run of this collector are stale.
-    ctx.query(
-        "DELETE FROM channel_coverage WHERE collector_id = $1",
-        &[&ctx.collector_id],
-    )
-    .await?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut p = Placement {
         ctx: ctx.clone(),
@@ -109,6 +105,7 @@ pub async fn run(
         reported: BTreeSet::new(),
         report_due: true,
         capped: false,
+        cleared: false,
     };
     let first = desired.borrow_and_update().clone();
     p.apply(&first);
@@ -336,10 +333,25 @@ impl Placement {
         if now == self.reported && !self.report_due {
             return;
         }
+        // Only a lease member writes coverage under its id: a second process wrongly started
+        // with a running collector's id must not touch that collector's rows.
+        if !self.ctx.leases.is_member() {
+            return;
+        }
+        let fresh = !self.cleared;
         let added: Vec<i64> = now.difference(&self.reported).copied().collect();
         let removed: Vec<i64> = self.reported.difference(&now).copied().collect();
         let id = &self.ctx.collector_id;
         let ok = async {
+            if fresh {
+                // Rows of an earlier run of this collector are stale.
+                self.ctx
+                    .query(
+                        "DELETE FROM channel_coverage WHERE collector_id = $1",
+                        &[id],
+                    )
+                    .await?;
+            }
             if !removed.is_empty() {
                 self.ctx
                     .query(
@@ -364,6 +376,7 @@ impl Placement {
             Ok(()) => {
                 self.reported = now;
                 self.report_due = false;
+                self.cleared = true;
             }
             Err(e) => {
                 self.report_due = true;

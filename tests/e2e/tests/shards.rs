@@ -211,7 +211,10 @@ async fn three_collectors_share_the_channels_take_over_and_are_fenced() {
     assert_eq!(held, 64, "{out}");
     let (code, text, _, _) = stack.admin(&["collectors"]);
     assert_eq!(code, 0);
-    assert!(text.contains("SHARDS") && text.contains("shards:    64 x 1"), "{text}");
+    assert!(
+        text.contains("SHARDS") && text.contains("shards:    64 x 1"),
+        "{text}"
+    );
     for svc in [&mut c1, &mut c2, &mut c3] {
         assert_eq!(svc.terminate(), Some(0), "{}", stack.log_tail(svc));
     }
@@ -307,10 +310,26 @@ async fn misconfigured_collectors_neither_fight_nor_double() {
             .all(|n| *n == 2),
         "the duplicate subscribed channels"
     );
-    // Its stop does not give away the leases of the real "a".
+    // Its stop does not give away the leases of the real "a", nor touch its heartbeat row or
+    // its coverage rows.
     assert_eq!(dup.terminate(), Some(0));
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(stack.lease_owners().await.get("a"), Some(&64));
+    let coverage: i64 = c
+        .query_one(
+            "SELECT count(*) AS n FROM channel_coverage WHERE collector_id = 'a'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get("n");
+    assert_eq!(coverage, N as i64, "a's coverage rows");
+    let row: i64 = c
+        .query_one("SELECT count(*) AS n FROM collectors WHERE id = 'a'", &[])
+        .await
+        .unwrap()
+        .get("n");
+    assert_eq!(row, 1, "a's heartbeat row");
     for svc in [&mut a, &mut b] {
         assert_eq!(svc.terminate(), Some(0), "{}", stack.log_tail(svc));
         let log = std::fs::read_to_string(&svc.log).unwrap();
