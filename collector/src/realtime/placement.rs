@@ -212,7 +212,7 @@ impl Placement {
                 self.owner.insert(ch, i);
                 Some(i)
             }
-            None if self.sockets.len() >= self.max_sockets() => {
+            None if self.counted_sockets() >= self.max_sockets() => {
                 // A server that refuses everything (or a limit of almost nothing) must not
                 // make us open a socket per channel: past the cap the channel is polled.
                 if !self.capped {
@@ -233,6 +233,24 @@ impl Placement {
                 None
             }
         }
+    }
+
+    /// The sockets the cap counts: those carrying channels and those a refusal marked (lowered
+    /// capacity, or a channel they refused). A socket emptied because its channels went away
+    /// (their shards moved to another collector) does not count: after a takeover the new
+    /// channels need sockets to their own regions (found in CI: 38 sockets, 185 channels
+    /// polled after a takeover).
+    fn counted_sockets(&self) -> usize {
+        let refused: BTreeSet<usize> = self.refused_by.values().flatten().copied().collect();
+        let full = self.per_socket();
+        self.sockets
+            .iter()
+            .filter(|s| {
+                !s.shared.desired.lock().unwrap().is_empty()
+                    || s.capacity < full
+                    || refused.contains(&s.shared.id)
+            })
+            .count()
     }
 
     /// At most this many sockets (emptied ones included: a socket whose channels were all
