@@ -50,6 +50,9 @@ struct Socket {
     ever_up: bool,
     /// The open coverage gap (row id) while the socket is down after having been up.
     gap: Option<i64>,
+    /// Its last channels were removed from the watched set (not refused): see
+    /// [`Placement::counted_sockets`].
+    moved_out: bool,
 }
 
 /// The placement state, driven by [`run`].
@@ -158,7 +161,13 @@ impl Placement {
         for ch in current {
             if !desired.contains(&ch) {
                 let s = self.owner.remove(&ch).unwrap();
-                self.sockets[s].shared.desired.lock().unwrap().remove(&ch);
+                let mut d = self.sockets[s].shared.desired.lock().unwrap();
+                d.remove(&ch);
+                let emptied = d.is_empty();
+                drop(d);
+                if emptied {
+                    self.sockets[s].moved_out = true;
+                }
                 touched.insert(s);
             }
         }
@@ -209,6 +218,7 @@ impl Placement {
         match room {
             Some(i) => {
                 self.sockets[i].shared.desired.lock().unwrap().insert(ch);
+                self.sockets[i].moved_out = false;
                 self.owner.insert(ch, i);
                 Some(i)
             }
@@ -235,21 +245,14 @@ impl Placement {
         }
     }
 
-    /// The sockets the cap counts: those carrying channels and those a refusal marked (lowered
-    /// capacity, or a channel they refused). A socket emptied because its channels went away
-    /// (their shards moved to another collector) does not count: after a takeover the new
+    /// The sockets the cap counts: all but those emptied because their channels went away
+    /// (their shards moved to another collector). Those do not count: after a takeover the new
     /// channels need sockets to their own regions (found in CI: 38 sockets, 185 channels
-    /// polled after a takeover).
+    /// polled after a takeover). Sockets emptied by refusals still count.
     fn counted_sockets(&self) -> usize {
-        let refused: BTreeSet<usize> = self.refused_by.values().flatten().copied().collect();
-        let full = self.per_socket();
         self.sockets
             .iter()
-            .filter(|s| {
-                !s.shared.desired.lock().unwrap().is_empty()
-                    || s.capacity < full
-                    || refused.contains(&s.shared.id)
-            })
+            .filter(|s| !(s.moved_out && s.shared.desired.lock().unwrap().is_empty()))
             .count()
     }
 
@@ -425,6 +428,7 @@ impl Placement {
             capacity: self.per_socket(),
             ever_up: false,
             gap: None,
+            moved_out: false,
         });
         id
     }
