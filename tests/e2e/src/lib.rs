@@ -372,6 +372,13 @@ impl Stack {
         }
     }
 
+    /// The PostgreSQL Unix socket of the stack's cluster (for links a test can cut).
+    pub fn pg_socket(&self) -> PathBuf {
+        self.cluster
+            .socket_dir()
+            .join(format!(".s.PGSQL.{}", self.cluster.port()))
+    }
+
     /// Live collector → shard leases it holds (unexpired, its membership alive).
     pub async fn lease_owners(&self) -> std::collections::BTreeMap<String, i64> {
         self.client()

@@ -39,10 +39,7 @@ async fn a_host_cut_off_from_postgresql_is_fenced_and_rejoins() {
         ],
     )
     .await;
-    let socket = stack
-        .cluster
-        .socket_dir()
-        .join(format!(".s.PGSQL.{}", stack.cluster.port()));
+    let socket = stack.pg_socket();
     let forwarder = bin_dir().join("kick-forward");
     let mut hosts = Vec::new();
     let mut links = Vec::new();

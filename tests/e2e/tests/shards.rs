@@ -12,7 +12,6 @@
 //!   when the link heals, nothing it saw during the cut is staged under its old tokens
 //!   (fencing), and it rejoins with its share.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use kick_e2e::Stack;
@@ -21,14 +20,6 @@ use kick_sim::Options;
 use serde_json::json;
 
 const STREAMERS: usize = 3000;
-
-async fn owners(stack: &Stack) -> BTreeMap<String, i64> {
-    stack.lease_owners().await
-}
-
-async fn wait_balanced(stack: &Stack, ids: &[&str], timeout: Duration) -> Result<usize, String> {
-    stack.wait_balanced(ids, STREAMERS, timeout).await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_collectors_share_the_channels_take_over_and_are_fenced() {
@@ -43,11 +34,7 @@ async fn three_collectors_share_the_channels_take_over_and_are_fenced() {
         ],
     )
     .await;
-    let socket = stack
-        .cluster
-        .socket_dir()
-        .join(format!(".s.PGSQL.{}", stack.cluster.port()));
-    let link = Link::start(socket).await;
+    let link = Link::start(stack.pg_socket()).await;
     let link_port = link.port.to_string();
     let mut writer = stack.spawn("kick-writer", &[]);
     let mut c1 = stack.spawn("kick-collector", &[("COLLECTOR_ID", "c1")]);
@@ -62,13 +49,14 @@ async fn three_collectors_share_the_channels_take_over_and_are_fenced() {
 
     // 1. Shared: every channel subscribed exactly once.
     let t = Instant::now();
-    wait_balanced(&stack, &["c1", "c2", "c3"], Duration::from_secs(90))
+    stack
+        .wait_balanced(&["c1", "c2", "c3"], STREAMERS, Duration::from_secs(90))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", stack.all_logs(30)));
     eprintln!(
         "3 collectors: every channel subscribed exactly once after {:?}; leases {:?}",
         t.elapsed(),
-        owners(&stack).await
+        stack.lease_owners().await
     );
     stack
         .converge(Duration::from_secs(60))
@@ -90,7 +78,7 @@ async fn three_collectors_share_the_channels_take_over_and_are_fenced() {
             t0.elapsed() < Duration::from_secs(15),
             "a killed collector's channels not subscribed elsewhere within 15 s: {} of {STREAMERS}; owners {:?}\n{}",
             stack.sim.sim.subscriptions_delivering(),
-            owners(&stack).await,
+            stack.lease_owners().await,
             stack.all_logs(20)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -98,7 +86,7 @@ async fn three_collectors_share_the_channels_take_over_and_are_fenced() {
     let takeover = t0.elapsed();
     eprintln!(
         "kill -9: every channel subscribed again {takeover:?} after the kill; leases {:?}",
-        owners(&stack).await
+        stack.lease_owners().await
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     stack.control("/control/flap/stop", json!({})).await;
@@ -122,7 +110,8 @@ async fn three_collectors_share_the_channels_take_over_and_are_fenced() {
     stack.control("/control/flap", json!({"rate": 20})).await;
     let mut c2 = stack.spawn("kick-collector", &[("COLLECTOR_ID", "c2")]);
     let t = Instant::now();
-    let least = wait_balanced(&stack, &["c1", "c2", "c3"], Duration::from_secs(60))
+    let least = stack
+        .wait_balanced(&["c1", "c2", "c3"], STREAMERS, Duration::from_secs(60))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", stack.all_logs(30)));
     eprintln!(
@@ -153,7 +142,8 @@ async fn three_collectors_share_the_channels_take_over_and_are_fenced() {
     link.heal();
     eprintln!("healed after {:?}", t0.elapsed());
     let t = Instant::now();
-    let least = wait_balanced(&stack, &["c1", "c2", "c3"], Duration::from_secs(60))
+    let least = stack
+        .wait_balanced(&["c1", "c2", "c3"], STREAMERS, Duration::from_secs(60))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", stack.all_logs(30)));
     eprintln!(
@@ -219,7 +209,7 @@ async fn three_collectors_share_the_channels_take_over_and_are_fenced() {
         assert_eq!(svc.terminate(), Some(0), "{}", stack.log_tail(svc));
     }
     // A clean stop gives the leases up at once.
-    assert!(owners(&stack).await.is_empty());
+    assert!(stack.lease_owners().await.is_empty());
     assert_eq!(writer.terminate(), Some(0));
 }
 
