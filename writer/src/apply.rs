@@ -22,13 +22,8 @@ pub struct Statements {
     claim_ids: Statement,
     mark_error: Statement,
     rename: Statement,
-    lock: Statement,
-    blockers: Statement,
-    update: Statement,
     learn: Statement,
-    history: Statement,
-    mark: Statement,
-    notify: Statement,
+    write: Statement,
     due: Statement,
 }
 
@@ -36,22 +31,14 @@ impl Statements {
     pub async fn prepare(c: &Client) -> Result<Self, tokio_postgres::Error> {
         Ok(Self {
             claim: c
-                .prepare(
-                    "SELECT id, source, event_name, kick_channel_id, kick_user_id, livestream_id, event_time, received_at,
-                            payload->>'reason' AS reason, payload->>'slug' AS slug,
-                            payload->>'started_at' AS payload_started_at
-                     FROM raw_events WHERE processed_at IS NULL
-                     ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-                )
+                .prepare(&claim_sql(
+                    "processed_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                ))
                 .await?,
             claim_ids: c
-                .prepare(
-                    "SELECT id, source, event_name, kick_channel_id, kick_user_id, livestream_id, event_time, received_at,
-                            payload->>'reason' AS reason, payload->>'slug' AS slug,
-                            payload->>'started_at' AS payload_started_at
-                     FROM raw_events WHERE id = ANY($1) AND processed_at IS NULL
-                     ORDER BY id FOR UPDATE SKIP LOCKED",
-                )
+                .prepare(&claim_sql(
+                    "id = ANY($1) AND processed_at IS NULL ORDER BY id FOR UPDATE SKIP LOCKED",
+                ))
                 .await?,
             rename: c
                 .prepare(
@@ -66,34 +53,6 @@ impl Statements {
                      WHERE id = $1 AND processed_at IS NULL",
                 )
                 .await?,
-            lock: c.prepare(&format!("{STREAMER_COLUMNS} WHERE kick_channel_id = ANY($1) OR kick_user_id = ANY($2) ORDER BY id FOR UPDATE")).await?,
-            blockers: c
-                .prepare(
-                    "SELECT kick_channel_id, kick_user_id, min(id) FROM raw_events
-                     WHERE processed_at IS NULL AND id < $1 AND NOT (id = ANY($2))
-                       AND (kick_channel_id = ANY($3) OR kick_user_id = ANY($4))
-                     GROUP BY 1, 2",
-                )
-                .await?,
-            update: c
-                .prepare(
-                    "UPDATE streamers s SET
-                        status = u.status, livestream_id = u.livestream_id, last_observed_at = u.observed_at,
-                        status_source = u.source, pending_offline_at = u.pending_at,
-                        pending_offline_raw_id = u.pending_raw, pending_offline_source = u.pending_src,
-                        status_changed_at = coalesce(u.changed_at, s.status_changed_at),
-                        last_event_at = coalesce(u.event_at, s.last_event_at),
-                        live_started_at = u.started_at,
-                        status_reason = CASE WHEN u.reason_set THEN u.reason ELSE s.status_reason END,
-                        updated_at = now()
-                     FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::timestamptz[], $5::text[],
-                                 $6::timestamptz[], $7::bigint[], $8::text[], $9::timestamptz[],
-                                 $10::timestamptz[], $11::timestamptz[], $12::bool[], $13::text[])
-                          AS u(id, status, livestream_id, observed_at, source, pending_at, pending_raw,
-                               pending_src, changed_at, event_at, started_at, reason_set, reason)
-                     WHERE s.id = u.id",
-                )
-                .await?,
             // A learned channel id, in a statement of its own: only it touches
             // `kick_channel_id`, whose trigger rings `streamers_changed` (the collectors
             // subscribe the new channel); status updates must not ring it.
@@ -104,26 +63,45 @@ impl Statements {
                      WHERE s.id = u.id AND s.kick_channel_id IS NULL",
                 )
                 .await?,
-            history: c
+            // The batch's writes in one statement: the streamers, the history, the marks of
+            // the staged rows and the notifications (data-modifying CTEs all run, whether read
+            // or not). Every part joins arrays to a key; empty arrays write nothing.
+            write: c
                 .prepare(
-                    "INSERT INTO status_events
-                        (streamer_id, previous_status, new_status, occurred_at, livestream_id, source, raw_event_id)
-                     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[],
-                                          $6::text[], $7::bigint[])
-                     ON CONFLICT (raw_event_id) DO NOTHING",
+                    "WITH u AS (
+                        UPDATE streamers s SET
+                            status = u.status, livestream_id = u.livestream_id, last_observed_at = u.observed_at,
+                            status_source = u.source, pending_offline_at = u.pending_at,
+                            pending_offline_raw_id = u.pending_raw, pending_offline_source = u.pending_src,
+                            status_changed_at = coalesce(u.changed_at, s.status_changed_at),
+                            last_event_at = coalesce(u.event_at, s.last_event_at),
+                            live_started_at = u.started_at,
+                            status_reason = CASE WHEN u.reason_set THEN u.reason ELSE s.status_reason END,
+                            updated_at = now()
+                        FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::timestamptz[], $5::text[],
+                                    $6::timestamptz[], $7::bigint[], $8::text[], $9::timestamptz[],
+                                    $10::timestamptz[], $11::timestamptz[], $12::bool[], $13::text[])
+                             AS u(id, status, livestream_id, observed_at, source, pending_at, pending_raw,
+                                  pending_src, changed_at, event_at, started_at, reason_set, reason)
+                        WHERE s.id = u.id
+                     ), h AS (
+                        INSERT INTO status_events
+                            (streamer_id, previous_status, new_status, occurred_at, livestream_id, source, raw_event_id)
+                        SELECT * FROM unnest($14::bigint[], $15::text[], $16::text[], $17::timestamptz[],
+                                             $18::bigint[], $19::text[], $20::bigint[])
+                        ON CONFLICT (raw_event_id) DO NOTHING
+                     ), m AS (
+                        -- `id = ANY` keeps the primary-key index scan whatever the statistics
+                        -- say: a join to `unnest` planned while the table was empty (a fresh
+                        -- database) became a sequential scan of the whole queue, 2–3 ms a
+                        -- batch (measured).
+                        UPDATE raw_events r
+                        SET processed_at = now(), outcome = ($22::text[])[array_position($21::bigint[], r.id)]
+                        WHERE r.id = ANY($21::bigint[])
+                     )
+                     SELECT pg_notify('status_changed', n) FROM unnest($23::text[]) AS n",
                 )
                 .await?,
-            mark: c
-                .prepare(
-                    // `id = ANY` keeps the primary-key index scan whatever the statistics say:
-                    // a join to `unnest` planned while the table was empty (a fresh database)
-                    // became a sequential scan of the whole queue, 2–3 ms a batch (measured).
-                    "UPDATE raw_events r
-                     SET processed_at = now(), outcome = ($2::text[])[array_position($1::bigint[], r.id)]
-                     WHERE r.id = ANY($1::bigint[])",
-                )
-                .await?,
-            notify: c.prepare("SELECT pg_notify('status_changed', u) FROM unnest($1::text[]) AS u").await?,
             due: c
                 .prepare(&format!(
                     "{STREAMER_COLUMNS} WHERE pending_offline_at IS NOT NULL
@@ -133,6 +111,51 @@ impl Statements {
                 .await?,
         })
     }
+}
+
+/// The claim, in one statement (one round trip): the staged rows claimed (`kind` `e`), the
+/// streamers they name, locked in id order so that writers never deadlock (`s`), and per
+/// streamer the oldest older pending row another writer holds (`b`: ours wait for it). One
+/// result set; each part keeps the column names its decoder reads.
+fn claim_sql(which: &str) -> String {
+    format!(
+        "WITH c AS MATERIALIZED (
+            SELECT id, source, event_name, kick_channel_id, kick_user_id, livestream_id, event_time, received_at,
+                   payload->>'reason' AS reason, payload->>'slug' AS slug,
+                   payload->>'started_at' AS payload_started_at
+            FROM raw_events WHERE {which}
+         ), s AS MATERIALIZED (
+            {STREAMER_COLUMNS}
+            WHERE kick_channel_id = ANY(ARRAY(SELECT kick_channel_id FROM c WHERE kick_channel_id IS NOT NULL))
+               OR kick_user_id = ANY(ARRAY(SELECT kick_user_id FROM c WHERE kick_user_id IS NOT NULL))
+            ORDER BY id FOR UPDATE
+         ), b AS MATERIALIZED (
+            SELECT kick_channel_id, kick_user_id, min(id) AS id FROM raw_events
+            WHERE processed_at IS NULL AND id < (SELECT max(id) FROM c)
+              AND NOT (id = ANY(ARRAY(SELECT id FROM c)))
+              AND (kick_channel_id = ANY(ARRAY(SELECT kick_channel_id FROM c WHERE kick_channel_id IS NOT NULL))
+                   OR kick_user_id = ANY(ARRAY(SELECT kick_user_id FROM c WHERE kick_user_id IS NOT NULL)))
+            GROUP BY 1, 2
+         )
+         SELECT 'e' AS kind, id, kick_channel_id, kick_user_id, livestream_id,
+                source, event_name, event_time, received_at, reason, slug, payload_started_at,
+                NULL::text AS username, NULL::text AS status, NULL::timestamptz AS live_started_at,
+                NULL::timestamptz AS last_observed_at, NULL::text AS status_source,
+                NULL::timestamptz AS pending_offline_at, NULL::bigint AS pending_offline_raw_id,
+                NULL::text AS pending_offline_source
+         FROM c
+         UNION ALL
+         SELECT 's', id, kick_channel_id, kick_user_id, livestream_id,
+                NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                username, status, live_started_at, last_observed_at, status_source,
+                pending_offline_at, pending_offline_raw_id, pending_offline_source
+         FROM s
+         UNION ALL
+         SELECT 'b', id, kick_channel_id, kick_user_id, NULL,
+                NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+         FROM b"
+    )
 }
 
 const STREAMER_COLUMNS: &str =
@@ -364,7 +387,8 @@ pub enum Claim<'a> {
 }
 
 /// Claims and applies one batch in one transaction. The ids it claimed are left in `claimed`
-/// (also when it fails: poison isolation needs them).
+/// (also when it fails: poison isolation needs them). A failed batch is rolled back before
+/// this returns, so the session can go on.
 pub async fn apply_batch(
     client: &mut Client,
     st: &Statements,
@@ -373,52 +397,62 @@ pub async fn apply_batch(
     claimed: &mut Vec<i64>,
 ) -> Result<BatchReport, tokio_postgres::Error> {
     claimed.clear();
+    let result = apply_in_transaction(client, st, cfg, claim, claimed).await;
+    if result.is_err() && !client.is_closed() {
+        // The transaction is begun by hand (so that BEGIN and COMMIT ride with other
+        // statements): end it by hand. Without one open, ROLLBACK only warns.
+        client.batch_execute("ROLLBACK").await?;
+    }
+    result
+}
+
+/// The batch's transaction in two round trips: `BEGIN` with the claim (which also locks the
+/// streamers and finds blockers), then, after the decisions, every write, the marks and
+/// `COMMIT` sent together. tokio-postgres pipelines requests polled together; when one fails,
+/// PostgreSQL aborts the transaction, the later ones fail with it and `COMMIT` rolls back.
+async fn apply_in_transaction(
+    client: &Client,
+    st: &Statements,
+    cfg: &ApplyConfig,
+    claim: Claim<'_>,
+    claimed: &mut Vec<i64>,
+) -> Result<BatchReport, tokio_postgres::Error> {
     let t_start = std::time::Instant::now();
-    let tx = client.transaction().await?;
-    // Statements that do not depend on each other's answers are sent together (tokio-postgres
-    // pipelines concurrent queries on one connection): one round trip instead of several.
-    let sync = async {
-        if cfg.synchronous_commit {
-            Ok(())
-        } else {
-            // Safe: our input stays pending in raw_events until this commit is durable or lost
-            // together.
-            tx.batch_execute("SET LOCAL synchronous_commit = off").await
-        }
+    // Asynchronous commit is safe: our input stays pending in raw_events until this commit is
+    // durable, or is lost together with it.
+    let begin = if cfg.synchronous_commit {
+        "BEGIN"
+    } else {
+        "BEGIN; SET LOCAL synchronous_commit = off"
     };
     let claiming = async {
         match claim {
-            Claim::Next => tx.query(&st.claim, &[&cfg.batch_size]).await,
-            Claim::Ids(ids) => tx.query(&st.claim_ids, &[&ids]).await,
+            Claim::Next => client.query(&st.claim, &[&cfg.batch_size]).await,
+            Claim::Ids(ids) => client.query(&st.claim_ids, &[&ids]).await,
         }
     };
-    let ((), rows) = futures_util::try_join!(sync, claiming)?;
-    claimed.extend(rows.iter().map(|r| r.get::<_, i64>("id")));
+    let ((), rows) = futures_util::try_join!(client.batch_execute(begin), claiming)?;
+    let kind = |r: &tokio_postgres::Row| r.get::<_, &str>("kind").as_bytes()[0];
+    let staged: Vec<Staged> = rows
+        .iter()
+        .filter(|r| kind(r) == b'e')
+        .map(decode_row)
+        .collect();
+    claimed.extend(staged.iter().map(|s| s.id));
     let mut report = BatchReport {
-        claimed: rows.len(),
+        claimed: staged.len(),
         ..Default::default()
     };
-    if rows.is_empty() {
-        tx.commit().await?;
+    if staged.is_empty() {
+        client.batch_execute("COMMIT").await?;
         return Ok(report);
     }
+    let mut streamers: Vec<Streamer> = rows
+        .iter()
+        .filter(|r| kind(r) == b's')
+        .map(Streamer::from_row)
+        .collect();
     let t_claim = t_start.elapsed();
-    let staged: Vec<Staged> = rows.iter().map(decode_row).collect();
-    let chans: Vec<i64> = staged.iter().filter_map(|s| s.channel_id).collect();
-    let users: Vec<i64> = staged.iter().filter_map(|s| s.user_id).collect();
-    // Older pending events of our streamers held by another writer: ours are deferred after
-    // them. Asked together with the lock.
-    let claimed_ids: Vec<i64> = staged.iter().map(|s| s.id).collect();
-    let max_id = *claimed_ids.iter().max().unwrap();
-    let lock_args: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&chans, &users];
-    let blocker_args: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-        [&max_id, &claimed_ids, &chans, &users];
-    let (locked, blockers) = futures_util::try_join!(
-        tx.query(&st.lock, &lock_args),
-        tx.query(&st.blockers, &blocker_args)
-    )?;
-    let mut streamers: Vec<Streamer> = locked.iter().map(Streamer::from_row).collect();
-    let t_lock = t_start.elapsed();
     let mut by_channel = HashMap::new();
     let mut by_user = HashMap::new();
     for (i, s) in streamers.iter().enumerate() {
@@ -428,9 +462,12 @@ pub async fn apply_batch(
         by_user.insert(s.user_id, i);
     }
 
+    // Older pending events of our streamers held by another writer: ours are deferred after
+    // them.
     let mut blocked_after: HashMap<usize, i64> = HashMap::new();
-    for r in blockers {
-        let (c, u, min_id): (Option<i64>, Option<i64>, i64) = (r.get(0), r.get(1), r.get(2));
+    for r in rows.iter().filter(|r| kind(r) == b'b') {
+        let (c, u, min_id): (Option<i64>, Option<i64>, i64) =
+            (r.get("kick_channel_id"), r.get("kick_user_id"), r.get("id"));
         let idx = c
             .and_then(|c| by_channel.get(&c))
             .or_else(|| u.and_then(|u| by_user.get(&u)))
@@ -441,7 +478,6 @@ pub async fn apply_batch(
         }
     }
 
-    let t_blockers = t_start.elapsed();
     let mut writes = Writes::default();
     let mut mark_ids = Vec::with_capacity(staged.len());
     let mut mark_outcomes: Vec<String> = Vec::with_capacity(staged.len());
@@ -503,30 +539,25 @@ pub async fn apply_batch(
     let t_decide = t_start.elapsed();
     for (idx, id, slug) in renames {
         // Only if the new slug is free: a conflict leaves the old name (and says so).
-        if tx.execute(&st.rename, &[&id, &slug]).await? == 1 {
+        if client.execute(&st.rename, &[&id, &slug]).await? == 1 {
             tracing::info!(streamer = id, slug = %slug, "renamed on kick: username followed");
         } else {
             mark_outcomes[idx] = "duplicate: slug unchanged or taken".into();
         }
     }
-    let t_write = t_start.elapsed();
-    // The writes and the marks, pipelined.
-    let mark_args: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&mark_ids, &mark_outcomes];
+    let t_rename = t_start.elapsed();
+    // The writes, the marks and the commit, pipelined.
+    let marks = (mark_ids, mark_outcomes);
     futures_util::try_join!(
-        write_streamers(&tx, st, &streamers, &writes),
-        tx.execute(&st.mark, &mark_args)
+        write_streamers(client, st, &streamers, &writes, &marks),
+        client.batch_execute("COMMIT"),
     )?;
-    let t_mark = t_start.elapsed();
-    tx.commit().await?;
     tracing::debug!(
         claimed = report.claimed,
         claim_us = t_claim.as_micros() as u64,
-        lock_us = (t_lock - t_claim).as_micros() as u64,
-        blockers_us = (t_blockers - t_lock).as_micros() as u64,
-        decide_us = (t_decide - t_blockers).as_micros() as u64,
-        write_us = (t_write - t_decide).as_micros() as u64,
-        mark_us = (t_mark - t_write).as_micros() as u64,
-        commit_us = (t_start.elapsed() - t_mark).as_micros() as u64,
+        decide_us = (t_decide - t_claim).as_micros() as u64,
+        rename_us = (t_rename - t_decide).as_micros() as u64,
+        write_commit_us = (t_start.elapsed() - t_rename).as_micros() as u64,
         "batch applied"
     );
     let now = Utc::now();
@@ -573,11 +604,17 @@ fn record(
     streamer.state = d.state;
 }
 
+/// Staged rows to mark processed, with their outcomes.
+type Marks = (Vec<i64>, Vec<String>);
+
+/// Writes the changed streamers, their history and notifications, and marks `marks`: one
+/// statement (two when a channel id was learned), pipelined.
 async fn write_streamers(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &impl tokio_postgres::GenericClient,
     st: &Statements,
     streamers: &[Streamer],
     writes: &Writes,
+    marks: &Marks,
 ) -> Result<(), tokio_postgres::Error> {
     let dirty: Vec<&Streamer> = streamers.iter().filter(|s| s.dirty).collect();
     let ids: Vec<i64> = dirty.iter().map(|s| s.id).collect();
@@ -622,51 +659,41 @@ async fn write_streamers(
         .filter(|s| s.notify)
         .map(|s| s.username.as_str())
         .collect();
-    // The three statements are independent: sent together, answered in order.
-    let update = async {
-        if !ids.is_empty() {
-            tx.execute(
-                &st.update,
-                &[
-                    &ids,
-                    &status,
-                    &ls,
-                    &obs,
-                    &src,
-                    &p_at,
-                    &p_raw,
-                    &p_src,
-                    &changed,
-                    &event_at,
-                    &started,
-                    &reason_set,
-                    &reason,
-                ],
-            )
-            .await?;
-        }
-        Ok(())
-    };
-    let history = async {
-        if !sid.is_empty() {
-            tx.execute(&st.history, &[&sid, &prev, &new, &at, &hls, &hsrc, &raw])
-                .await?;
-        }
-        Ok(())
-    };
-    let notify = async {
-        if !names.is_empty() {
-            tx.query(&st.notify, &[&names]).await?;
-        }
-        Ok::<_, tokio_postgres::Error>(())
-    };
+    let (mark_ids, mark_outcomes) = (&marks.0, &marks.1);
+    // A learned channel id first (its own statement, see `learn`), then everything else.
     let learn = async {
         if !learned_ids.is_empty() {
             tx.execute(&st.learn, &[&learned_ids, &learned]).await?;
         }
-        Ok(())
+        Ok::<_, tokio_postgres::Error>(())
     };
-    futures_util::try_join!(update, learn, history, notify)?;
+    let args: [&(dyn tokio_postgres::types::ToSql + Sync); 23] = [
+        &ids,
+        &status,
+        &ls,
+        &obs,
+        &src,
+        &p_at,
+        &p_raw,
+        &p_src,
+        &changed,
+        &event_at,
+        &started,
+        &reason_set,
+        &reason,
+        &sid,
+        &prev,
+        &new,
+        &at,
+        &hls,
+        &hsrc,
+        &raw,
+        mark_ids,
+        mark_outcomes,
+        &names,
+    ];
+    let write = tx.query(&st.write, &args);
+    futures_util::try_join!(learn, write)?;
     Ok(())
 }
 
@@ -713,7 +740,7 @@ pub async fn confirm_due_offlines(
             record(s, &d, &ev, None, &mut writes);
         }
     }
-    write_streamers(&tx, st, &streamers, &writes).await?;
+    write_streamers(&tx, st, &streamers, &writes, &Marks::default()).await?;
     tx.commit().await?;
     Ok(writes.history.len())
 }

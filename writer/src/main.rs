@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     if let Err(e) = kick_writer::cli::Cli::try_parse() {
         let _ = e.print();
