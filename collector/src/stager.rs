@@ -1,7 +1,9 @@
 //! Staging: events from every socket and from reconciliation become rows of `raw_events`,
-//! committed durably (`synchronous_commit = on`: the staged rows are the only copy of what Kick
-//! pushed), with `ON CONFLICT (dedupe_key) DO NOTHING` and one `raw_events` doorbell per batch
-//! that inserted a row, in the same single-statement transaction (see [`Doorbell`]).
+//! with `ON CONFLICT (dedupe_key) DO NOTHING` and one `raw_events` doorbell per batch that
+//! inserted a row, in the same single-statement transaction (see [`Doorbell`]). A batch counts
+//! as staged only once it is on disk (the staged rows are the only copy of what Kick pushed):
+//! by default the insert becomes visible to the writer at once and a durable barrier in the
+//! same round trip confirms the flush (see [`StagingCommit`]).
 //!
 //! **Group commit.** A batch is whatever is waiting when the previous commit ends (up to
 //! `BATCH_SIZE`): an idle collector commits each event at once, a busy one commits what arrived
@@ -277,20 +279,72 @@ impl Doorbell {
     }
 }
 
+/// When staged rows become visible to the writer. `early` (the default): the insert commits
+/// asynchronously (the row is visible and the doorbell rings at once) and, in the same round
+/// trip, a durable barrier follows ([`BARRIER`], committed with `synchronous_commit = on`: its
+/// commit flushes the log up to and past the insert). The batch
+/// counts as staged only when the barrier returns; if it fails, the batch is staged again (the
+/// dedupe key makes that harmless) or spooled, exactly as a failed durable insert. The
+/// writer's changes follow the staged rows in the log, so a crash before the flush loses both
+/// or neither, and the collector, still holding the batch, stages it again. Nothing is flushed
+/// later than with `durable`, so what a crash can lose is the same; what `early` changes is
+/// that a status may be seen for the moment of the flush before it is crash-safe (as the
+/// writer's own asynchronous commits already allow). `durable`: the insert commits with
+/// `synchronous_commit = on`, so the writer sees a row only once it is on disk and the status
+/// waits for that flush (one fsync on the path; 1.0–1.7 ms more at p50, measured in
+/// BENCHMARKS.md, "Latency against a single process"). `KICK_STAGING_COMMIT` chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StagingCommit {
+    Durable,
+    Early,
+}
+
+impl StagingCommit {
+    fn from_env() -> StagingCommit {
+        match std::env::var("KICK_STAGING_COMMIT").as_deref() {
+            Ok("durable") => StagingCommit::Durable,
+            Ok("early") | Err(_) => StagingCommit::Early,
+            Ok(other) => {
+                tracing::warn!(
+                    value = %other.chars().take(40).collect::<String>(),
+                    "KICK_STAGING_COMMIT is neither 'early' nor 'durable': using 'early'"
+                );
+                StagingCommit::Early
+            }
+        }
+    }
+}
+
+/// The durable barrier of [`StagingCommit::Early`]: one round trip, one flushed commit record.
+/// The transaction must write to the log: PostgreSQL flushes at commit only for a transaction
+/// that wrote a record (one that merely took a transaction id commits asynchronously whatever
+/// `synchronous_commit` says — found by `postgres_crashing_under_flips_loses_no_event`, which
+/// lost an event with that barrier). A transactional logical message is the smallest such write
+/// (about 60 bytes, no table, any role, any `wal_level`); logical decoding consumers that ask
+/// for messages see `kick-monitor` ones.
+const BARRIER: &str = "BEGIN; SET LOCAL synchronous_commit = on;
+     SELECT pg_logical_emit_message(true, 'kick-monitor', 'staged'); COMMIT";
+
 /// A database connection ready to stage.
 struct Conn {
     client: tokio_postgres::Client,
     insert: tokio_postgres::Statement,
     doorbell: Doorbell,
+    commit: StagingCommit,
 }
 
 async fn connect(db: &DbConfig, program: &'static str) -> Result<Conn, db::DbError> {
     let client = db::connect(db).await?;
+    let commit = StagingCommit::from_env();
+    let sync = match commit {
+        StagingCommit::Durable => "on",
+        StagingCommit::Early => "off",
+    };
     // The statement timeout ends a query the server accepted but cannot finish (a lock held
     // elsewhere); a hung server is caught on our side by STALL. `program` is our constant.
     client
         .batch_execute(&format!(
-            "SET application_name = '{program}'; SET synchronous_commit = on;
+            "SET application_name = '{program}'; SET synchronous_commit = {sync};
              SET plan_cache_mode = force_generic_plan; SET statement_timeout = '15s'"
         ))
         .await?;
@@ -298,7 +352,12 @@ async fn connect(db: &DbConfig, program: &'static str) -> Result<Conn, db::DbErr
     Ok(Conn {
         client,
         insert,
-        doorbell: Doorbell::from_env(),
+        // Early visibility rings in the insert: the point is that the writer starts at once.
+        doorbell: match commit {
+            StagingCommit::Durable => Doorbell::from_env(),
+            StagingCommit::Early => Doorbell::InCommit,
+        },
+        commit,
     })
 }
 
@@ -339,30 +398,33 @@ async fn insert(
     let shard: Vec<Option<i32>> = rows.iter().map(|e| e.lease.map(|l| l.0)).collect();
     let token: Vec<Option<i64>> = rows.iter().map(|e| e.lease.map(|l| l.1)).collect();
     let in_commit = conn.doorbell == Doorbell::InCommit;
-    let row = conn
-        .client
-        .query_one(
-            &conn.insert,
-            &[
-                &source,
-                &topic,
-                &name,
-                &chan,
-                &user,
-                &ls,
-                &at,
-                &payload,
-                &key,
-                &collector_id,
-                &obs,
-                &recv,
-                &outcome,
-                &in_commit,
-                &shard,
-                &token,
-            ],
-        )
-        .await?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 16] = [
+        &source,
+        &topic,
+        &name,
+        &chan,
+        &user,
+        &ls,
+        &at,
+        &payload,
+        &key,
+        &collector_id,
+        &obs,
+        &recv,
+        &outcome,
+        &in_commit,
+        &shard,
+        &token,
+    ];
+    let insert = conn.client.query_one(&conn.insert, &params);
+    let row = match conn.commit {
+        StagingCommit::Durable => insert.await?,
+        // Sent together: the barrier's flush covers the insert's asynchronous commit.
+        StagingCommit::Early => {
+            let (row, ()) = futures_util::try_join!(insert, conn.client.batch_execute(BARRIER))?;
+            row
+        }
+    };
     let n: i64 = row.get("inserted");
     let fenced: i64 = row.get("fenced");
     if n > 0 && !in_commit {
