@@ -174,6 +174,7 @@ const GRANTS: &str = "
     GRANT SELECT ON streamers TO kick_collector, kick_webhooks;
     GRANT INSERT, SELECT (dedupe_key) ON raw_events TO kick_collector, kick_webhooks;
     GRANT USAGE ON SEQUENCE raw_events_id_seq TO kick_collector, kick_webhooks;
+    GRANT SELECT, INSERT, UPDATE ON staging_barriers TO kick_collector, kick_webhooks;
     GRANT SELECT, INSERT, UPDATE, DELETE ON collectors TO kick_collector;
     GRANT SELECT, INSERT, UPDATE ON coverage_gaps TO kick_collector;
     GRANT USAGE ON SEQUENCE coverage_gaps_id_seq TO kick_collector;

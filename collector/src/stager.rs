@@ -28,7 +28,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -293,8 +293,8 @@ impl Doorbell {
 /// `synchronous_commit = on`, so the writer sees a row only once it is on disk and the status
 /// waits for that flush (one fsync on the path: staged → writer start p50 0.7–1.5 ms against
 /// 0.2–0.5 ms, kick-bench's end-to-end p50 up to 1 ms higher; BENCHMARKS.md, "Latency against a
-/// single process"). `KICK_STAGING_COMMIT` chooses; a database that refuses the barrier gets
-/// `durable` (see [`BARRIER_REFUSED`]).
+/// single process"); a batch that found some of its rows there already runs the barrier too
+/// (see [`BARRIER`]). `KICK_STAGING_COMMIT` chooses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StagingCommit {
     Durable,
@@ -317,35 +317,39 @@ impl StagingCommit {
     }
 }
 
-/// Set once the database refused [`BARRIER`] (a role without `EXECUTE` on
-/// `pg_logical_emit_message`, a server without it): connections made afterwards commit durably.
-/// Process-wide, like the capability it records.
-static BARRIER_REFUSED: AtomicBool = AtomicBool::new(false);
+/// The durable barrier: the stager's own row of `staging_barriers` (V9), updated in a
+/// transaction committed with `synchronous_commit = on`. Its commit always writes to the log, so
+/// it always flushes, and the flush covers every commit before it on this server: the staged
+/// batch's asynchronous one, or (after a retry whose rows all conflicted, which writes nothing)
+/// the earlier attempt's.
+const BARRIER: &str = "INSERT INTO staging_barriers (stager) VALUES ($1)
+     ON CONFLICT (stager) DO UPDATE SET at = clock_timestamp()";
 
-/// The durable barrier of [`StagingCommit::Early`]: one round trip, one flushed commit record.
-/// The transaction must write to the log: PostgreSQL flushes at commit only for a transaction
-/// that wrote a record (one that merely took a transaction id commits asynchronously whatever
-/// `synchronous_commit` says — found by `postgres_crashing_under_flips_loses_no_event`, which
-/// lost an event with that barrier). A transactional logical message is the smallest such write
-/// (about 60 bytes, no table, any role, any `wal_level`); logical decoding consumers that ask
-/// for messages see `kick-monitor` ones.
-const BARRIER: &str = "BEGIN; SET LOCAL synchronous_commit = on;
-     SELECT pg_logical_emit_message(true, 'kick-monitor', 'staged'); COMMIT";
+/// Runs [`BARRIER`] in its own durable transaction: three requests sent together, one round
+/// trip. A failure aborts the transaction and `COMMIT` ends it.
+async fn barrier(conn: &Conn, stager: &str) -> Result<(), tokio_postgres::Error> {
+    let args: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&stager];
+    futures_util::try_join!(
+        conn.client
+            .batch_execute("BEGIN; SET LOCAL synchronous_commit = on"),
+        conn.client.execute(&conn.barrier, &args),
+        conn.client.batch_execute("COMMIT"),
+    )?;
+    Ok(())
+}
 
 /// A database connection ready to stage.
 struct Conn {
     client: tokio_postgres::Client,
     insert: tokio_postgres::Statement,
+    barrier: tokio_postgres::Statement,
     doorbell: Doorbell,
     commit: StagingCommit,
 }
 
 async fn connect(db: &DbConfig, program: &'static str) -> Result<Conn, db::DbError> {
     let client = db::connect(db).await?;
-    let commit = match StagingCommit::from_env() {
-        StagingCommit::Early if BARRIER_REFUSED.load(Ordering::Relaxed) => StagingCommit::Durable,
-        c => c,
-    };
+    let commit = StagingCommit::from_env();
     let sync = match commit {
         StagingCommit::Durable => "on",
         StagingCommit::Early => "off",
@@ -359,9 +363,11 @@ async fn connect(db: &DbConfig, program: &'static str) -> Result<Conn, db::DbErr
         ))
         .await?;
     let insert = client.prepare(INSERT).await?;
+    let barrier = client.prepare(BARRIER).await?;
     Ok(Conn {
         client,
         insert,
+        barrier,
         // Early visibility rings in the insert: the point is that the writer starts at once.
         doorbell: match commit {
             StagingCommit::Durable => Doorbell::from_env(),
@@ -430,27 +436,16 @@ async fn insert(
     let row = match conn.commit {
         StagingCommit::Durable => insert.await?,
         // Sent together: the barrier's flush covers the insert's asynchronous commit.
-        StagingCommit::Early => {
-            let (row, barrier) = futures_util::join!(insert, conn.client.batch_execute(BARRIER));
-            if let Err(e) = &barrier
-                && e.code().is_some_and(|c| {
-                    *c == SqlState::INSUFFICIENT_PRIVILEGE || *c == SqlState::UNDEFINED_FUNCTION
-                })
-            {
-                // A database that does not let this role write the barrier's message: stage
-                // durably from the next connection on. The batch is staged again and dedupes;
-                // that one batch's rows then reach the disk with the server's WAL writer
-                // (within 3 × `wal_writer_delay`), not with a commit of ours.
-                if !BARRIER_REFUSED.swap(true, Ordering::Relaxed) {
-                    tracing::error!(error = %db::cause_line(e), "the durable barrier is refused: staging commits durably instead (KICK_STAGING_COMMIT=durable)");
-                }
-            }
-            barrier?;
-            row?
-        }
+        StagingCommit::Early => futures_util::try_join!(insert, barrier(conn, collector_id))?.0,
     };
     let n: i64 = row.get("inserted");
     let fenced: i64 = row.get("fenced");
+    if conn.commit == StagingCommit::Durable && (n + fenced) < rows.len() as i64 {
+        // Some rows were there already: maybe from an attempt whose answer was lost, committed
+        // but not yet flushed. This insert wrote nothing for them, so its commit flushed
+        // nothing; the barrier does.
+        barrier(conn, collector_id).await?;
+    }
     if n > 0 && !in_commit {
         // The rows are durable: ring without waiting for another fsync.
         conn.client

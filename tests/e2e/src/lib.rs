@@ -648,6 +648,23 @@ impl Stack {
         )
     }
 
+    /// `kick-admin db roles`: the services' least-privilege roles (`kick_collector`,
+    /// `kick_writer`, `kick_webhooks`), for services spawned with `DATABASE_USER`.
+    pub fn create_service_roles(&self) {
+        let mut cmd = Command::new(bin_dir().join("kick-admin"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let out = cmd.args(["db", "roles"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Every realtime event kick-sim published after `since_seq`, as the dedupe keys the
     /// collector stages them under.
     pub async fn published_keys(&self, since_seq: u64) -> Vec<String> {

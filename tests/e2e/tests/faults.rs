@@ -1,6 +1,6 @@
 //! Faults of the world, with the real binaries: a hung PostgreSQL (every process SIGSTOPped) for
 //! 90 s under flips, PostgreSQL down when the services boot, PostgreSQL crashing under flips, a
-//! collector killed during an outage, clocks five minutes off, and a migration while the
+//! durable barrier refused (with a crash meanwhile), a collector killed during an outage, clocks five minutes off, and a migration while the
 //! services are busy. In every case
 //! nothing that Kick published is lost, no service is killed by its watchdog, and health says
 //! what is wrong while it is wrong.
@@ -274,6 +274,53 @@ async fn postgres_crashing_under_flips_loses_no_event() {
     assert!(r.writer.is_running(), "{}", r.stack.log_tail(&r.writer));
     assert_eq!(r.collector.terminate(), Some(0));
     assert_eq!(r.writer.terminate(), Some(0));
+}
+
+/// The stager's durable barrier refused (its grant on `staging_barriers` revoked from the
+/// collector's role) while Kick publishes, and PostgreSQL killed meanwhile: the batches were
+/// visible but never confirmed, so nothing counts as staged — the collector keeps them (memory,
+/// then the spool), says so, and once the grant is back every event is staged exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_batch_is_staged_again_never_lost() {
+    let stack = Stack::start(opts(), SETTINGS).await;
+    stack.create_service_roles();
+    let mut writer = stack.spawn("kick-writer", &[("DATABASE_USER", "kick_writer")]);
+    let mut collector = stack.spawn("kick-collector", &[("DATABASE_USER", "kick_collector")]);
+    stack
+        .wait_subscribed(STREAMERS as i64, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
+    stack.converge(Duration::from_secs(30)).await.unwrap();
+    let seq = stack.last_seq().await;
+    let admin = stack.client().await;
+    admin
+        .batch_execute("REVOKE INSERT, UPDATE ON staging_barriers FROM kick_collector")
+        .await
+        .unwrap();
+    stack.control("/control/flap", json!({"rate": 20})).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let out = status_becomes(&stack, 69, Duration::from_secs(30)).await;
+    assert!(out.contains("staging"), "{out}");
+    stack.cluster.crash();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack.cluster.start_again();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stack
+        .client()
+        .await
+        .batch_execute("GRANT INSERT, UPDATE ON staging_barriers TO kick_collector")
+        .await
+        .unwrap();
+    stack.control("/control/flap/stop", json!({})).await;
+    all_staged(&stack, seq, Duration::from_secs(60)).await;
+    stack
+        .converge(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.all_logs(40)));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack.check_history().await.unwrap();
+    assert_eq!(collector.terminate(), Some(0));
+    assert_eq!(writer.terminate(), Some(0));
 }
 
 /// libfaketime's preload library (Debian's `libfaketime`).
