@@ -570,7 +570,9 @@ impl Stager {
                             conn = Some(c);
                             self.health.clear("staging");
                             self.metrics.db_up.set(1.0);
-                            backoff = Duration::from_millis(100);
+                            // The back-off is reset by a commit, not by a probe: a server that
+                            // answers `SELECT 1` but refuses the insert or the barrier (a
+                            // revoked grant) is probed at the growing interval, not in a loop.
                             quick_retry = true;
                             continue;
                         }
@@ -604,9 +606,14 @@ impl Stager {
             };
             // Replay what an outage (or an earlier process) left in the spool, before newer events.
             if !st.spool.is_empty() {
-                if let Err(e) = self.replay(st, c).await {
-                    conn = None;
-                    self.note_outage(st, &e);
+                match self.replay(st, c).await {
+                    Ok(()) => backoff = Duration::from_millis(100),
+                    Err(e) => {
+                        conn = None;
+                        self.note_outage(st, &e);
+                        next_probe = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
                 }
                 continue;
             }
@@ -637,6 +644,7 @@ impl Stager {
             match self.commit(st, c, &batch, false).await {
                 Ok(()) => {
                     quick_retry = true;
+                    backoff = Duration::from_millis(100);
                     self.metrics.db_up.set(1.0);
                 }
                 Err(e) => {
@@ -655,6 +663,8 @@ impl Stager {
                     }
                     self.metrics.db_up.set(0.0);
                     self.note_outage(st, &e);
+                    next_probe = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }

@@ -279,7 +279,8 @@ async fn postgres_crashing_under_flips_loses_no_event() {
 /// The stager's durable barrier refused (its grant on `staging_barriers` revoked from the
 /// collector's role) while Kick publishes, and PostgreSQL killed meanwhile: the batches were
 /// visible but never confirmed, so nothing counts as staged — the collector keeps them (memory,
-/// then the spool), says so, and once the grant is back every event is staged exactly once.
+/// then the spool), says so, retries at a growing interval, and once the grant is back every
+/// event is staged exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unconfirmed_batch_is_staged_again_never_lost() {
     let stack = Stack::start(opts(), SETTINGS).await;
@@ -305,6 +306,14 @@ async fn an_unconfirmed_batch_is_staged_again_never_lost() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     stack.cluster.start_again();
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // Refused for ~8 s: probed at a growing interval (0.1, 0.2, … 5 s), not in a loop (the red
+    // team saw 120 replays a second before the back-off survived a successful probe).
+    let log = std::fs::read_to_string(&collector.log).unwrap();
+    let probes = log.matches("staging: database is back").count();
+    assert!(
+        probes <= 20,
+        "{probes} probes while the barrier was refused"
+    );
     stack
         .client()
         .await
