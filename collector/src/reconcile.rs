@@ -151,7 +151,12 @@ pub async fn run(ctx: Arc<Ctx>, queue: Queue) -> anyhow::Result<()> {
         for (_, users) in due {
             // The re-check itself is not re-checked: if the API still disagrees, it wins.
             ctx.metrics.reconcile_runs.inc();
-            match reconcile(&ctx, &Scope::Users(users), &mut misses).await {
+            let scope = Scope::Users(users);
+            let run = tokio::select! {
+                _ = ctx.shutdown.cancelled() => return Ok(()),
+                run = reconcile(&ctx, &scope, &mut misses) => run,
+            };
+            match run {
                 Ok(found) => {
                     // Realtime covered these and still missed the change: the channel may be
                     // served from another region now.
@@ -210,7 +215,14 @@ pub async fn run(ctx: Arc<Ctx>, queue: Queue) -> anyhow::Result<()> {
         let mut result: anyhow::Result<Vec<i64>> = Ok(Vec::new());
         for scope in &scopes {
             ctx.metrics.reconcile_runs.inc();
-            match reconcile(&ctx, scope, &mut misses).await {
+            // A run over thousands of streamers waits for the API's rate limiter for minutes:
+            // shutdown must not wait for it (what a run has staged is already staged; the next
+            // start reconciles again).
+            let run = tokio::select! {
+                _ = ctx.shutdown.cancelled() => return Ok(()),
+                run = reconcile(&ctx, scope, &mut misses) => run,
+            };
+            match run {
                 Ok(found) => {
                     if let Ok(d) = &mut result {
                         d.extend(found.differing);
