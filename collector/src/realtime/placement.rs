@@ -199,7 +199,7 @@ impl Placement {
     /// Puts `ch` on a socket with room that has not refused it, or on a new socket. Returns
     /// the socket index if an existing socket changed.
     fn place(&mut self, ch: i64) -> Option<usize> {
-        let server = self.server_for(ch);
+        let server = self.server_for(ch).map(str::to_owned);
         let refused = self.refused_by.get(&ch);
         let room = |s: &Socket| {
             s.shared.desired.lock().unwrap().len() < s.capacity
@@ -267,11 +267,14 @@ impl Placement {
 
     /// The server `ch` belongs on: its region when known (Centrifugo), else the general
     /// endpoint.
-    fn server_for(&self, ch: i64) -> Option<String> {
+    fn server_for(&self, ch: i64) -> Option<&str> {
         if self.ctx.cfg().kick.transport == Transport::Pusher {
             return None;
         }
-        self.regions.get(&ch).filter(|u| !u.is_empty()).cloned()
+        self.regions
+            .get(&ch)
+            .map(String::as_str)
+            .filter(|u| !u.is_empty())
     }
 
     /// Whether socket `s` reaches the server that serves `ch`: a socket meant for that server,
@@ -280,9 +283,9 @@ impl Placement {
         match self.server_for(ch) {
             None => s.server.is_none(),
             Some(url) => {
-                s.server.as_deref() == Some(url.as_str())
+                s.server.as_deref() == Some(url)
                     || (s.server.is_none()
-                        && s.shared.connected_url.lock().unwrap().as_deref() == Some(url.as_str()))
+                        && s.shared.connected_url.lock().unwrap().as_deref() == Some(url))
             }
         }
     }
@@ -313,18 +316,34 @@ impl Placement {
     /// Realtime coverage as it is now: channels on up sockets that reach their own server
     /// (whose region is known; with Pusher, any up socket).
     fn covered(&self) -> BTreeSet<i64> {
+        // Runs every second over every channel on the collector's only thread: what each
+        // socket reaches is read once per socket, not once per channel (at 10,000 channels a
+        // per-channel configuration read and URL copy held the thread ~7 ms, and the events
+        // arriving meanwhile waited: measured in BENCHMARKS.md "Latency against a single
+        // process").
         let pusher = self.ctx.cfg().kick.transport == Transport::Pusher;
         let mut out = BTreeSet::new();
         for s in &self.sockets {
             if !s.shared.up.load(Ordering::Relaxed) {
                 continue;
             }
-            let chans: Vec<i64> = s.shared.desired.lock().unwrap().iter().copied().collect();
-            out.extend(
-                chans
-                    .into_iter()
-                    .filter(|ch| pusher || (self.regions.contains_key(ch) && self.serves(s, *ch))),
-            );
+            let connected = s.shared.connected_url.lock().unwrap().clone();
+            let reaches = |url: &str| {
+                s.server.as_deref() == Some(url)
+                    || (s.server.is_none() && connected.as_deref() == Some(url))
+            };
+            let desired = s.shared.desired.lock().unwrap();
+            out.extend(desired.iter().copied().filter(|ch| {
+                pusher
+                    || self.regions.get(ch).is_some_and(|url| {
+                        // An empty URL: served by the general servers (`server_for`).
+                        if url.is_empty() {
+                            s.server.is_none()
+                        } else {
+                            reaches(url)
+                        }
+                    })
+            }));
         }
         out
     }
