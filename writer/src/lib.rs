@@ -169,7 +169,7 @@ pub async fn run_with_metrics(
     result
 }
 
-/// The LISTEN connection ended: reconnect at once (it is a passing fault, not an operator's).
+/// The connection ended under its LISTEN: reconnect at once (it is a passing fault, not an operator's).
 #[derive(Debug, thiserror::Error)]
 #[error("listen connection lost")]
 struct ListenLost;
@@ -377,9 +377,8 @@ impl Writer {
     }
 }
 
-/// One pair of connections: the LISTEN connection and the worker connection.
+/// The writer's connection: it LISTENs for the doorbell and applies the batches.
 struct Session {
-    _listen: tokio_postgres::Client,
     notifications: tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
     work: tokio_postgres::Client,
     st: Statements,
@@ -395,12 +394,17 @@ fn is_data_error(e: &tokio_postgres::Error) -> bool {
 
 impl Session {
     async fn open(cfg: &WriterConfig) -> anyhow::Result<Self> {
-        let (listen, notifications) = db::listen(
+        // The doorbell is heard on the connection that answers it: PostgreSQL delivers a
+        // notification to a backend idle between transactions, and the claim that follows
+        // reaches that same, already awake backend. With a LISTEN connection of its own, a
+        // second backend had to wake and forward it first (one more process on the status
+        // path; BENCHMARKS.md "Latency against a single process"). A doorbell rung during a
+        // batch is delivered when that batch's transaction ends.
+        let (work, notifications) = db::listen(
             &cfg.config.database,
             &[channel::RAW_EVENTS, channel::CONFIG_CHANGED],
         )
         .await?;
-        let work = db::connect(&cfg.config.database).await?;
         // Batches are small and every statement joins arrays to primary keys: the generic plan
         // (index nested loops) is always right, and skipping re-planning saves ~1 ms a batch.
         // A generic plan made while a table was small (a fresh database, no statistics yet)
@@ -419,7 +423,6 @@ impl Session {
             .await
             .map_err(db::DbError::from)?;
         Ok(Self {
-            _listen: listen,
             notifications,
             work,
             st,
