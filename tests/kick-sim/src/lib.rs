@@ -344,6 +344,11 @@ impl Sim {
         self.world.lock().unwrap().streamers[idx].live
     }
 
+    /// Requests the official API has answered (of any status) since start.
+    pub fn api_requests(&self) -> u64 {
+        self.counters.api_requests.load(Ordering::Relaxed)
+    }
+
     /// Number of streamers in the world.
     pub fn streamer_count(&self) -> usize {
         self.world.lock().unwrap().streamers.len()
@@ -443,6 +448,12 @@ pub async fn start(addr: SocketAddr, opts: Options) -> std::io::Result<SimHandle
     let shutdown = CancellationToken::new();
     let app = router(sim.clone());
     let stop = shutdown.clone();
+    // Like Kick's servers (Go's net package, under Centrifugo, sets TCP_NODELAY on every
+    // connection), no Nagle: a small frame written while an earlier one is unacknowledged
+    // would otherwise wait for the client's delayed ACK (up to 40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -300,11 +300,22 @@ async fn measure_pipeline(stack: &Stack, rate: u64, seconds: u64, offset: usize)
     let published: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let lat: Arc<Mutex<Vec<f64>>> = Arc::default();
     let (p2, l2) = (published.clone(), lat.clone());
+    let t0 = Instant::now();
+    let wall0 = chrono::Utc::now();
+    // (publish time since t0, latency, streamer) of every event, for BENCH_TRACE.
+    let trace: Arc<std::sync::Mutex<Vec<(f64, f64, String)>>> = Arc::default();
+    let tr2 = trace.clone();
     let listener = tokio::spawn(async move {
         while let Some(n) = changed.recv().await {
             let now = Instant::now();
             if let Some(t) = p2.lock().await.remove(n.payload()) {
-                l2.lock().await.push(now.duration_since(t).as_secs_f64());
+                let l = now.duration_since(t).as_secs_f64();
+                l2.lock().await.push(l);
+                tr2.lock().unwrap().push((
+                    t.duration_since(t0).as_secs_f64(),
+                    l,
+                    n.payload().to_owned(),
+                ));
             }
         }
     });
@@ -328,7 +339,88 @@ async fn measure_pipeline(stack: &Stack, rate: u64, seconds: u64, offset: usize)
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     listener.abort();
+    // Events whose change was never announced: say what became of them (a lost event is a
+    // defect, not a latency).
+    let missing: Vec<String> = published.lock().await.keys().take(5).cloned().collect();
+    if !missing.is_empty() {
+        let c = stack.client().await;
+        for name in &missing {
+            let i: usize = name.trim_start_matches("streamer").parse().unwrap_or(0);
+            let channel = sim.streamer(i).channel_id;
+            let rows = c
+                .query(
+                    "SELECT id, source, event_name, outcome, received_at, processed_at FROM raw_events
+                     WHERE kick_channel_id = $1 AND received_at >= $2 - interval '1 minute' ORDER BY id",
+                    &[&channel, &wall0],
+                )
+                .await
+                .map(|rows| {
+                    rows.iter()
+                        .map(|r| {
+                            format!(
+                                "#{} {} {} {:?}",
+                                r.get::<_, i64>("id"),
+                                r.get::<_, String>("source"),
+                                r.get::<_, String>("event_name"),
+                                r.get::<_, Option<String>>("outcome")
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .unwrap_or_else(|e| e.to_string());
+            eprintln!(
+                "  no status_changed for {name} (live now: {}): staged rows: [{rows}]",
+                sim.truth_of(i)
+            );
+        }
+    }
+    // BENCH_TRACE=FILE: every event's publish time (ms since the run began) and latency (ms),
+    // appended, to find when the slow ones happened.
+    // With staging (kick-monitor), also when the row was staged and when the writer's
+    // transaction began (ms after the publish, from the database's clock: the same machine).
+    if let Ok(path) = std::env::var("BENCH_TRACE") {
+        let c = stack.client().await;
+        let rows = trace.lock().unwrap().clone();
+        let mut text = String::new();
+        for (t, l, name) in rows {
+            let i: usize = name.trim_start_matches("streamer").parse().unwrap_or(0);
+            let channel = sim.streamer(i).channel_id;
+            let published = wall0 + chrono::Duration::microseconds((t * 1e6) as i64);
+            let staged = c
+                .query_opt(
+                    "SELECT (extract(epoch FROM received_at - $2) * 1e3)::float8 AS staged,
+                            (extract(epoch FROM processed_at - $2) * 1e3)::float8 AS applied
+                     FROM raw_events WHERE kick_channel_id = $1 AND received_at >= $2 - interval '50 ms'
+                     ORDER BY id LIMIT 1",
+                    &[&channel, &published],
+                )
+                .await
+                .ok()
+                .flatten()
+                .map(|r| {
+                    let f = |c: &str| r.get::<_, Option<f64>>(c).unwrap_or(f64::NAN);
+                    format!(" staged {:.3} writer {:.3}", f("staged"), f("applied"))
+                })
+                .unwrap_or_default();
+            text.push_str(&format!("{:.1} {:.3}{staged}\n", t * 1e3, l * 1e3));
+        }
+        append(&path, &format!("# run of {rate} events/s\n{text}"));
+    }
     lat.lock().await.clone()
+}
+
+/// Appends `text` to the file at `path` (bench traces; a failure is reported, not fatal).
+fn append(path: &str, text: &str) {
+    use std::io::Write as _;
+    let r = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
+    if let Err(e) = r {
+        eprintln!("bench trace {path}: {e}");
+    }
 }
 
 /// p50/p95/p99/max in ms.
@@ -369,6 +461,24 @@ async fn regions_known(stack: &Stack, channels: i64) {
     }
 }
 
+/// Waits (up to 3 minutes) until kick-sim's official API has had no request for 3 s: the
+/// collector's start-up reconcile is over.
+async fn api_quiet(stack: &Stack) {
+    let t0 = Instant::now();
+    let mut last = (stack.sim.sim.api_requests(), Instant::now());
+    while last.1.elapsed() < Duration::from_secs(3) {
+        if t0.elapsed() > Duration::from_secs(180) {
+            eprintln!("  reconcile: the official API still busy after 3 minutes; measuring anyway");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let n = stack.sim.sim.api_requests();
+        if n != last.0 {
+            last = (n, Instant::now());
+        }
+    }
+}
+
 /// Waits until no socket is connected to kick-sim (the previous phase's client is gone).
 async fn sockets_gone(stack: &Stack) {
     let t0 = Instant::now();
@@ -396,7 +506,8 @@ async fn compare(
             for _ in 0..rounds {
                 let level = std::env::var("BENCH_WRITER_LOG").unwrap_or_else(|_| "warn".into());
                 let mut w = stack.spawn("kick-writer", &[("LOG_LEVEL", level.as_str())]);
-                let mut c = stack.spawn("kick-collector", &[]);
+                let level = std::env::var("BENCH_COLLECTOR_LOG").unwrap_or_else(|_| "warn".into());
+                let mut c = stack.spawn("kick-collector", &[("LOG_LEVEL", level.as_str())]);
                 stack
                     .wait_subscribed(streamers as i64, Duration::from_secs(120))
                     .await
@@ -408,6 +519,9 @@ async fn compare(
                     // does none of it, so kick-monitor is measured after it.
                     regions_known(&stack, streamers as i64).await;
                 }
+                // Steady state: the start-up reconcile (every streamer checked against the
+                // paced official API, about a minute at 10,000) is over.
+                api_quiet(&stack).await;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let t_km = chrono::Utc::now();
                 let km = measure_pipeline(&stack, *rate, seconds, offset).await;
