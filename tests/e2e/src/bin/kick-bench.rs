@@ -350,7 +350,7 @@ async fn measure_pipeline(stack: &Stack, rate: u64, seconds: u64, offset: usize)
             let rows = c
                 .query(
                     "SELECT id, source, event_name, outcome, received_at, processed_at FROM raw_events
-                     WHERE kick_channel_id = $1 AND received_at >= $2 - interval '1 minute' ORDER BY id",
+                     WHERE kick_channel_id = $1 AND received_at >= $2::timestamptz - interval '1 minute' ORDER BY id",
                     &[&channel, &wall0],
                 )
                 .await
@@ -391,7 +391,7 @@ async fn measure_pipeline(stack: &Stack, rate: u64, seconds: u64, offset: usize)
                 .query_opt(
                     "SELECT (extract(epoch FROM received_at - $2) * 1e3)::float8 AS staged,
                             (extract(epoch FROM processed_at - $2) * 1e3)::float8 AS applied
-                     FROM raw_events WHERE kick_channel_id = $1 AND received_at >= $2 - interval '50 ms'
+                     FROM raw_events WHERE kick_channel_id = $1 AND received_at >= $2::timestamptz - interval '50 ms'
                      ORDER BY id LIMIT 1",
                     &[&channel, &published],
                 )
