@@ -538,6 +538,43 @@ async fn insert_isolating(
     Ok(out)
 }
 
+/// When the stager next probes a database it could not stage into, and how long it waits
+/// after the next failure: doubling from 100 ms to 5 s, and back to 100 ms only after a commit
+/// (a server that answers a probe but refuses the insert or the barrier is not retried in a
+/// loop).
+struct Retry {
+    next_probe: Instant,
+    delay: Duration,
+}
+
+impl Retry {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn new() -> Self {
+        Retry {
+            next_probe: Instant::now(),
+            delay: Self::FIRST,
+        }
+    }
+
+    /// Probe again after the current delay.
+    fn probe_later(&mut self) {
+        self.next_probe = Instant::now() + self.delay;
+    }
+
+    /// A failure: probe again after the current delay, and wait twice as long after the next.
+    fn failed(&mut self) {
+        self.probe_later();
+        self.delay = (self.delay * 2).min(Self::MAX);
+    }
+
+    /// A commit: the next outage starts from the first delay.
+    fn committed(&mut self) {
+        self.delay = Self::FIRST;
+    }
+}
+
 impl Stager {
     /// Runs until `shutdown`, then commits or spools what is left. Restartable: everything it
     /// needs lives in `self`.
@@ -545,8 +582,7 @@ impl Stager {
         let mut guard = self.state.lock().await;
         let st = &mut *guard;
         let mut conn: Option<Conn> = None;
-        let mut backoff = Duration::from_millis(100);
-        let mut next_probe = Instant::now();
+        let mut retry = Retry::new();
         // One immediate reconnect per run of successful commits (see below).
         let mut quick_retry = true;
         loop {
@@ -558,7 +594,7 @@ impl Stager {
             // Outage: spool what is buffered, keep spooling what arrives, probe now and then.
             if st.outage.is_some() {
                 self.spool_pending(st);
-                if Instant::now() >= next_probe {
+                if Instant::now() >= retry.next_probe {
                     match self.probe_while_spooling(st, &shutdown).await {
                         Ok(c) => {
                             let (since, _, _) = st.outage.take().unwrap();
@@ -578,14 +614,13 @@ impl Stager {
                         }
                         Err(e) => {
                             self.note_outage(st, &e);
-                            next_probe = Instant::now() + backoff;
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            retry.failed();
                         }
                     }
                 }
                 tokio::select! {
                     ev = st.rx.recv() => if let Some(ev) = ev { st.pending.push_back(ev) },
-                    _ = tokio::time::sleep_until(next_probe.into()) => {}
+                    _ = tokio::time::sleep_until(retry.next_probe.into()) => {}
                     _ = shutdown.cancelled() => {}
                 }
                 continue;
@@ -599,7 +634,7 @@ impl Stager {
                     Err(e) => {
                         self.metrics.db_up.set(0.0);
                         self.note_outage(st, &e);
-                        next_probe = Instant::now() + backoff;
+                        retry.probe_later();
                     }
                 }
                 continue;
@@ -607,12 +642,11 @@ impl Stager {
             // Replay what an outage (or an earlier process) left in the spool, before newer events.
             if !st.spool.is_empty() {
                 match self.replay(st, c).await {
-                    Ok(()) => backoff = Duration::from_millis(100),
+                    Ok(()) => retry.committed(),
                     Err(e) => {
                         conn = None;
                         self.note_outage(st, &e);
-                        next_probe = Instant::now() + backoff;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        retry.failed();
                     }
                 }
                 continue;
@@ -644,7 +678,7 @@ impl Stager {
             match self.commit(st, c, &batch, false).await {
                 Ok(()) => {
                     quick_retry = true;
-                    backoff = Duration::from_millis(100);
+                    retry.committed();
                     self.metrics.db_up.set(1.0);
                 }
                 Err(e) => {
@@ -663,8 +697,7 @@ impl Stager {
                     }
                     self.metrics.db_up.set(0.0);
                     self.note_outage(st, &e);
-                    next_probe = Instant::now() + backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    retry.failed();
                 }
             }
         }

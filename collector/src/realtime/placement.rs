@@ -146,6 +146,18 @@ pub async fn run(
     }
 }
 
+/// Whether a socket meant for `socket_server` (`None`: a general socket), connected to
+/// `connected`, reaches `server` (`None`: the general servers): a socket meant for that server,
+/// or a general one whose negotiation led there.
+fn reaches(socket_server: Option<&str>, connected: Option<&str>, server: Option<&str>) -> bool {
+    match server {
+        None => socket_server.is_none(),
+        Some(url) => {
+            socket_server == Some(url) || (socket_server.is_none() && connected == Some(url))
+        }
+    }
+}
+
 impl Placement {
     fn per_socket(&self) -> usize {
         self.ctx.cfg().channels_per_connection
@@ -280,14 +292,12 @@ impl Placement {
     /// Whether socket `s` reaches the server that serves `ch`: a socket meant for that server,
     /// or a general one whose negotiation led there. (With Pusher, any socket.)
     fn serves(&self, s: &Socket, ch: i64) -> bool {
-        match self.server_for(ch) {
-            None => s.server.is_none(),
-            Some(url) => {
-                s.server.as_deref() == Some(url)
-                    || (s.server.is_none()
-                        && s.shared.connected_url.lock().unwrap().as_deref() == Some(url))
-            }
-        }
+        let connected = s.shared.connected_url.lock().unwrap();
+        reaches(
+            s.server.as_deref(),
+            connected.as_deref(),
+            self.server_for(ch),
+        )
     }
 
     /// `regions` learned where `ch` is served: move it there if its socket does not reach it
@@ -328,20 +338,13 @@ impl Placement {
                 continue;
             }
             let connected = s.shared.connected_url.lock().unwrap().clone();
-            let reaches = |url: &str| {
-                s.server.as_deref() == Some(url)
-                    || (s.server.is_none() && connected.as_deref() == Some(url))
-            };
             let desired = s.shared.desired.lock().unwrap();
             out.extend(desired.iter().copied().filter(|ch| {
                 pusher
                     || self.regions.get(ch).is_some_and(|url| {
-                        // An empty URL: served by the general servers (`server_for`).
-                        if url.is_empty() {
-                            s.server.is_none()
-                        } else {
-                            reaches(url)
-                        }
+                        // As `server_for`: an empty URL is the general servers'.
+                        let server = Some(url.as_str()).filter(|u| !u.is_empty());
+                        reaches(s.server.as_deref(), connected.as_deref(), server)
                     })
             }));
         }
