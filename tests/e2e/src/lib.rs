@@ -650,7 +650,7 @@ impl Stack {
 
     /// `kick-admin db roles`: the services' least-privilege roles (`kick_collector`,
     /// `kick_writer`, `kick_webhooks`), for services spawned with `DATABASE_USER`.
-    pub fn create_service_roles(&self) {
+    fn create_service_roles(&self) {
         let mut cmd = Command::new(bin_dir().join("kick-admin"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default());
@@ -663,6 +663,18 @@ impl Stack {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// kick-writer and kick-collector under their least-privilege roles (created first), once
+    /// the collector has subscribed `channels` (within 30 s, else a panic with its log).
+    pub async fn spawn_least_privileged(&self, channels: i64) -> (Service, Service) {
+        self.create_service_roles();
+        let writer = self.spawn("kick-writer", &[("DATABASE_USER", "kick_writer")]);
+        let collector = self.spawn("kick-collector", &[("DATABASE_USER", "kick_collector")]);
+        self.wait_subscribed(channels, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail(&collector)));
+        (writer, collector)
     }
 
     /// Every realtime event kick-sim published after `since_seq`, as the dedupe keys the

@@ -165,13 +165,7 @@ async fn api_answers_429_then_500_for_a_while() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_run_under_least_privilege_roles() {
     let stack = Stack::start(opts(), SETTINGS).await;
-    stack.create_service_roles();
-    let mut writer = stack.spawn("kick-writer", &[("DATABASE_USER", "kick_writer")]);
-    let mut collector = stack.spawn("kick-collector", &[("DATABASE_USER", "kick_collector")]);
-    stack
-        .wait_subscribed(STREAMERS as i64, Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
+    let (mut writer, mut collector) = stack.spawn_least_privileged(STREAMERS as i64).await;
     stack.control("/control/flap", json!({"rate": 40})).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     stack

@@ -86,6 +86,20 @@ async fn status_becomes(stack: &Stack, code: i32, within: Duration) -> String {
     }
 }
 
+/// Stops the flapping, then: every realtime event published since `seq` staged exactly once,
+/// the statuses converged to kick-sim's truth, the history consistent.
+async fn flaps_stopped_all_staged(stack: &Stack, seq: u64) {
+    stack.control("/control/flap/stop", json!({})).await;
+    all_staged(stack, seq, Duration::from_secs(60)).await;
+    stack
+        .converge(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.all_logs(40)));
+    // Let the writer finish the last staged rows before the history is read.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack.check_history().await.unwrap();
+}
+
 /// Every realtime event published since `seq` is staged exactly once.
 async fn all_staged(stack: &Stack, seq: u64, within: Duration) {
     let keys = stack.published_keys(seq).await;
@@ -258,14 +272,7 @@ async fn postgres_crashing_under_flips_loses_no_event() {
         r.stack.cluster.start_again();
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    r.stack.control("/control/flap/stop", json!({})).await;
-    all_staged(&r.stack, seq, Duration::from_secs(60)).await;
-    r.stack
-        .converge(Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", r.stack.all_logs(40)));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    r.stack.check_history().await.unwrap();
+    flaps_stopped_all_staged(&r.stack, seq).await;
     assert!(
         r.collector.is_running(),
         "{}",
@@ -284,13 +291,7 @@ async fn postgres_crashing_under_flips_loses_no_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unconfirmed_batch_is_staged_again_never_lost() {
     let stack = Stack::start(opts(), SETTINGS).await;
-    stack.create_service_roles();
-    let mut writer = stack.spawn("kick-writer", &[("DATABASE_USER", "kick_writer")]);
-    let mut collector = stack.spawn("kick-collector", &[("DATABASE_USER", "kick_collector")]);
-    stack
-        .wait_subscribed(STREAMERS as i64, Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
+    let (mut writer, mut collector) = stack.spawn_least_privileged(STREAMERS as i64).await;
     stack.converge(Duration::from_secs(30)).await.unwrap();
     let seq = stack.last_seq().await;
     let admin = stack.client().await;
@@ -320,14 +321,7 @@ async fn an_unconfirmed_batch_is_staged_again_never_lost() {
         .batch_execute("GRANT INSERT, UPDATE ON staging_barriers TO kick_collector")
         .await
         .unwrap();
-    stack.control("/control/flap/stop", json!({})).await;
-    all_staged(&stack, seq, Duration::from_secs(60)).await;
-    stack
-        .converge(Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", stack.all_logs(40)));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    stack.check_history().await.unwrap();
+    flaps_stopped_all_staged(&stack, seq).await;
     assert_eq!(collector.terminate(), Some(0));
     assert_eq!(writer.terminate(), Some(0));
 }

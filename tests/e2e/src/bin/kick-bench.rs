@@ -345,7 +345,7 @@ async fn measure_pipeline(stack: &Stack, rate: u64, seconds: u64, offset: usize)
     if !missing.is_empty() {
         let c = stack.client().await;
         for name in &missing {
-            let i: usize = name.trim_start_matches("streamer").parse().unwrap_or(0);
+            let i = streamer_index(name);
             let channel = sim.streamer(i).channel_id;
             let rows = c
                 .query(
@@ -384,7 +384,7 @@ async fn measure_pipeline(stack: &Stack, rate: u64, seconds: u64, offset: usize)
         let rows = trace.lock().unwrap().clone();
         let mut text = String::new();
         for (t, l, name) in rows {
-            let i: usize = name.trim_start_matches("streamer").parse().unwrap_or(0);
+            let i = streamer_index(&name);
             let channel = sim.streamer(i).channel_id;
             let published = wall0 + chrono::Duration::microseconds((t * 1e6) as i64);
             let staged = c
@@ -408,6 +408,14 @@ async fn measure_pipeline(stack: &Stack, rate: u64, seconds: u64, offset: usize)
         append(&path, &format!("# run of {rate} events/s\n{text}"));
     }
     lat.lock().await.clone()
+}
+
+/// The index in kick-sim of a streamer `measure_pipeline` named (`streamer{i}`, the username
+/// its `status_changed` notification carries).
+fn streamer_index(name: &str) -> usize {
+    name.strip_prefix("streamer")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a streamer kick-bench published: {name}"))
 }
 
 /// Appends `text` to the file at `path` (bench traces; a failure is reported, not fatal).
