@@ -470,10 +470,19 @@ async fn collect(config: &Config) -> anyhow::Result<Report> {
     r.oldest_pending = oldest;
     if oldest > STUCK_QUEUE_S {
         let since = Utc::now() - chrono::Duration::milliseconds((oldest * 1e3) as i64);
+        // A lock held elsewhere (an open psql transaction) stalls a running writer: name it.
+        let holders = db::lock_holders(&client).await?;
+        let why = if holders.is_empty() {
+            "is kick-writer running?".to_string()
+        } else {
+            let h: Vec<String> = holders.iter().map(ToString::to_string).collect();
+            format!(
+                "kick-writer may be waiting for a lock held by {}",
+                h.join("; ")
+            )
+        };
         r.problems.push(line(
-            &format!(
-                "queue stuck: {pending} events pending, the oldest {oldest:.0}s old (is kick-writer running?)"
-            ),
+            &format!("queue stuck: {pending} events pending, the oldest {oldest:.0}s old ({why})"),
             Some(since),
         ));
     }

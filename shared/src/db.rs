@@ -403,7 +403,62 @@ pub async fn pending_events(client: &Client) -> Result<(i64, f64), DbError> {
             &[],
         )
         .await?;
-    Ok((row.get(0), row.get(1)))
+    Ok((row.get("pending"), row.get("oldest_age_seconds")))
+}
+
+/// A session (not a writer) holding a lock that makes the writer's batches wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockHolder {
+    pub pid: i32,
+    pub user: Option<String>,
+    pub application: Option<String>,
+    /// `table mode` pairs, e.g. `streamers RowShareLock`.
+    pub locks: String,
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pid {} (user {}, application {:?}: {})",
+            self.pid,
+            self.user.as_deref().unwrap_or("?"),
+            self.application.as_deref().unwrap_or(""),
+            self.locks
+        )
+    }
+}
+
+/// Sessions other than writers holding a lock on `streamers` stronger than a read (a row lock
+/// from `SELECT … FOR UPDATE`, an update) or one on `raw_events` that stops a row-locking claim
+/// (`LOCK TABLE`, a migration): what a writer's batch can wait for. PostgreSQL shows every role
+/// the pid, user and application of every session (what they run only to their own role or a
+/// monitoring one).
+pub async fn lock_holders(client: &Client) -> Result<Vec<LockHolder>, DbError> {
+    let rows = client
+        .query(
+            "SELECT l.pid, a.usename::text AS usename, a.application_name::text AS application_name,
+                    string_agg(DISTINCT l.relation::regclass::text || ' ' || l.mode, ', ') AS locks
+             FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid()
+               AND a.application_name IS DISTINCT FROM 'kick-writer'
+               AND ((l.relation = 'streamers'::regclass AND l.mode <> 'AccessShareLock')
+                 OR (l.relation = 'raw_events'::regclass AND l.mode IN
+                     ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')))
+             GROUP BY l.pid, a.usename, a.application_name
+             ORDER BY l.pid LIMIT 5",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| LockHolder {
+            pid: r.get("pid"),
+            user: r.get("usename"),
+            application: r.get("application_name"),
+            locks: r.get("locks"),
+        })
+        .collect())
 }
 
 /// Deletes processed staged rows older than `age` in batches of 5,000, so no one transaction

@@ -222,13 +222,35 @@ impl Writer {
             let result = self.serve(&mut session).await;
             let Err(e) = result else { continue };
             self.metrics.db_reconnects.inc();
+            let lock_wait = e.chain().any(|c| {
+                c.downcast_ref::<tokio_postgres::Error>()
+                    .is_some_and(is_lock_wait)
+            });
             let transient = e.chain().any(|c| {
                 c.downcast_ref::<db::DbError>()
                     .is_some_and(kick_shared::exit::Classify::is_retryable)
                     || c.downcast_ref::<tokio_postgres::Error>()
                         .is_some_and(db::is_transient)
             }) || e.is::<ListenLost>();
-            let wait = if transient {
+            let wait = if lock_wait {
+                // Not the writer's fault and not permanent: someone holds a lock the batch
+                // needs (an operator's open transaction, a migration). Name them, and try
+                // again at once: the wait itself is what bounds the retries.
+                self.metrics.lock_waits.inc();
+                let holders = self.lock_holders().await;
+                tracing::warn!(
+                    error = %format!("{e:#}"),
+                    holders = %holders,
+                    "a batch waited {}s for a lock held elsewhere; retrying",
+                    STATEMENT_TIMEOUT.as_secs()
+                );
+                self.health.set(
+                    "apply",
+                    format!("waiting for a lock held elsewhere: {holders}"),
+                );
+                failures = 0;
+                Duration::from_millis(100)
+            } else if transient {
                 tracing::warn!(error = %format!("{e:#}"), "writer session ended, reconnecting");
                 self.health
                     .set("database", format!("database unavailable: {e:#}"));
@@ -244,6 +266,26 @@ impl Writer {
                 wait
             };
             self.pause(wait).await;
+        }
+    }
+
+    /// Who holds a lock that makes the writer's batches wait ([`db::lock_holders`]), read on
+    /// a connection of its own (the writer's has just failed), bounded; one line for the log
+    /// and `/healthz`.
+    async fn lock_holders(&self) -> String {
+        let query = async {
+            let c = db::connect(&self.cfg.config.database).await?;
+            db::lock_holders(&c).await
+        };
+        match tokio::time::timeout(Duration::from_secs(5), query).await {
+            Ok(Ok(h)) if h.is_empty() => "none now (the lock was released)".to_string(),
+            Ok(Ok(h)) => h
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+            Ok(Err(e)) => format!("unknown ({e})"),
+            Err(_) => "unknown (no answer within 5s)".to_string(),
         }
     }
 
@@ -386,6 +428,14 @@ struct Session {
 
 /// Whether the database refused a batch for its data (so applying it unchanged can never
 /// succeed): isolate the row to blame.
+/// A statement the server ended because it ran out of time (`statement_timeout`,
+/// `lock_timeout`) or was cancelled: every statement of the writer is a key lookup, so this is
+/// a wait for a lock held elsewhere.
+fn is_lock_wait(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| c == &SqlState::QUERY_CANCELED || c == &SqlState::LOCK_NOT_AVAILABLE)
+}
+
 fn is_data_error(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| {
         matches!(&c.code()[..2], "22" | "23" | "54") && c != &SqlState::T_R_SERIALIZATION_FAILURE

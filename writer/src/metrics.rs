@@ -13,6 +13,7 @@ pub struct WriterMetrics {
     pub batches: Counter,
     pub deferred: Counter,
     pub conflicts: Counter,
+    pub lock_waits: Counter,
     pub wakeups: Counter,
     pub polls: Counter,
     pub db_reconnects: Counter,
@@ -31,6 +32,7 @@ impl Default for WriterMetrics {
             batches: Counter::default(),
             deferred: Counter::default(),
             conflicts: Counter::default(),
+            lock_waits: Counter::default(),
             wakeups: Counter::default(),
             polls: Counter::default(),
             db_reconnects: Counter::default(),
@@ -83,6 +85,11 @@ impl Render for WriterMetrics {
                 "kick_writer_conflicts_total",
                 "Batches retried after a serialization failure or deadlock.",
                 self.conflicts.get(),
+            )
+            .counter(
+                "kick_writer_lock_waits_total",
+                "Batches ended by the statement timeout while waiting for a lock held elsewhere.",
+                self.lock_waits.get(),
             )
             .counter(
                 "kick_writer_wakeups_total",

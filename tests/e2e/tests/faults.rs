@@ -507,3 +507,63 @@ async fn a_migration_while_busy_never_stalls_the_services_beyond_its_lock_timeou
     assert_eq!(r.collector.terminate(), Some(0));
     assert_eq!(r.writer.terminate(), Some(0));
 }
+
+/// An operator holds one streamer's row (`SELECT … FOR UPDATE` in an open psql transaction)
+/// for longer than the writer's statement timeout: every batch waits for it (the claim locks
+/// the batch's streamers), and when the timeout ends the wait the writer names who holds the
+/// lock and retries, as a transient wait, not as something broken that "an operator must act"
+/// on; `status` says what it waits for. Released, nothing is lost and nothing doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_held_by_an_operator_is_a_named_wait_not_a_failure() {
+    let mut r = running().await;
+    let seq = r.stack.last_seq().await;
+    r.stack
+        .control("/control/flap", json!({"rate": 20, "streamers": 40}))
+        .await;
+    let blocker = r.stack.client().await;
+    let slug = r.stack.slug(0);
+    blocker
+        .batch_execute("SET application_name = 'operator-psql'; BEGIN")
+        .await
+        .unwrap();
+    blocker
+        .execute(
+            "SELECT 1 FROM streamers WHERE username = $1 FOR UPDATE",
+            &[&slug],
+        )
+        .await
+        .unwrap();
+    // The writer's statement timeout is 30 s.
+    let t0 = Instant::now();
+    let line = loop {
+        let log = std::fs::read_to_string(&r.writer.log).unwrap_or_default();
+        if let Some(l) = log.lines().find(|l| l.contains("lock held elsewhere")) {
+            break l.to_owned();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the writer never reported the lock wait\n{}",
+            r.stack.log_tail(&r.writer)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(line.contains("operator-psql"), "names the holder: {line}");
+    let (code, out, err, _) = r.stack.admin(&["status"]);
+    assert_ne!(code, 0, "status says the queue is stuck\n{out}\n{err}");
+    assert!(
+        out.contains("waiting for a lock held by pid") && out.contains("operator-psql"),
+        "status names the lock's holder:\n{out}\n{err}"
+    );
+    blocker.batch_execute("COMMIT").await.unwrap();
+    flaps_stopped_all_staged(&r.stack, seq).await;
+    status_becomes(&r.stack, 0, Duration::from_secs(30)).await;
+    let log = std::fs::read_to_string(&r.writer.log).unwrap_or_default();
+    assert!(
+        !log.contains("an operator must act"),
+        "a lock wait is not reported as a failure\n{}",
+        r.stack.log_tail(&r.writer)
+    );
+    assert!(r.notify_writer.saw("WATCHDOG=1"));
+    assert_eq!(r.collector.terminate(), Some(0));
+    assert_eq!(r.writer.terminate(), Some(0));
+}
