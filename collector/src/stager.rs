@@ -2,8 +2,9 @@
 //! with `ON CONFLICT (dedupe_key) DO NOTHING` and one `raw_events` doorbell per batch that
 //! inserted a row, in the same single-statement transaction (see [`Doorbell`]). A batch counts
 //! as staged only once it is on disk (the staged rows are the only copy of what Kick pushed):
-//! by default the insert becomes visible to the writer at once and a durable barrier in the
-//! same round trip confirms the flush (see [`StagingCommit`]).
+//! by default the insert becomes visible to the writer at once and a durable barrier on a
+//! connection of its own confirms the flush while the next batch is inserted (see
+//! [`StagingCommit`] and [`BarrierAt`]).
 //!
 //! **Group commit.** A batch is whatever is waiting when the previous commit ends (up to
 //! `BATCH_SIZE`): an idle collector commits each event at once, a busy one commits what arrived
@@ -32,6 +33,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use kick_shared::config::DbConfig;
 use kick_shared::db;
 use kick_shared::health::Health;
@@ -165,6 +167,21 @@ struct State {
     spool_oldest: Option<DateTime<Utc>>,
     /// Since when the database has been unavailable, and why.
     outage: Option<(Instant, DateTime<Utc>, String)>,
+    /// Batches inserted (visible, asynchronously committed) whose barrier has not returned yet
+    /// ([`BarrierAt::Separate`]), oldest first. Their events count as staged (and webhook
+    /// deliveries are answered) only when a barrier sent after their insert returns.
+    unconfirmed: VecDeque<Unconfirmed>,
+    /// Sequence number of the next inserted batch.
+    next_seq: u64,
+}
+
+/// A batch waiting for its durable barrier.
+#[derive(Debug)]
+struct Unconfirmed {
+    seq: u64,
+    /// When its insert answered.
+    since: Instant,
+    events: Vec<Staged>,
 }
 
 /// Who stages where, and how much.
@@ -218,6 +235,8 @@ pub fn new(
             spool,
             spool_oldest,
             outage: None,
+            unconfirmed: VecDeque::new(),
+            next_seq: 0,
         }),
     });
     (handle, stager)
@@ -325,8 +344,8 @@ impl StagingCommit {
 const BARRIER: &str = "INSERT INTO staging_barriers (stager) VALUES ($1)
      ON CONFLICT (stager) DO UPDATE SET at = clock_timestamp()";
 
-/// Runs [`BARRIER`] in its own durable transaction: three requests sent together, one round
-/// trip. A failure aborts the transaction and `COMMIT` ends it.
+/// Runs [`BARRIER`] in its own durable transaction on the staging connection: three requests
+/// sent together, one round trip. A failure aborts the transaction and `COMMIT` ends it.
 async fn barrier(conn: &Conn, stager: &str) -> Result<(), tokio_postgres::Error> {
     let args: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&stager];
     futures_util::try_join!(
@@ -338,6 +357,64 @@ async fn barrier(conn: &Conn, stager: &str) -> Result<(), tokio_postgres::Error>
     Ok(())
 }
 
+/// Where the durable barrier of a batch runs (with `KICK_STAGING_COMMIT=early`). `separate`
+/// (the default): on a connection of its own, sent once the batch's insert has answered, while
+/// the next batch's insert already runs on the staging connection; a barrier covers every
+/// batch whose insert answered before it was sent, and one is in flight at a time (what is
+/// inserted meanwhile waits for the next). `inline`: in the same round trip as the insert, so
+/// the next batch waits for this one's flush. `KICK_STAGING_BARRIER` chooses; measured in
+/// BENCHMARKS.md ("Latency against a single process").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BarrierAt {
+    Inline,
+    Separate,
+}
+
+impl BarrierAt {
+    fn from_env() -> BarrierAt {
+        match std::env::var("KICK_STAGING_BARRIER").as_deref() {
+            Ok("inline") => BarrierAt::Inline,
+            Ok("separate") | Err(_) => BarrierAt::Separate,
+            Ok(other) => {
+                tracing::warn!(
+                    value = %other.chars().take(40).collect::<String>(),
+                    "KICK_STAGING_BARRIER is neither 'separate' nor 'inline': using 'separate'"
+                );
+                BarrierAt::Separate
+            }
+        }
+    }
+}
+
+/// The barrier connection of [`BarrierAt::Separate`]: autocommit with `synchronous_commit = on`,
+/// so [`BARRIER`] alone is its durable transaction (one statement, one round trip).
+#[derive(Clone)]
+struct Side {
+    client: Arc<tokio_postgres::Client>,
+    barrier: tokio_postgres::Statement,
+}
+
+/// A barrier in flight on the [`Side`] connection: it covers the unconfirmed batches up to
+/// `seq`.
+type InFlight = (
+    u64,
+    std::pin::Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send>>,
+);
+
+impl Side {
+    fn barrier(&self, stager: &str, seq: u64) -> InFlight {
+        let side = self.clone();
+        let stager = stager.to_owned();
+        (
+            seq,
+            Box::pin(async move {
+                side.client.execute(&side.barrier, &[&stager]).await?;
+                Ok(())
+            }),
+        )
+    }
+}
+
 /// A database connection ready to stage.
 struct Conn {
     client: tokio_postgres::Client,
@@ -345,6 +422,8 @@ struct Conn {
     barrier: tokio_postgres::Statement,
     doorbell: Doorbell,
     commit: StagingCommit,
+    /// The barrier connection when barriers run beside the inserts.
+    side: Option<Side>,
 }
 
 async fn connect(db: &DbConfig, program: &'static str) -> Result<Conn, db::DbError> {
@@ -364,6 +443,22 @@ async fn connect(db: &DbConfig, program: &'static str) -> Result<Conn, db::DbErr
         .await?;
     let insert = client.prepare(INSERT).await?;
     let barrier = client.prepare(BARRIER).await?;
+    let side = match (commit, BarrierAt::from_env()) {
+        (StagingCommit::Early, BarrierAt::Separate) => {
+            let side = db::connect(db).await?;
+            side.batch_execute(&format!(
+                "SET application_name = '{program}'; SET synchronous_commit = on;
+                 SET plan_cache_mode = force_generic_plan; SET statement_timeout = '15s'"
+            ))
+            .await?;
+            let barrier = side.prepare(BARRIER).await?;
+            Some(Side {
+                client: Arc::new(side),
+                barrier,
+            })
+        }
+        _ => None,
+    };
     Ok(Conn {
         client,
         insert,
@@ -374,6 +469,7 @@ async fn connect(db: &DbConfig, program: &'static str) -> Result<Conn, db::DbErr
             StagingCommit::Early => Doorbell::InCommit,
         },
         commit,
+        side,
     })
 }
 
@@ -387,11 +483,14 @@ fn is_data_error(e: &tokio_postgres::Error) -> bool {
 }
 
 /// One insert transaction; returns how many rows were inserted (not deduplicated) and fenced.
+/// With `early` commits and `inline`, the barrier runs in the same round trip; without, the
+/// caller has it run later (see [`BarrierAt`]).
 async fn insert(
     conn: &mut Conn,
     rows: &[&Staged],
     collector_id: &str,
     skew_ms: i64,
+    inline: bool,
 ) -> Result<Counts, tokio_postgres::Error> {
     let source: Vec<&str> = rows.iter().map(|e| e.source.as_str()).collect();
     let topic: Vec<Option<&str>> = rows.iter().map(|e| e.topic.as_deref()).collect();
@@ -434,6 +533,7 @@ async fn insert(
     ];
     let insert = conn.client.query_one(&conn.insert, &params);
     let row = match conn.commit {
+        StagingCommit::Early if !inline => insert.await?,
         StagingCommit::Durable => insert.await?,
         // Sent together: the barrier's flush covers the insert's asynchronous commit.
         StagingCommit::Early => futures_util::try_join!(insert, barrier(conn, collector_id))?.0,
@@ -498,13 +598,14 @@ async fn insert_isolating(
     rows: &[Staged],
     collector_id: &str,
     skew_ms: i64,
+    inline: bool,
 ) -> Result<Inserted, tokio_postgres::Error> {
     let mut out = Inserted::default();
     // Ranges still to insert; a refused range is split in two.
     let mut todo: Vec<&[Staged]> = vec![rows];
     while let Some(part) = todo.pop() {
         let refs: Vec<&Staged> = part.iter().collect();
-        match insert(conn, &refs, collector_id, skew_ms).await {
+        match insert(conn, &refs, collector_id, skew_ms, inline).await {
             Ok(n) => {
                 out.inserted += n.inserted;
                 out.fenced += n.fenced;
@@ -523,7 +624,7 @@ async fn insert_isolating(
                 );
                 tracing::error!(dedupe_key = %part[0].dedupe_key, reason = %reason, "staged row refused by the database: kept as rejected");
                 let r = rejected(&part[0], &reason);
-                match insert(conn, &[&r], collector_id, skew_ms).await {
+                match insert(conn, &[&r], collector_id, skew_ms, inline).await {
                     Ok(_) => out.rejected += 1,
                     Err(e2) if is_data_error(&e2) => {
                         // Even the base64 form was refused: nothing more can be done with it.
@@ -582,12 +683,18 @@ impl Stager {
         let mut guard = self.state.lock().await;
         let st = &mut *guard;
         let mut conn: Option<Conn> = None;
+        // The barrier in flight beside the inserts, if any.
+        let mut inflight: Option<InFlight> = None;
+        // A restarted task: what the last one inserted unconfirmed is staged again.
+        self.take_back(st, None);
         let mut retry = Retry::new();
         // One immediate reconnect per run of successful commits (see below).
         let mut quick_retry = true;
         loop {
             self.publish_status(st);
             if shutdown.is_cancelled() {
+                // Unconfirmed batches are committed again with their barrier (or spooled).
+                self.take_back(st, None);
                 self.finish(st, &mut conn).await;
                 return Ok(());
             }
@@ -641,19 +748,38 @@ impl Stager {
             };
             // Replay what an outage (or an earlier process) left in the spool, before newer events.
             if !st.spool.is_empty() {
+                // The replay's barriers are inline; they cover what is unconfirmed too.
+                inflight = None;
                 match self.replay(st, c).await {
                     Ok(()) => retry.committed(),
                     Err(e) => {
                         conn = None;
+                        self.take_back(st, None);
                         self.note_outage(st, &e);
                         retry.failed();
                     }
                 }
                 continue;
             }
+            // A barrier beside the inserts that has returned: what it covers is staged.
+            let mut done = None;
+            if let Some((seq, fut)) = inflight.as_mut()
+                && let Some(r) = fut.as_mut().now_or_never()
+            {
+                done = Some((*seq, r));
+            }
             // Normal: wait for events, then commit everything waiting (group commit).
-            if st.pending.is_empty() {
+            if done.is_none() && st.pending.is_empty() {
+                let suspect_at = st
+                    .unconfirmed
+                    .front()
+                    .map(|u| u.since + SUSPECT)
+                    .unwrap_or_else(Instant::now);
                 tokio::select! {
+                    r = async { inflight.as_mut().expect("guarded").1.as_mut().await }, if inflight.is_some() => {
+                        done = Some((inflight.as_ref().expect("guarded").0, r));
+                    }
+                    _ = tokio::time::sleep_until(suspect_at.into()), if !st.unconfirmed.is_empty() => {}
                     ev = st.rx.recv() => match ev {
                         Some(ev) => st.pending.push_back(ev),
                         // Every sender is gone (the process is stopping): nothing more comes;
@@ -667,55 +793,162 @@ impl Stager {
                     _ = shutdown.cancelled() => continue,
                 }
             }
-            while st.pending.len() < self.batch_size {
-                match st.rx.try_recv() {
-                    Ok(ev) => st.pending.push_back(ev),
-                    Err(_) => break,
+            let mut failed = None;
+            if let Some((seq, r)) = done {
+                inflight = None;
+                match r {
+                    Ok(()) => {
+                        self.confirm(st, seq);
+                        quick_retry = true;
+                        retry.committed();
+                    }
+                    Err(e) => {
+                        self.metrics.db_errors.inc();
+                        self.take_back(st, None);
+                        failed = Some(db::cause_line(&e));
+                    }
                 }
             }
-            let n = st.pending.len().min(self.batch_size);
-            let batch: Vec<Staged> = st.pending.drain(..n).collect();
-            match self.commit(st, c, &batch, false).await {
-                Ok(()) => {
-                    quick_retry = true;
-                    retry.committed();
-                    self.metrics.db_up.set(1.0);
+            if failed.is_none() {
+                // The oldest batch has waited too long for its flush (a slow or hung disk): the
+                // unconfirmed batches go to the spool with what waits (a kill now loses
+                // nothing); the replay's barrier confirms them, or finds the database hung.
+                if st
+                    .unconfirmed
+                    .front()
+                    .is_some_and(|u| u.since.elapsed() >= SUSPECT)
+                {
+                    inflight = None;
+                    self.take_back(st, None);
+                    self.spool_pending(st);
+                    continue;
                 }
-                Err(e) => {
-                    conn = None;
-                    // A connection the server dropped (a restart, an idle timeout) is not an
-                    // outage yet: one fresh connection is tried at once before events go to
-                    // the spool. The batch is back in `pending` (a replay dedupes).
-                    if std::mem::take(&mut quick_retry)
-                        && let Ok(Ok(c)) =
-                            tokio::time::timeout(QUICK_RECONNECT, connect(&self.db, self.program))
-                                .await
-                    {
-                        tracing::info!(error = %e, "staging: connection lost; reconnected at once");
-                        conn = Some(c);
-                        continue;
+                if inflight.is_none()
+                    && let (Some(side), Some(last)) = (&c.side, st.unconfirmed.back())
+                {
+                    inflight = Some(side.barrier(&self.collector_id, last.seq));
+                }
+                if st.pending.is_empty() {
+                    continue;
+                }
+                while st.pending.len() < self.batch_size {
+                    match st.rx.try_recv() {
+                        Ok(ev) => st.pending.push_back(ev),
+                        Err(_) => break,
                     }
-                    self.metrics.db_up.set(0.0);
-                    self.note_outage(st, &e);
-                    retry.failed();
                 }
+                let n = st.pending.len().min(self.batch_size);
+                let batch: Vec<Staged> = st.pending.drain(..n).collect();
+                let later = c.side.is_some();
+                match self.commit(st, c, &batch, false, later).await {
+                    Ok(()) => {
+                        if later {
+                            let seq = st.next_seq;
+                            st.next_seq += 1;
+                            st.unconfirmed.push_back(Unconfirmed {
+                                seq,
+                                since: Instant::now(),
+                                events: batch,
+                            });
+                            if inflight.is_none()
+                                && let Some(side) = &c.side
+                            {
+                                inflight = Some(side.barrier(&self.collector_id, seq));
+                            }
+                        } else {
+                            // Only a durable commit proves the database works: a server that
+                            // takes inserts but refuses every barrier is not retried in a loop.
+                            quick_retry = true;
+                            retry.committed();
+                        }
+                        self.metrics.db_up.set(1.0);
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            if let Some(e) = failed {
+                conn = None;
+                inflight = None;
+                // A connection the server dropped (a restart, an idle timeout) is not an
+                // outage yet: one fresh connection is tried at once before events go to
+                // the spool. The batch is back in `pending` (a replay dedupes).
+                if std::mem::take(&mut quick_retry)
+                    && let Ok(Ok(c)) =
+                        tokio::time::timeout(QUICK_RECONNECT, connect(&self.db, self.program)).await
+                {
+                    tracing::info!(error = %e, "staging: connection lost; reconnected at once");
+                    conn = Some(c);
+                    continue;
+                }
+                self.metrics.db_up.set(0.0);
+                self.note_outage(st, &e);
+                retry.failed();
             }
         }
+    }
+
+    /// The barrier sent after batch `seq`'s insert has returned: that batch and every earlier
+    /// one are on disk. Their events count as staged; webhook deliveries are answered.
+    fn confirm(&self, st: &mut State, seq: u64) {
+        let now = Instant::now();
+        while st.unconfirmed.front().is_some_and(|u| u.seq <= seq) {
+            let u = st.unconfirmed.pop_front().expect("checked");
+            self.acknowledge(&u.events, now);
+        }
+    }
+
+    /// Every unconfirmed batch is covered: a barrier (an inline one, of a replay or a commit at
+    /// shutdown) was sent after their inserts returned and has returned.
+    fn confirm_all(&self, st: &mut State) {
+        if let Some(last) = st.unconfirmed.back() {
+            let seq = last.seq;
+            self.confirm(st, seq);
+        }
+    }
+
+    fn acknowledge(&self, events: &[Staged], now: Instant) {
+        for ev in events {
+            self.metrics
+                .stage_latency
+                .observe(now.duration_since(ev.arrived).as_secs_f64());
+            if let Some(a) = &ev.ack {
+                a.answer(Durability::Committed);
+            }
+        }
+    }
+
+    /// Puts what is not known to be on disk back at the front of `pending`, in order: the
+    /// unconfirmed batches, then `batch` (when given), then what was waiting. Staging them again
+    /// is harmless (the dedupe key).
+    fn take_back(&self, st: &mut State, batch: Option<&[Staged]>) {
+        let waiting: Vec<Staged> = st.pending.drain(..).collect();
+        for u in st.unconfirmed.drain(..) {
+            st.pending.extend(u.events);
+        }
+        if let Some(batch) = batch {
+            st.pending.extend(batch.iter().cloned());
+        }
+        st.pending.extend(waiting);
     }
 
     /// Commits one batch while still receiving events. When the database is slow to answer
     /// ([`SUSPECT`]), the batch and everything arriving meanwhile go to the spool at once (so a
     /// kill now loses nothing; a later replay dedupes what did commit); after [`STALL`] without
     /// an answer, it gives up (an outage).
+    ///
+    /// `later`: the batch's barrier is left to the caller ([`BarrierAt::Separate`]): `Ok` means
+    /// inserted and visible, not yet on disk. Otherwise `Ok` means on disk, for this batch and
+    /// for every unconfirmed one (the barrier was sent after their inserts returned).
     async fn commit(
         &self,
         st: &mut State,
         c: &mut Conn,
         batch: &[Staged],
         batch_in_spool: bool,
+        later: bool,
     ) -> Result<(), String> {
         let skew = self.status.skew_ms.load(Ordering::Relaxed);
-        let fut = insert_isolating(c, batch, &self.collector_id, skew);
+        let fut = insert_isolating(c, batch, &self.collector_id, skew, !later);
         tokio::pin!(fut);
         let stall = tokio::time::sleep(STALL);
         tokio::pin!(stall);
@@ -732,16 +965,12 @@ impl Stager {
                 },
                 _ = &mut suspect, if !spooling => {
                     spooling = true;
-                    if !batch_in_spool {
-                        let waiting: Vec<Staged> = st.pending.drain(..).collect();
-                        st.pending.extend(batch.iter().cloned());
-                        st.pending.extend(waiting);
-                    }
+                    self.take_back(st, (!batch_in_spool).then_some(batch));
                     self.spool_pending(st);
                 }
                 _ = &mut stall => {
-                    if !spooling && !batch_in_spool {
-                        st.pending.extend(batch.iter().cloned());
+                    if !spooling {
+                        self.take_back(st, (!batch_in_spool).then_some(batch));
                     }
                     return Err(format!("no answer within {}s", STALL.as_secs()));
                 }
@@ -749,14 +978,9 @@ impl Stager {
         };
         match result {
             Ok(done) => {
-                let now = Instant::now();
-                for ev in batch {
-                    self.metrics
-                        .stage_latency
-                        .observe(now.duration_since(ev.arrived).as_secs_f64());
-                    if let Some(a) = &ev.ack {
-                        a.answer(Durability::Committed);
-                    }
+                if !later {
+                    self.acknowledge(batch, Instant::now());
+                    self.confirm_all(st);
                 }
                 self.metrics.staged.add(done.inserted);
                 self.metrics.rejected.add(done.rejected);
@@ -779,11 +1003,9 @@ impl Stager {
             }
             Err(e) => {
                 self.metrics.db_errors.inc();
-                if !spooling && !batch_in_spool {
+                if !spooling {
                     // Unknown whether it committed: keep it (a replay dedupes).
-                    let waiting: Vec<Staged> = st.pending.drain(..).collect();
-                    st.pending.extend(batch.iter().cloned());
-                    st.pending.extend(waiting);
+                    self.take_back(st, (!batch_in_spool).then_some(batch));
                 }
                 Err(db::cause_line(&e))
             }
@@ -803,7 +1025,7 @@ impl Stager {
             if rows.is_empty() {
                 break;
             }
-            self.commit(st, c, &rows, true).await?;
+            self.commit(st, c, &rows, true, false).await?;
             offset = next;
             // Events arriving meanwhile wait in memory; past half the buffer they join the spool
             // (whose end this loop reads too), so memory stays bounded during a long replay.
@@ -927,7 +1149,8 @@ impl Stager {
                 let n = st.pending.len().min(self.batch_size);
                 let batch: Vec<Staged> = st.pending.drain(..n).collect();
                 let left = deadline.saturating_duration_since(Instant::now());
-                let done = tokio::time::timeout(left, self.commit(st, c, &batch, false)).await;
+                let done =
+                    tokio::time::timeout(left, self.commit(st, c, &batch, false, false)).await;
                 if !matches!(done, Ok(Ok(()))) {
                     // Unknown whether it committed: spooled below (a replay dedupes).
                     for ev in batch.into_iter().rev() {

@@ -183,7 +183,11 @@ impl Stack {
         // test: the tests' Kick tolerates more.
         env.push(("KICK_WEB_RATE".into(), "500".into()));
         // Experiments (benchmarks): settings the services read that the environment may set.
-        for var in ["KICK_STAGING_DOORBELL", "KICK_STAGING_COMMIT"] {
+        for var in [
+            "KICK_STAGING_DOORBELL",
+            "KICK_STAGING_COMMIT",
+            "KICK_STAGING_BARRIER",
+        ] {
             if let Ok(v) = std::env::var(var) {
                 env.push((var.into(), v));
             }

@@ -1,7 +1,8 @@
 //! Faults of the world, with the real binaries: a hung PostgreSQL (every process SIGSTOPped) for
 //! 90 s under flips, PostgreSQL down when the services boot, PostgreSQL crashing under flips, a
-//! durable barrier refused (with a crash meanwhile), a collector killed during an outage, clocks five minutes off, and a migration while the
-//! services are busy. In every case
+//! durable barrier refused (with a crash meanwhile), the barrier's connection killed again and
+//! again, a collector killed during an outage, clocks five minutes off, a migration while the
+//! services are busy, and a streamer's row held locked by an operator. In every case
 //! nothing that Kick published is lost, no service is killed by its watchdog, and health says
 //! what is wrong while it is wrong.
 
@@ -564,6 +565,41 @@ async fn a_row_held_by_an_operator_is_a_named_wait_not_a_failure() {
         r.stack.log_tail(&r.writer)
     );
     assert!(r.notify_writer.saw("WATCHDOG=1"));
+    assert_eq!(r.collector.terminate(), Some(0));
+    assert_eq!(r.writer.terminate(), Some(0));
+}
+
+/// The stager's barrier connection (the second connection, which confirms each batch durable
+/// while the next is inserted) killed again and again under flips: each time the unconfirmed
+/// batches are staged again (deduplicated) and nothing published is lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_barrier_connection_killed_under_flips_loses_nothing() {
+    let mut r = running().await;
+    let seq = r.stack.last_seq().await;
+    r.stack.control("/control/flap", json!({"rate": 40})).await;
+    let admin = r.stack.client().await;
+    let mut killed = 0;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(8) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity
+                 WHERE application_name = 'kick-collector'
+                   AND query LIKE 'INSERT INTO staging_barriers%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get("n");
+        killed += n;
+    }
+    assert!(
+        killed >= 5,
+        "the barrier connection was found and killed ({killed} times)"
+    );
+    flaps_stopped_all_staged(&r.stack, seq).await;
+    status_becomes(&r.stack, 0, Duration::from_secs(30)).await;
     assert_eq!(r.collector.terminate(), Some(0));
     assert_eq!(r.writer.terminate(), Some(0));
 }

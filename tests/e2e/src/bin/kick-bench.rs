@@ -331,9 +331,14 @@ async fn measure_pipeline(stack: &Stack, rate: u64, seconds: u64, offset: usize)
         while sent < due {
             let i = (offset + sent as usize) % n;
             let live = !sim.truth_of(i);
+            // Registered before the publish: the listener may hear the change before this task
+            // runs again (it shares a core with kick-sim), and an unregistered notification
+            // would be dropped and the event reported as never announced.
+            let mut p = published.lock().await;
             let t = Instant::now();
+            p.insert(format!("streamer{i}"), t);
             sim.set_live(i, live);
-            published.lock().await.insert(format!("streamer{i}"), t);
+            drop(p);
             sent += 1;
         }
     }
