@@ -291,9 +291,33 @@ pub enum Doorbell {
 
 impl Doorbell {
     fn from_env() -> Doorbell {
-        match std::env::var("KICK_STAGING_DOORBELL").as_deref() {
-            Ok("after") => Doorbell::After,
-            _ => Doorbell::InCommit,
+        env_choice(
+            "KICK_STAGING_DOORBELL",
+            &[("commit", Doorbell::InCommit), ("after", Doorbell::After)],
+        )
+    }
+}
+
+/// A setting read from the environment as one of `choices`, the first being the default.
+fn env_choice<T: Copy>(var: &str, choices: &[(&str, T)]) -> T {
+    choice(var, std::env::var(var).ok().as_deref(), choices)
+}
+
+/// `value` of setting `var` as one of `choices`; absent: the first; unknown: the first, with a
+/// warning (the value cut to 40 characters).
+fn choice<T: Copy>(var: &str, value: Option<&str>, choices: &[(&str, T)]) -> T {
+    let (default_name, default) = choices[0];
+    let Some(value) = value else {
+        return default;
+    };
+    match choices.iter().find(|(name, _)| *name == value) {
+        Some((_, choice)) => *choice,
+        None => {
+            tracing::warn!(
+                value = %value.chars().take(40).collect::<String>(),
+                "{var} is none of the known values: using '{default_name}'"
+            );
+            default
         }
     }
 }
@@ -322,17 +346,13 @@ pub enum StagingCommit {
 
 impl StagingCommit {
     fn from_env() -> StagingCommit {
-        match std::env::var("KICK_STAGING_COMMIT").as_deref() {
-            Ok("durable") => StagingCommit::Durable,
-            Ok("early") | Err(_) => StagingCommit::Early,
-            Ok(other) => {
-                tracing::warn!(
-                    value = %other.chars().take(40).collect::<String>(),
-                    "KICK_STAGING_COMMIT is neither 'early' nor 'durable': using 'early'"
-                );
-                StagingCommit::Early
-            }
-        }
+        env_choice(
+            "KICK_STAGING_COMMIT",
+            &[
+                ("early", StagingCommit::Early),
+                ("durable", StagingCommit::Durable),
+            ],
+        )
     }
 }
 
@@ -372,17 +392,13 @@ pub enum BarrierAt {
 
 impl BarrierAt {
     fn from_env() -> BarrierAt {
-        match std::env::var("KICK_STAGING_BARRIER").as_deref() {
-            Ok("inline") => BarrierAt::Inline,
-            Ok("separate") | Err(_) => BarrierAt::Separate,
-            Ok(other) => {
-                tracing::warn!(
-                    value = %other.chars().take(40).collect::<String>(),
-                    "KICK_STAGING_BARRIER is neither 'separate' nor 'inline': using 'separate'"
-                );
-                BarrierAt::Separate
-            }
-        }
+        env_choice(
+            "KICK_STAGING_BARRIER",
+            &[
+                ("separate", BarrierAt::Separate),
+                ("inline", BarrierAt::Inline),
+            ],
+        )
     }
 }
 
@@ -1216,6 +1232,23 @@ impl Stager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_environment_choice_is_one_of_its_values_or_the_first() {
+        let choices = [
+            ("separate", BarrierAt::Separate),
+            ("inline", BarrierAt::Inline),
+        ];
+        let v = "KICK_STAGING_BARRIER";
+        assert_eq!(choice(v, None, &choices), BarrierAt::Separate);
+        assert_eq!(choice(v, Some("inline"), &choices), BarrierAt::Inline);
+        assert_eq!(choice(v, Some("separate"), &choices), BarrierAt::Separate);
+        assert_eq!(choice(v, Some("Inline"), &choices), BarrierAt::Separate);
+        assert_eq!(
+            choice(v, Some(&"x".repeat(100_000)), &choices),
+            BarrierAt::Separate
+        );
+    }
 
     #[test]
     fn database_time_is_the_local_time_corrected_by_the_skew() {
