@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kick_shared::backoff::Backoff;
 use kick_shared::config::Config;
 use kick_shared::db;
 use kick_shared::model::channel;
@@ -41,7 +42,7 @@ pub async fn run(
     desired: Arc<watch::Sender<Arc<BTreeSet<i64>>>>,
     config: Arc<watch::Sender<Arc<Config>>>,
 ) -> anyhow::Result<()> {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         let started = std::time::Instant::now();
         let result = listen_once(&ctx, &desired, &config).await;
@@ -49,22 +50,22 @@ pub async fn run(
             return Ok(());
         }
         if started.elapsed() > Duration::from_secs(30) {
-            backoff = Duration::from_millis(200);
+            backoff.reset();
         }
         let why = match result {
             Ok(()) => return Ok(()),
             Err(e) => format!("{e:#}"),
         };
-        tracing::warn!(error = %why, retry_in_ms = backoff.as_millis() as u64, "listen connection lost: reconnecting");
+        let wait = backoff.next_delay();
+        tracing::warn!(error = %why, retry_in_ms = wait.as_millis() as u64, "listen connection lost: reconnecting");
         ctx.health.set(
             "listen",
             format!("LISTEN connection lost ({why}): reconnecting"),
         );
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
+use kick_shared::backoff::Backoff;
 use kick_shared::config::DbConfig;
 use kick_shared::db;
 use kick_shared::health::Health;
@@ -661,34 +662,30 @@ async fn insert_isolating(
 /// loop).
 struct Retry {
     next_probe: Instant,
-    delay: Duration,
+    delay: Backoff,
 }
 
 impl Retry {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
-
     fn new() -> Self {
         Retry {
             next_probe: Instant::now(),
-            delay: Self::FIRST,
+            delay: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
         }
     }
 
     /// Probe again after the current delay.
     fn probe_later(&mut self) {
-        self.next_probe = Instant::now() + self.delay;
+        self.next_probe = Instant::now() + self.delay.current();
     }
 
     /// A failure: probe again after the current delay, and wait twice as long after the next.
     fn failed(&mut self) {
-        self.probe_later();
-        self.delay = (self.delay * 2).min(Self::MAX);
+        self.next_probe = Instant::now() + self.delay.next_delay();
     }
 
     /// A commit: the next outage starts from the first delay.
     fn committed(&mut self) {
-        self.delay = Self::FIRST;
+        self.delay.reset();
     }
 }
 

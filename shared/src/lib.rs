@@ -5,6 +5,7 @@
 //! Nothing here decides what runs: the binaries do; this crate gives them the vocabulary, and
 //! the [`supervise::Supervisor`] that keeps their tasks running.
 
+pub mod backoff;
 pub mod config;
 pub mod crypto;
 pub mod db;

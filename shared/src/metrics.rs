@@ -206,7 +206,10 @@ pub async fn serve(
     let waiting: Arc<Mutex<std::collections::VecDeque<(u64, CancellationToken)>>> = Arc::default();
     let mut next_id: u64 = 0;
     tokio::spawn(async move {
-        let mut backoff = std::time::Duration::from_millis(10);
+        let mut backoff = crate::backoff::Backoff::new(
+            std::time::Duration::from_millis(10),
+            std::time::Duration::from_secs(1),
+        );
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -214,17 +217,17 @@ pub async fn serve(
             };
             let mut sock = match accepted {
                 Ok((s, _)) => {
-                    backoff = std::time::Duration::from_millis(10);
+                    backoff.reset();
                     s
                 }
                 Err(e) => {
                     // EMFILE and friends: the condition lasts; retrying at once would spin.
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "metrics endpoint: accept failed");
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "metrics endpoint: accept failed");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(wait) => {}
                     }
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
                     continue;
                 }
             };

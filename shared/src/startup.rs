@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::db;
 use crate::health::Health;
@@ -21,7 +22,7 @@ pub async fn wait_for_database(
     shutdown: &CancellationToken,
     liveness: &Liveness,
 ) -> anyhow::Result<Option<Config>> {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         liveness.beat("main");
         let attempt = async {
@@ -55,17 +56,18 @@ pub async fn wait_for_database(
                 let retryable = e
                     .downcast_ref::<db::DbError>()
                     .is_some_and(crate::exit::Classify::is_retryable);
+                let retry_in_ms = backoff.current().as_millis() as u64;
                 if retryable {
-                    tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "database unavailable at start; waiting for it");
+                    tracing::warn!(error = %format!("{e:#}"), retry_in_ms, "database unavailable at start; waiting for it");
                 } else {
                     // E.g. permission denied: an operator must act; we keep trying meanwhile.
-                    tracing::error!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "database refuses us at start; waiting for an operator to fix it");
+                    tracing::error!(error = %format!("{e:#}"), retry_in_ms, "database refuses us at start; waiting for an operator to fix it");
                 }
                 health.set("database", format!("database unavailable: {e:#}"));
             }
             Err(e) => return Err(e),
         }
-        let wait = tokio::time::sleep(backoff);
+        let wait = tokio::time::sleep(backoff.next_delay());
         tokio::pin!(wait);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -75,6 +77,5 @@ pub async fn wait_for_database(
                 _ = tick.tick() => liveness.beat("main"),
             }
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }

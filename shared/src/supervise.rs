@@ -82,7 +82,7 @@ impl Supervisor {
         this.shutdown = stop;
         self.tracker.spawn(async move {
             let key = format!("task:{name}");
-            let mut backoff = FIRST_BACKOFF;
+            let mut backoff = crate::backoff::Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
             let mut restarts: u64 = 0;
             loop {
                 let started = Instant::now();
@@ -94,7 +94,7 @@ impl Supervisor {
                         r = &mut run => break r,
                         _ = healthy_at, if this.health.has(&key) => {
                             this.health.clear(&key);
-                            backoff = FIRST_BACKOFF;
+                            backoff.reset();
                         }
                         _ = this.shutdown.cancelled() => {
                             // Give the task a moment to finish on its own (it watches the same
@@ -117,25 +117,25 @@ impl Supervisor {
                     Err(e) => format!("was cancelled: {e}"),
                 };
                 if started.elapsed() >= HEALTHY_AFTER {
-                    backoff = FIRST_BACKOFF;
+                    backoff.reset();
                 }
                 restarts += 1;
                 this.restarts.add(&name, 1);
-                tracing::error!(task = %name, restarts, retry_in_ms = backoff.as_millis() as u64, "task {why}; restarting");
+                let wait = backoff.next_delay();
+                tracing::error!(task = %name, restarts, retry_in_ms = wait.as_millis() as u64, "task {why}; restarting");
                 this.health.set(
                     &key,
                     format!("task {name} {why}; restarted {restarts} times"),
                 );
                 this.down.fetch_add(1, Ordering::Relaxed);
                 let stop = tokio::select! {
-                    _ = tokio::time::sleep(backoff) => false,
+                    _ = tokio::time::sleep(wait) => false,
                     _ = this.shutdown.cancelled() => true,
                 };
                 this.down.fetch_sub(1, Ordering::Relaxed);
                 if stop {
                     return;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         });
     }

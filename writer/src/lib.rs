@@ -21,6 +21,7 @@ pub mod transition;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kick_shared::backoff::Backoff;
 use kick_shared::config::Config;
 use kick_shared::db;
 use kick_shared::health::Health;
@@ -190,8 +191,9 @@ impl Writer {
     /// Opens sessions and drains until shutdown; a failed session is reopened after a pause
     /// (at most 5 s; the loop keeps beating meanwhile).
     async fn run(&mut self) {
-        let mut backoff = Duration::from_millis(200);
-        let mut failures: u32 = 0;
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        // Failures an operator must mend: retried at 1, 2, 4, 4… s.
+        let mut refused = Backoff::new(Duration::from_secs(1), Duration::from_secs(4));
         while !self.shutdown.is_cancelled() {
             self.liveness.beat("writer");
             let session = self
@@ -206,17 +208,17 @@ impl Writer {
             let mut session = match session {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "database unavailable, retrying");
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "database unavailable, retrying");
                     self.health
                         .set("database", format!("database unavailable: {e:#}"));
                     self.metrics.db_reconnects.inc();
                     self.metrics.db_up.set(0.0);
-                    self.pause(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    self.pause(wait).await;
                     continue;
                 }
             };
-            backoff = Duration::from_millis(200);
+            backoff.reset();
             self.health.clear("database");
             self.metrics.db_up.set(1.0);
             let result = self.serve(&mut session).await;
@@ -248,18 +250,17 @@ impl Writer {
                     "apply",
                     format!("waiting for a lock held elsewhere: {holders}"),
                 );
-                failures = 0;
+                refused.reset();
                 Duration::from_millis(100)
             } else if transient {
                 tracing::warn!(error = %format!("{e:#}"), "writer session ended, reconnecting");
                 self.health
                     .set("database", format!("database unavailable: {e:#}"));
-                failures = 0;
+                refused.reset();
                 Duration::from_millis(100)
             } else {
                 // E.g. permission denied or a missing table: retrying at once cannot help.
-                failures = failures.saturating_add(1);
-                let wait = Duration::from_millis(500u64 << failures.min(3));
+                let wait = refused.next_delay();
                 tracing::error!(error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "writer cannot apply events; an operator must act");
                 self.health
                     .set("apply", format!("writer cannot apply events: {e:#}"));

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::StatusCode;
+use kick_shared::backoff::Backoff;
 use kick_shared::config::{Config, ConfigError};
 use kick_shared::health::Health;
 use kick_shared::kick::api::ApiClient;
@@ -372,22 +373,21 @@ async fn keep_key(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut backoff = Duration::from_secs(2);
+    let mut backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(300));
     loop {
         let wait = match rx.keys.load().await {
             Ok(_) => {
                 health.clear("public key");
-                backoff = Duration::from_secs(2);
+                backoff.reset();
                 KEY_REFRESH
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_s = backoff.as_secs(), "webhooks: cannot obtain Kick's public key");
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "webhooks: cannot obtain Kick's public key");
                 if rx.metrics.public_key_loaded.get() == 0.0 {
                     health.set("public key", format!("cannot verify deliveries: {e}"));
                 }
-                let w = backoff;
-                backoff = (backoff * 2).min(Duration::from_secs(300));
-                w
+                wait
             }
         };
         tokio::select! {

@@ -24,6 +24,7 @@ use chrono::Utc;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
+use kick_shared::backoff::Backoff;
 use kick_shared::kick::webhook::{self, VerifyError};
 use tokio_util::sync::CancellationToken;
 
@@ -77,7 +78,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let connections = tokio_util::task::TaskTracker::new();
-    let mut backoff = Duration::from_millis(10);
+    let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => {
@@ -91,17 +92,17 @@ pub async fn serve(
         };
         let stream = match accepted {
             Ok((s, _)) => {
-                backoff = Duration::from_millis(10);
+                backoff.reset();
                 s
             }
             Err(e) => {
                 // Out of file descriptors and the like: the condition lasts; do not spin.
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "webhooks: accept failed");
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "webhooks: accept failed");
                 tokio::select! {
                     _ = shutdown.cancelled() => continue,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
         };

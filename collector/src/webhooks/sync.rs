@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kick_shared::backoff::Backoff;
 use kick_shared::config::Config;
 use kick_shared::db;
 use kick_shared::health::Health;
@@ -60,7 +61,7 @@ impl Keeper {
         .await?;
         let mut cfg = self.reload(&client, &self.env).await?;
         let mut next = Instant::now();
-        let mut retry = RETRY_FIRST;
+        let mut retry = Backoff::new(RETRY_FIRST, RESYNC_EVERY);
         loop {
             let on = cfg.webhooks;
             self.metrics.sync_enabled.set(if on { 1.0 } else { 0.0 });
@@ -71,7 +72,7 @@ impl Keeper {
             if on && Instant::now() >= next {
                 match self.sync_once(&mut client).await {
                     Ok(()) => {
-                        retry = RETRY_FIRST;
+                        retry.reset();
                         next = Instant::now() + RESYNC_EVERY;
                     }
                     Err(SyncError::Db(e)) => {
@@ -81,11 +82,11 @@ impl Keeper {
                     }
                     Err(e) => {
                         self.metrics.sync_failures.inc();
-                        tracing::warn!(error = %e, retry_in_s = retry.as_secs(), "webhook subscription sync failed");
+                        let wait = retry.next_delay();
+                        tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "webhook subscription sync failed");
                         self.health
                             .set(PROBLEM_SYNC, format!("subscription sync failed: {e}"));
-                        next = Instant::now() + retry;
-                        retry = (retry * 2).min(RESYNC_EVERY);
+                        next = Instant::now() + wait;
                     }
                 }
             }
