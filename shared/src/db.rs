@@ -416,11 +416,13 @@ pub struct LockHolder {
     pub locks: String,
 }
 
+/// One line whatever the names hold: the user and application (up to 63 bytes each in
+/// PostgreSQL, and any characters) are quoted with their control characters escaped.
 impl std::fmt::Display for LockHolder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "pid {} (user {}, application {:?}: {})",
+            "pid {} (user {:?}, application {:?}: {})",
             self.pid,
             self.user.as_deref().unwrap_or("?"),
             self.application.as_deref().unwrap_or(""),
@@ -480,5 +482,39 @@ pub async fn prune_processed(client: &Client, age: std::time::Duration) -> Resul
         if n < 5000 {
             return Ok(total);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_holder_prints_on_one_line_whatever_its_names_hold() {
+        let h = LockHolder {
+            pid: 4242,
+            user: Some("ops\nERROR fake line".into()),
+            application: Some("psql\u{1b}[31m\"red\"\r\n".into()),
+            locks: "streamers RowShareLock".into(),
+        };
+        let line = h.to_string();
+        assert!(
+            !line.contains('\n') && !line.contains('\r') && !line.contains('\u{1b}'),
+            "{line}"
+        );
+        assert!(
+            line.starts_with("pid 4242 (user \"ops\\nERROR fake line\""),
+            "{line}"
+        );
+        assert!(line.ends_with(": streamers RowShareLock)"), "{line}");
+        let none = LockHolder {
+            user: None,
+            application: None,
+            ..h
+        };
+        assert_eq!(
+            none.to_string(),
+            "pid 4242 (user \"?\", application \"\": streamers RowShareLock)"
+        );
     }
 }
