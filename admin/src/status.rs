@@ -373,12 +373,43 @@ async fn collect(config: &Config) -> anyhow::Result<Report> {
         reachable: true,
         ..Report::default()
     };
-    let migrations = db::migration_status(&client).await?;
+    match fill(&client, &mut r).await {
+        Ok(()) => Ok(r),
+        // A lock held elsewhere (`LOCK TABLE`, a migration) made a query wait out the statement
+        // timeout: the database answers, so say what is known and who holds the lock (the
+        // writer and the collectors may be waiting for it too), not "unreachable".
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<tokio_postgres::Error>()
+                    .is_some_and(db::is_lock_wait)
+            }) =>
+        {
+            let who = match db::lock_holders(&client).await {
+                Ok(h) if !h.is_empty() => h
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                Ok(_) => "none now (released meanwhile)".to_string(),
+                Err(e) => format!("unknown ({e})"),
+            };
+            r.problems.push(format!(
+                "database: a status query waited 5s for a lock held elsewhere (kick-writer and the collectors may be waiting too): {who}"
+            ));
+            Ok(r)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Fills `r` from the database; stops at the first query that fails.
+async fn fill(client: &tokio_postgres::Client, r: &mut Report) -> anyhow::Result<()> {
+    let migrations = db::migration_status(client).await?;
     r.migrated = migrations.iter().all(|m| m.applied_on.is_some());
     if !r.migrated {
         r.problems
             .push("database not migrated: run `kick-admin db migrate`".into());
-        return Ok(r);
+        return Ok(());
     }
     let rows = client
         .query(
@@ -451,7 +482,7 @@ async fn collect(config: &Config) -> anyhow::Result<Report> {
         r.problems
             .push(line("no collector is running (no fresh heartbeat)", since));
     }
-    r.shards = shards(&client).await?;
+    r.shards = shards(client).await?;
     // Unowned shards are a problem once collectors take part in the leases (every collector
     // stopped or hung leaves them all unowned: that must fail at once, not only when the
     // heartbeats go stale).
@@ -465,13 +496,13 @@ async fn collect(config: &Config) -> anyhow::Result<Report> {
             None,
         ));
     }
-    let (pending, oldest) = db::pending_events(&client).await?;
+    let (pending, oldest) = db::pending_events(client).await?;
     r.pending = pending;
     r.oldest_pending = oldest;
     if oldest > STUCK_QUEUE_S {
         let since = Utc::now() - chrono::Duration::milliseconds((oldest * 1e3) as i64);
         // A lock held elsewhere (an open psql transaction) stalls a running writer: name it.
-        let holders = db::lock_holders(&client).await?;
+        let holders = db::lock_holders(client).await?;
         let why = if holders.is_empty() {
             "is kick-writer running?".to_string()
         } else {
@@ -521,7 +552,7 @@ async fn collect(config: &Config) -> anyhow::Result<Report> {
             source: row.get("source"),
         })
         .collect();
-    Ok(r)
+    Ok(())
 }
 
 async fn shards(client: &tokio_postgres::Client) -> Result<Shards, db::DbError> {

@@ -20,7 +20,9 @@ use crate::rows::Staged;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    #[error("spool {path} is full ({max_bytes} bytes): events refused until the database is back")]
+    #[error(
+        "spool {path} is full ({max_bytes} bytes): events refused until staging succeeds and the spool is replayed"
+    )]
     Full { path: String, max_bytes: u64 },
     #[error("spool {path}: {source}")]
     Io {

@@ -54,6 +54,9 @@ pub const STALL: Duration = Duration::from_secs(15);
 /// An insert without an answer for this long is suspect: its batch and what arrives meanwhile
 /// are written to the spool at once (a normal commit takes milliseconds).
 pub const SUSPECT: Duration = Duration::from_millis(500);
+/// An insert without an answer for this long makes the collector unhealthy ("staging slow")
+/// until it answers or is given up ([`STALL`], then an outage).
+const SLOW: Duration = Duration::from_secs(5);
 /// A fresh connection after a lost one, tried once before declaring an outage.
 const QUICK_RECONNECT: Duration = Duration::from_secs(2);
 /// Connecting and `SELECT 1` must answer within this for the database to count as back.
@@ -967,21 +970,43 @@ impl Stager {
         tokio::pin!(stall);
         let suspect = tokio::time::sleep(SUSPECT);
         tokio::pin!(suspect);
+        let slow = tokio::time::sleep(SLOW);
+        tokio::pin!(slow);
+        let mut said_slow = false;
         // A batch read from the spool is there already: it is never written again.
         let mut spooling = false;
         let result = loop {
             tokio::select! {
-                r = &mut fut => break r,
+                r = &mut fut => {
+                    self.health.clear("staging slow");
+                    break r;
+                }
                 ev = st.rx.recv() => if let Some(ev) = ev {
                     st.pending.push_back(ev);
-                    if spooling { self.spool_pending(st); }
+                    if spooling {
+                        self.spool_pending(st);
+                        // The spool's size and age stay current while the database makes us wait.
+                        self.publish_status(st);
+                    }
                 },
                 _ = &mut suspect, if !spooling => {
                     spooling = true;
                     self.take_back(st, (!batch_in_spool).then_some(batch));
                     self.spool_pending(st);
+                    self.publish_status(st);
+                }
+                _ = &mut slow, if !said_slow => {
+                    said_slow = true;
+                    self.health.set(
+                        "staging slow",
+                        format!(
+                            "the database has not answered a staging insert for {}s (a lock, a slow disk?): events go to the spool",
+                            SLOW.as_secs()
+                        ),
+                    );
                 }
                 _ = &mut stall => {
+                    self.health.clear("staging slow");
                     if !spooling {
                         self.take_back(st, (!batch_in_spool).then_some(batch));
                     }
@@ -1129,8 +1154,14 @@ impl Stager {
                 self.health.clear("spool");
             }
             Err(e @ SpoolError::Full { .. }) => {
+                let before = self.metrics.dropped.get();
                 self.metrics.dropped.add(rows.len() as u64);
-                tracing::error!(error = %e, refused = rows.len(), "events refused: the spool is full");
+                // Once, then at every doubling of the refused total: while the spool stays
+                // full every event is refused, and a line each would flood the journal.
+                let after = before + rows.len() as u64;
+                if before == 0 || after.ilog2() > before.ilog2() {
+                    tracing::error!(error = %e, refused = rows.len(), refused_total = after, "events refused: the spool is full");
+                }
                 self.health.set("spool", e.to_string());
             }
             Err(e) => {

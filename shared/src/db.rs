@@ -406,6 +406,14 @@ pub async fn pending_events(client: &Client) -> Result<(i64, f64), DbError> {
     Ok((row.get("pending"), row.get("oldest_age_seconds")))
 }
 
+/// A statement the server ended because it ran out of time (`statement_timeout`,
+/// `lock_timeout`) or was cancelled: for queries that are key lookups or small reads, a wait
+/// for a lock held elsewhere.
+pub fn is_lock_wait(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| c == &SqlState::QUERY_CANCELED || c == &SqlState::LOCK_NOT_AVAILABLE)
+}
+
 /// A session (not a writer) holding a lock that makes the writer's batches wait.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockHolder {

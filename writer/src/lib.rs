@@ -209,9 +209,27 @@ impl Writer {
                 Ok(s) => s,
                 Err(e) => {
                     let wait = backoff.next_delay();
-                    tracing::warn!(error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "database unavailable, retrying");
-                    self.health
-                        .set("database", format!("database unavailable: {e:#}"));
+                    // Preparing the statements takes a lock on each table: a `LOCK TABLE` held
+                    // elsewhere makes a reachable database look hung. Say which it is.
+                    let timed_out = e
+                        .downcast_ref::<db::DbError>()
+                        .is_some_and(|d| matches!(d, db::DbError::Timeout(_)));
+                    let holders = match timed_out {
+                        true => self.lock_holders().await.unwrap_or_default(),
+                        false => Vec::new(),
+                    };
+                    if !holders.is_empty() {
+                        let holders = holders_line(&Ok(holders));
+                        tracing::warn!(error = %format!("{e:#}"), holders = %holders, retry_in_ms = wait.as_millis() as u64, "session not opened: waiting for a lock held elsewhere");
+                        self.health.set(
+                            "database",
+                            format!("waiting for a lock held elsewhere: {holders}"),
+                        );
+                    } else {
+                        tracing::warn!(error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "database unavailable, retrying");
+                        self.health
+                            .set("database", format!("database unavailable: {e:#}"));
+                    }
                     self.metrics.db_reconnects.inc();
                     self.metrics.db_up.set(0.0);
                     self.pause(wait).await;
@@ -226,7 +244,7 @@ impl Writer {
             self.metrics.db_reconnects.inc();
             let lock_wait = e.chain().any(|c| {
                 c.downcast_ref::<tokio_postgres::Error>()
-                    .is_some_and(is_lock_wait)
+                    .is_some_and(db::is_lock_wait)
             });
             let transient = e.chain().any(|c| {
                 c.downcast_ref::<db::DbError>()
@@ -239,7 +257,7 @@ impl Writer {
                 // needs (an operator's open transaction, a migration). Name them, and try
                 // again at once: the wait itself is what bounds the retries.
                 self.metrics.lock_waits.inc();
-                let holders = self.lock_holders().await;
+                let holders = holders_line(&self.lock_holders().await);
                 tracing::warn!(
                     error = %format!("{e:#}"),
                     holders = %holders,
@@ -271,22 +289,15 @@ impl Writer {
     }
 
     /// Who holds a lock that makes the writer's batches wait ([`db::lock_holders`]), read on
-    /// a connection of its own (the writer's has just failed), bounded; one line for the log
-    /// and `/healthz`.
-    async fn lock_holders(&self) -> String {
+    /// a connection of its own (the writer's has just failed), bounded.
+    async fn lock_holders(&self) -> Result<Vec<db::LockHolder>, String> {
         let query = async {
             let c = db::connect(&self.cfg.config.database).await?;
             db::lock_holders(&c).await
         };
         match tokio::time::timeout(Duration::from_secs(5), query).await {
-            Ok(Ok(h)) if h.is_empty() => "none now (the lock was released)".to_string(),
-            Ok(Ok(h)) => h
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-            Ok(Err(e)) => format!("unknown ({e})"),
-            Err(_) => "unknown (no answer within 5s)".to_string(),
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("no answer within 5s".to_string()),
         }
     }
 
@@ -429,12 +440,17 @@ struct Session {
 
 /// Whether the database refused a batch for its data (so applying it unchanged can never
 /// succeed): isolate the row to blame.
-/// A statement the server ended because it ran out of time (`statement_timeout`,
-/// `lock_timeout`) or was cancelled: every statement of the writer is a key lookup, so this is
-/// a wait for a lock held elsewhere.
-fn is_lock_wait(e: &tokio_postgres::Error) -> bool {
-    e.code()
-        .is_some_and(|c| c == &SqlState::QUERY_CANCELED || c == &SqlState::LOCK_NOT_AVAILABLE)
+/// The holders of a lock on one line, for the log and `/healthz`.
+fn holders_line(holders: &Result<Vec<db::LockHolder>, String>) -> String {
+    match holders {
+        Ok(h) if h.is_empty() => "none now (the lock was released)".to_string(),
+        Ok(h) => h
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(e) => format!("unknown ({e})"),
+    }
 }
 
 fn is_data_error(e: &tokio_postgres::Error) -> bool {

@@ -1,8 +1,9 @@
 //! Faults of the world, with the real binaries: a hung PostgreSQL (every process SIGSTOPped) for
 //! 90 s under flips, PostgreSQL down when the services boot, PostgreSQL crashing under flips, a
 //! durable barrier refused (with a crash meanwhile), the barrier's connection killed again and
-//! again, a collector killed during an outage, clocks five minutes off, a migration while the
-//! services are busy, and a streamer's row held locked by an operator. In every case
+//! again, the barrier's row locked by someone else, a collector killed during an outage, clocks
+//! five minutes off, a migration while the services are busy, and a streamer's row (then the
+//! whole table) held locked by an operator. In every case
 //! nothing that Kick published is lost, no service is killed by its watchdog, and health says
 //! what is wrong while it is wrong.
 
@@ -556,6 +557,27 @@ async fn a_row_held_by_an_operator_is_a_named_wait_not_a_failure() {
         "status names the lock's holder:\n{out}\n{err}"
     );
     blocker.batch_execute("COMMIT").await.unwrap();
+    // A whole table locked: `status` waits out its statement timeout, then says the database
+    // answers and who holds the lock, not "unreachable".
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE streamers IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let (code, out, err, took) = r.stack.admin(&["status", "--json"]);
+    blocker.batch_execute("COMMIT").await.unwrap();
+    assert_ne!(code, 0, "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["database"]["reachable"], json!(true), "{out}");
+    let problems = v["problems"].to_string();
+    assert!(
+        problems.contains("waited 5s for a lock held elsewhere")
+            && problems.contains("operator-psql"),
+        "status names the lock and its holder: {out}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "status answered in {took:?}"
+    );
     flaps_stopped_all_staged(&r.stack, seq).await;
     status_becomes(&r.stack, 0, Duration::from_secs(30)).await;
     let log = std::fs::read_to_string(&r.writer.log).unwrap_or_default();
@@ -600,6 +622,32 @@ async fn the_barrier_connection_killed_under_flips_loses_nothing() {
     );
     flaps_stopped_all_staged(&r.stack, seq).await;
     status_becomes(&r.stack, 0, Duration::from_secs(30)).await;
+    assert_eq!(r.collector.terminate(), Some(0));
+    assert_eq!(r.writer.terminate(), Some(0));
+}
+
+/// The stager's own barrier row locked by someone else (`SELECT … FOR UPDATE` on
+/// `staging_barriers`) under flips: batches stay unconfirmed, go to the spool, health says
+/// "staging slow" while it lasts; once released the spool is replayed and every event is
+/// staged exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_barrier_row_is_reported_and_loses_nothing() {
+    let mut r = running().await;
+    let seq = r.stack.last_seq().await;
+    r.stack.control("/control/flap", json!({"rate": 40})).await;
+    let blocker = r.stack.client().await;
+    blocker
+        .batch_execute(
+            "SET application_name = 'operator-psql';
+             BEGIN; SELECT * FROM staging_barriers FOR UPDATE",
+        )
+        .await
+        .unwrap();
+    let out = status_becomes(&r.stack, 69, Duration::from_secs(20)).await;
+    assert!(out.contains("has not answered a staging insert"), "{out}");
+    blocker.batch_execute("COMMIT").await.unwrap();
+    flaps_stopped_all_staged(&r.stack, seq).await;
+    status_becomes(&r.stack, 0, Duration::from_secs(40)).await;
     assert_eq!(r.collector.terminate(), Some(0));
     assert_eq!(r.writer.terminate(), Some(0));
 }
