@@ -64,6 +64,17 @@ async fn running() -> Running {
     }
 }
 
+impl Running {
+    /// Flapping stopped, every event since `seq` staged once, statuses converged, history
+    /// consistent, `status` healthy again, and both services stop with 0.
+    async fn ends_clean(mut self, seq: u64) {
+        flaps_stopped_all_staged(&self.stack, seq).await;
+        status_becomes(&self.stack, 0, Duration::from_secs(40)).await;
+        assert_eq!(self.collector.terminate(), Some(0));
+        assert_eq!(self.writer.terminate(), Some(0));
+    }
+}
+
 fn as_refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     v.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
@@ -517,7 +528,7 @@ async fn a_migration_while_busy_never_stalls_the_services_beyond_its_lock_timeou
 /// on; `status` says what it waits for. Released, nothing is lost and nothing doubled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_held_by_an_operator_is_a_named_wait_not_a_failure() {
-    let mut r = running().await;
+    let r = running().await;
     let seq = r.stack.last_seq().await;
     r.stack
         .control("/control/flap", json!({"rate": 20, "streamers": 40}))
@@ -578,8 +589,6 @@ async fn a_row_held_by_an_operator_is_a_named_wait_not_a_failure() {
         took < Duration::from_secs(10),
         "status answered in {took:?}"
     );
-    flaps_stopped_all_staged(&r.stack, seq).await;
-    status_becomes(&r.stack, 0, Duration::from_secs(30)).await;
     let log = std::fs::read_to_string(&r.writer.log).unwrap_or_default();
     assert!(
         !log.contains("an operator must act"),
@@ -587,8 +596,7 @@ async fn a_row_held_by_an_operator_is_a_named_wait_not_a_failure() {
         r.stack.log_tail(&r.writer)
     );
     assert!(r.notify_writer.saw("WATCHDOG=1"));
-    assert_eq!(r.collector.terminate(), Some(0));
-    assert_eq!(r.writer.terminate(), Some(0));
+    r.ends_clean(seq).await;
 }
 
 /// The stager's barrier connection (the second connection, which confirms each batch durable
@@ -596,7 +604,7 @@ async fn a_row_held_by_an_operator_is_a_named_wait_not_a_failure() {
 /// batches are staged again (deduplicated) and nothing published is lost or doubled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_barrier_connection_killed_under_flips_loses_nothing() {
-    let mut r = running().await;
+    let r = running().await;
     let seq = r.stack.last_seq().await;
     r.stack.control("/control/flap", json!({"rate": 40})).await;
     let admin = r.stack.client().await;
@@ -620,10 +628,7 @@ async fn the_barrier_connection_killed_under_flips_loses_nothing() {
         killed >= 5,
         "the barrier connection was found and killed ({killed} times)"
     );
-    flaps_stopped_all_staged(&r.stack, seq).await;
-    status_becomes(&r.stack, 0, Duration::from_secs(30)).await;
-    assert_eq!(r.collector.terminate(), Some(0));
-    assert_eq!(r.writer.terminate(), Some(0));
+    r.ends_clean(seq).await;
 }
 
 /// The stager's own barrier row locked by someone else (`SELECT … FOR UPDATE` on
@@ -632,7 +637,7 @@ async fn the_barrier_connection_killed_under_flips_loses_nothing() {
 /// staged exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_barrier_row_is_reported_and_loses_nothing() {
-    let mut r = running().await;
+    let r = running().await;
     let seq = r.stack.last_seq().await;
     r.stack.control("/control/flap", json!({"rate": 40})).await;
     let blocker = r.stack.client().await;
@@ -646,8 +651,5 @@ async fn a_locked_barrier_row_is_reported_and_loses_nothing() {
     let out = status_becomes(&r.stack, 69, Duration::from_secs(20)).await;
     assert!(out.contains("has not answered a staging insert"), "{out}");
     blocker.batch_execute("COMMIT").await.unwrap();
-    flaps_stopped_all_staged(&r.stack, seq).await;
-    status_becomes(&r.stack, 0, Duration::from_secs(40)).await;
-    assert_eq!(r.collector.terminate(), Some(0));
-    assert_eq!(r.writer.terminate(), Some(0));
+    r.ends_clean(seq).await;
 }
