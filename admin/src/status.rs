@@ -25,6 +25,9 @@ use serde_json::json;
 
 /// The whole command answers within this.
 pub const DEADLINE: Duration = Duration::from_secs(8);
+/// Each query of `status` gives up after this (a lock held elsewhere): short enough that the
+/// report, naming the lock's holder, comes within `DEADLINE` and a low `KICK_ADMIN_TIMEOUT`.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A heartbeat older than this means the collector is gone or hung (it beats every 10 s).
 const STALE_HEARTBEAT_S: f64 = 30.0;
 /// A collector silent for this long is gone: listed, no longer failing the check.
@@ -366,7 +369,10 @@ impl Report {
 async fn collect(config: &Config) -> anyhow::Result<Report> {
     let client = db::bounded_connect(Duration::from_secs(5), db::connect(&config.database)).await?;
     client
-        .batch_execute("SET statement_timeout = '5s'")
+        .batch_execute(&format!(
+            "SET statement_timeout = '{}s'",
+            STATEMENT_TIMEOUT.as_secs()
+        ))
         .await
         .map_err(db::DbError::from)?;
     let mut r = Report {
@@ -394,7 +400,8 @@ async fn collect(config: &Config) -> anyhow::Result<Report> {
                 Err(e) => format!("unknown ({e})"),
             };
             r.problems.push(format!(
-                "database: a status query waited 5s for a lock held elsewhere (kick-writer and the collectors may be waiting too): {who}"
+                "database: a status query waited {}s for a lock held elsewhere (kick-writer and the collectors may be waiting too): {who}",
+                STATEMENT_TIMEOUT.as_secs()
             ));
             Ok(r)
         }

@@ -25,9 +25,10 @@ pub async fn run(ctx: Arc<Ctx>, started: DateTime<Utc>) -> anyhow::Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_reap = Instant::now() - Duration::from_secs(3600);
     let mut check = tokio::time::interval(Duration::from_secs(1));
-    let mut reported = (usize::MAX, usize::MAX, usize::MAX);
+    let mut reported = (usize::MAX, usize::MAX, usize::MAX, u64::MAX);
     loop {
-        // Every EVERY, and sooner when the sockets changed (status should not lag them by 10 s).
+        // Every EVERY, and sooner when the sockets or the set of health problems changed
+        // (status should not lag them by 10 s).
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
@@ -37,6 +38,7 @@ pub async fn run(ctx: Arc<Ctx>, started: DateTime<Utc>) -> anyhow::Result<()> {
                     m.sockets_total.load(Ordering::Relaxed),
                     m.sockets_up.load(Ordering::Relaxed),
                     m.subscriptions.load(Ordering::Relaxed),
+                    ctx.health.changes(),
                 );
                 if now == reported {
                     continue;
@@ -47,6 +49,7 @@ pub async fn run(ctx: Arc<Ctx>, started: DateTime<Utc>) -> anyhow::Result<()> {
             ctx.metrics.sockets_total.load(Ordering::Relaxed),
             ctx.metrics.sockets_up.load(Ordering::Relaxed),
             ctx.metrics.subscriptions.load(Ordering::Relaxed),
+            ctx.health.changes(),
         );
         // Transient peaks (a large reconcile or placement) are given back to the system.
         crate::memory::trim();

@@ -379,9 +379,14 @@ fn api_health(
             *n += 1;
             if *n >= 3 {
                 let what: String = format!("{e:#}").chars().take(200).collect();
+                // A run also reads and writes the database: do not blame Kick for its faults.
+                let db = e
+                    .chain()
+                    .any(|c| c.is::<kick_shared::db::DbError>() || c.is::<tokio_postgres::Error>());
+                let who = if db { "reconcile" } else { "kick api" };
                 ctx.health.set_since(
                     "kick_api",
-                    format!("kick api failing ({n} runs in a row): {what}"),
+                    format!("{who} failing ({n} runs in a row): {what}"),
                     *since,
                 );
             }

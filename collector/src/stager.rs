@@ -727,7 +727,12 @@ impl Stager {
                                 "staging: database is back"
                             );
                             conn = Some(c);
-                            self.health.clear("staging");
+                            // With something to stage, the problem stays until it is staged: a
+                            // server that answers `SELECT 1` while a lock holds every insert is
+                            // not back. With nothing, the answer is all there is to prove.
+                            if st.spool.is_empty() && st.pending.is_empty() {
+                                self.health.clear("staging");
+                            }
                             self.metrics.db_up.set(1.0);
                             // The back-off is reset by a commit, not by a probe: a server that
                             // answers `SELECT 1` but refuses the insert or the barrier (a
@@ -767,7 +772,7 @@ impl Stager {
                 // The replay's barriers are inline; they cover what is unconfirmed too.
                 inflight = None;
                 match self.replay(st, c).await {
-                    Ok(()) => retry.committed(),
+                    Ok(()) => self.staged_again(&mut retry),
                     Err(e) => {
                         conn = None;
                         self.take_back(st, None);
@@ -816,7 +821,7 @@ impl Stager {
                     Ok(()) => {
                         self.confirm(st, seq);
                         quick_retry = true;
-                        retry.committed();
+                        self.staged_again(&mut retry);
                     }
                     Err(e) => {
                         self.metrics.db_errors.inc();
@@ -875,7 +880,7 @@ impl Stager {
                             // Only a durable commit proves the database works: a server that
                             // takes inserts but refuses every barrier is not retried in a loop.
                             quick_retry = true;
-                            retry.committed();
+                            self.staged_again(&mut retry);
                         }
                         self.metrics.db_up.set(1.0);
                     }
@@ -901,6 +906,13 @@ impl Stager {
                 retry.failed();
             }
         }
+    }
+
+    /// A batch is on disk: an outage (if any) is over and the next one starts from the first
+    /// probe delay.
+    fn staged_again(&self, retry: &mut Retry) {
+        retry.committed();
+        self.health.clear("staging");
     }
 
     /// The barrier sent after batch `seq`'s insert has returned: that batch and every earlier

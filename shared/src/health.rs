@@ -35,6 +35,9 @@ impl Problem {
 #[derive(Debug, Default)]
 pub struct Health {
     problems: Mutex<BTreeMap<String, Problem>>,
+    /// Bumped whenever a problem begins or ends (not when its text changes): lets a reporter
+    /// (the collector's heartbeat) publish a change at once instead of at its next tick.
+    changes: std::sync::atomic::AtomicU64,
 }
 
 impl Health {
@@ -45,6 +48,7 @@ impl Health {
         match p.get_mut(key) {
             Some(existing) => existing.what = what,
             None => {
+                self.bump();
                 p.insert(
                     key.to_owned(),
                     Problem {
@@ -58,18 +62,33 @@ impl Health {
 
     /// Records problem `key` with an explicit start (e.g. the age of the oldest buffered event).
     pub fn set_since(&self, key: &str, what: impl Into<String>, since: DateTime<Utc>) {
-        self.problems.lock().unwrap().insert(
+        let new = self.problems.lock().unwrap().insert(
             key.to_owned(),
             Problem {
                 what: what.into(),
                 since,
             },
         );
+        if new.is_none() {
+            self.bump();
+        }
     }
 
     /// The problem is over.
     pub fn clear(&self, key: &str) {
-        self.problems.lock().unwrap().remove(key);
+        if self.problems.lock().unwrap().remove(key).is_some() {
+            self.bump();
+        }
+    }
+
+    /// How many times a problem has begun or ended: changes when the set of problems does.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn bump(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether problem `key` is set.

@@ -581,7 +581,7 @@ async fn a_row_held_by_an_operator_is_a_named_wait_not_a_failure() {
     assert_eq!(v["database"]["reachable"], json!(true), "{out}");
     let problems = v["problems"].to_string();
     assert!(
-        problems.contains("waited 5s for a lock held elsewhere")
+        problems.contains("waited 3s for a lock held elsewhere")
             && problems.contains("operator-psql"),
         "status names the lock and its holder: {out}"
     );
@@ -648,8 +648,21 @@ async fn a_locked_barrier_row_is_reported_and_loses_nothing() {
         )
         .await
         .unwrap();
+    let locked = Instant::now();
     let out = status_becomes(&r.stack, 69, Duration::from_secs(20)).await;
     assert!(out.contains("has not answered a staging insert"), "{out}");
+    // Past the stager's 15 s stall, its probe (`SELECT 1`) answers while the lock still holds
+    // every batch: the collector must stay unhealthy for as long as the lock lasts.
+    while locked.elapsed() < Duration::from_secs(22) {
+        let (code, out, _, _) = r.stack.admin(&["status"]);
+        assert_ne!(
+            code,
+            0,
+            "healthy at {:?} while the barrier row is locked:\n{out}",
+            locked.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     blocker.batch_execute("COMMIT").await.unwrap();
     r.ends_clean(seq).await;
 }
