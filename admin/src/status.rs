@@ -391,12 +391,7 @@ async fn collect(config: &Config) -> anyhow::Result<Report> {
             }) =>
         {
             let who = match db::lock_holders(&client).await {
-                Ok(h) if !h.is_empty() => h
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                Ok(_) => "none now (released meanwhile)".to_string(),
+                Ok(h) => db::holders_line(&h),
                 Err(e) => format!("unknown ({e})"),
             };
             r.problems.push(format!(
@@ -513,10 +508,9 @@ async fn fill(client: &tokio_postgres::Client, r: &mut Report) -> anyhow::Result
         let why = if holders.is_empty() {
             "is kick-writer running?".to_string()
         } else {
-            let h: Vec<String> = holders.iter().map(ToString::to_string).collect();
             format!(
                 "kick-writer may be waiting for a lock held by {}",
-                h.join("; ")
+                db::holders_line(&holders)
             )
         };
         r.problems.push(line(

@@ -19,6 +19,18 @@ pub const EVERY: Duration = Duration::from_secs(10);
 /// logs, metrics and history times would disagree).
 pub const MAX_SKEW: Duration = Duration::from_secs(5);
 
+/// What a heartbeat reports that should not wait for the next tick when it changes: the
+/// sockets, the subscriptions, and which health problems are set.
+fn reportable(ctx: &Ctx) -> (usize, usize, usize, u64) {
+    let m = &ctx.metrics;
+    (
+        m.sockets_total.load(Ordering::Relaxed),
+        m.sockets_up.load(Ordering::Relaxed),
+        m.subscriptions.load(Ordering::Relaxed),
+        ctx.health.changes(),
+    )
+}
+
 /// Runs the heartbeat until shutdown (supervised).
 pub async fn run(ctx: Arc<Ctx>, started: DateTime<Utc>) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(EVERY);
@@ -33,24 +45,12 @@ pub async fn run(ctx: Arc<Ctx>, started: DateTime<Utc>) -> anyhow::Result<()> {
             _ = ctx.shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
             _ = check.tick() => {
-                let m = &ctx.metrics;
-                let now = (
-                    m.sockets_total.load(Ordering::Relaxed),
-                    m.sockets_up.load(Ordering::Relaxed),
-                    m.subscriptions.load(Ordering::Relaxed),
-                    ctx.health.changes(),
-                );
-                if now == reported {
+                if reportable(&ctx) == reported {
                     continue;
                 }
             }
         }
-        reported = (
-            ctx.metrics.sockets_total.load(Ordering::Relaxed),
-            ctx.metrics.sockets_up.load(Ordering::Relaxed),
-            ctx.metrics.subscriptions.load(Ordering::Relaxed),
-            ctx.health.changes(),
-        );
+        reported = reportable(&ctx);
         // Transient peaks (a large reconcile or placement) are given back to the system.
         crate::memory::trim();
         if ctx.leases.id_in_use() {

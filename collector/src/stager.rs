@@ -446,31 +446,37 @@ struct Conn {
     side: Option<Side>,
 }
 
-async fn connect(db: &DbConfig, program: &'static str) -> Result<Conn, db::DbError> {
+/// One session of the stager, its commits durable (`sync` "on") or not ("off").
+async fn session(
+    db: &DbConfig,
+    program: &'static str,
+    sync: &'static str,
+) -> Result<tokio_postgres::Client, db::DbError> {
     let client = db::connect(db).await?;
-    let commit = StagingCommit::from_env();
-    let sync = match commit {
-        StagingCommit::Durable => "on",
-        StagingCommit::Early => "off",
-    };
     // The statement timeout ends a query the server accepted but cannot finish (a lock held
-    // elsewhere); a hung server is caught on our side by STALL. `program` is our constant.
+    // elsewhere); a hung server is caught on our side by STALL. `program` and `sync` are our
+    // constants.
     client
         .batch_execute(&format!(
             "SET application_name = '{program}'; SET synchronous_commit = {sync};
              SET plan_cache_mode = force_generic_plan; SET statement_timeout = '15s'"
         ))
         .await?;
+    Ok(client)
+}
+
+async fn connect(db: &DbConfig, program: &'static str) -> Result<Conn, db::DbError> {
+    let commit = StagingCommit::from_env();
+    let sync = match commit {
+        StagingCommit::Durable => "on",
+        StagingCommit::Early => "off",
+    };
+    let client = session(db, program, sync).await?;
     let insert = client.prepare(INSERT).await?;
     let barrier = client.prepare(BARRIER).await?;
     let side = match (commit, BarrierAt::from_env()) {
         (StagingCommit::Early, BarrierAt::Separate) => {
-            let side = db::connect(db).await?;
-            side.batch_execute(&format!(
-                "SET application_name = '{program}'; SET synchronous_commit = on;
-                 SET plan_cache_mode = force_generic_plan; SET statement_timeout = '15s'"
-            ))
-            .await?;
+            let side = session(db, program, "on").await?;
             let barrier = side.prepare(BARRIER).await?;
             Some(Side {
                 client: Arc::new(side),
@@ -585,6 +591,13 @@ struct Counts {
     inserted: u64,
     /// Rows refused because their lease token was no longer their shard's.
     fenced: u64,
+}
+
+/// Whether a running count of refusals going from `before` to `after` (> 0) deserves a log line:
+/// the first time, then at each doubling. A fault that lasts refuses every event; a line each
+/// would flood the journal, and a line only the first time would hide how much it cost.
+fn doubled(before: u64, after: u64) -> bool {
+    before == 0 || after.ilog2() > before.ilog2()
 }
 
 /// The database's clock at a local instant, estimated from the measured skew.
@@ -844,11 +857,7 @@ impl Stager {
                     self.spool_pending(st);
                     continue;
                 }
-                if inflight.is_none()
-                    && let (Some(side), Some(last)) = (&c.side, st.unconfirmed.back())
-                {
-                    inflight = Some(side.barrier(&self.collector_id, last.seq));
-                }
+                self.next_barrier(c, st, &mut inflight);
                 if st.pending.is_empty() {
                     continue;
                 }
@@ -871,11 +880,7 @@ impl Stager {
                                 since: Instant::now(),
                                 events: batch,
                             });
-                            if inflight.is_none()
-                                && let Some(side) = &c.side
-                            {
-                                inflight = Some(side.barrier(&self.collector_id, seq));
-                            }
+                            self.next_barrier(c, st, &mut inflight);
                         } else {
                             // Only a durable commit proves the database works: a server that
                             // takes inserts but refuses every barrier is not retried in a loop.
@@ -905,6 +910,16 @@ impl Stager {
                 self.note_outage(st, &e);
                 retry.failed();
             }
+        }
+    }
+
+    /// Sends the next barrier when none is in flight and a batch waits for one: it covers every
+    /// batch inserted so far.
+    fn next_barrier(&self, c: &Conn, st: &State, inflight: &mut Option<InFlight>) {
+        if inflight.is_none()
+            && let (Some(side), Some(last)) = (&c.side, st.unconfirmed.back())
+        {
+            *inflight = Some(side.barrier(&self.collector_id, last.seq));
         }
     }
 
@@ -1037,7 +1052,7 @@ impl Stager {
                 if done.fenced > 0 {
                     let before = self.metrics.fenced.get();
                     self.metrics.fenced.add(done.fenced);
-                    if before == 0 || (before + done.fenced).ilog2() > before.max(1).ilog2() {
+                    if doubled(before, before + done.fenced) {
                         tracing::warn!(
                             fenced = done.fenced,
                             fenced_total = before + done.fenced,
@@ -1168,10 +1183,9 @@ impl Stager {
             Err(e @ SpoolError::Full { .. }) => {
                 let before = self.metrics.dropped.get();
                 self.metrics.dropped.add(rows.len() as u64);
-                // Once, then at every doubling of the refused total: while the spool stays
-                // full every event is refused, and a line each would flood the journal.
+                // While the spool stays full every event is refused: not a line each.
                 let after = before + rows.len() as u64;
-                if before == 0 || after.ilog2() > before.ilog2() {
+                if doubled(before, after) {
                     tracing::error!(error = %e, refused = rows.len(), refused_total = after, "events refused: the spool is full");
                 }
                 self.health.set("spool", e.to_string());
@@ -1288,6 +1302,14 @@ mod tests {
             choice(v, Some(&"x".repeat(100_000)), &choices),
             BarrierAt::Separate
         );
+    }
+
+    #[test]
+    fn a_refusal_count_is_logged_the_first_time_and_at_each_doubling() {
+        let logged: Vec<u64> = (1..=20).filter(|n| doubled(n - 1, *n)).collect();
+        assert_eq!(logged, [1, 2, 4, 8, 16]);
+        // A batch that jumps past a power of two is logged once.
+        assert!(doubled(5, 9) && !doubled(9, 15));
     }
 
     #[test]

@@ -439,6 +439,18 @@ impl std::fmt::Display for LockHolder {
     }
 }
 
+/// Lock holders on one line (for a log line, `/healthz`, `kick-admin status`).
+pub fn holders_line(holders: &[LockHolder]) -> String {
+    if holders.is_empty() {
+        return "none now (the lock was released)".to_string();
+    }
+    holders
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Sessions other than writers holding a lock on `streamers` stronger than a read (a row lock
 /// from `SELECT … FOR UPDATE`, an update) or one on `raw_events` that stops a row-locking claim
 /// (`LOCK TABLE`, a migration): what a writer's batch can wait for. PostgreSQL shows every role

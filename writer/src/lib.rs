@@ -214,12 +214,13 @@ impl Writer {
                     let timed_out = e
                         .downcast_ref::<db::DbError>()
                         .is_some_and(|d| matches!(d, db::DbError::Timeout(_)));
-                    let holders = match timed_out {
-                        true => self.lock_holders().await.unwrap_or_default(),
-                        false => Vec::new(),
+                    let holders = if timed_out {
+                        self.lock_holders().await.unwrap_or_default()
+                    } else {
+                        Vec::new()
                     };
                     if !holders.is_empty() {
-                        let holders = holders_line(&Ok(holders));
+                        let holders = db::holders_line(&holders);
                         tracing::warn!(error = %format!("{e:#}"), holders = %holders, retry_in_ms = wait.as_millis() as u64, "session not opened: waiting for a lock held elsewhere");
                         self.health.set(
                             "database",
@@ -257,7 +258,10 @@ impl Writer {
                 // needs (an operator's open transaction, a migration). Name them, and try
                 // again at once: the wait itself is what bounds the retries.
                 self.metrics.lock_waits.inc();
-                let holders = holders_line(&self.lock_holders().await);
+                let holders = match self.lock_holders().await {
+                    Ok(h) => db::holders_line(&h),
+                    Err(e) => format!("unknown ({e})"),
+                };
                 tracing::warn!(
                     error = %format!("{e:#}"),
                     holders = %holders,
@@ -440,19 +444,6 @@ struct Session {
 
 /// Whether the database refused a batch for its data (so applying it unchanged can never
 /// succeed): isolate the row to blame.
-/// The holders of a lock on one line, for the log and `/healthz`.
-fn holders_line(holders: &Result<Vec<db::LockHolder>, String>) -> String {
-    match holders {
-        Ok(h) if h.is_empty() => "none now (the lock was released)".to_string(),
-        Ok(h) => h
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; "),
-        Err(e) => format!("unknown ({e})"),
-    }
-}
-
 fn is_data_error(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| {
         matches!(&c.code()[..2], "22" | "23" | "54") && c != &SqlState::T_R_SERIALIZATION_FAILURE

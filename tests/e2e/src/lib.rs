@@ -669,6 +669,23 @@ impl Stack {
         );
     }
 
+    /// The collector has subscribed `channels` (within `subscribed_within`) and every status is
+    /// kick-sim's (within `converged_within`); else a panic with the collector's log.
+    pub async fn settle(
+        &self,
+        channels: i64,
+        subscribed_within: Duration,
+        converged_within: Duration,
+        collector: &Service,
+    ) {
+        self.wait_subscribed(channels, subscribed_within)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail(collector)));
+        self.converge(converged_within)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail(collector)));
+    }
+
     /// kick-writer and kick-collector under their least-privilege roles (created first), once
     /// the collector has subscribed `channels` (within 30 s, else a panic with its log).
     pub async fn spawn_least_privileged(&self, channels: i64) -> (Service, Service) {

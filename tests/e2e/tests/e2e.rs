@@ -37,10 +37,13 @@ async fn running(transport: &str) -> (Stack, Service, Service) {
     let writer = stack.spawn("kick-writer", &[]);
     let collector = stack.spawn("kick-collector", &[]);
     stack
-        .wait_subscribed(STREAMERS as i64, Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
-    stack.converge(Duration::from_secs(30)).await.unwrap();
+        .settle(
+            STREAMERS as i64,
+            Duration::from_secs(30),
+            Duration::from_secs(30),
+            &collector,
+        )
+        .await;
     stack.control("/control/flap", json!({"rate": 40})).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     (stack, writer, collector)
@@ -267,13 +270,13 @@ async fn a_collector_stops_at_once_in_the_middle_of_a_reconcile() {
     // Started again: the reconcile and the sockets bring every status right.
     let collector = stack.spawn("kick-collector", &[]);
     stack
-        .wait_subscribed(streamers as i64, Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
-    stack
-        .converge(Duration::from_secs(120))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
+        .settle(
+            streamers as i64,
+            Duration::from_secs(60),
+            Duration::from_secs(120),
+            &collector,
+        )
+        .await;
     stack.check_history().await.unwrap();
     assert_eq!(writer.terminate(), Some(0));
 }

@@ -52,10 +52,13 @@ async fn the_services_follow_a_promoted_standby() {
     let mut writer = stack.spawn("kick-writer", &[]);
     let mut collector = stack.spawn("kick-collector", &[]);
     stack
-        .wait_subscribed(STREAMERS as i64, Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
-    stack.converge(Duration::from_secs(30)).await.unwrap();
+        .settle(
+            STREAMERS as i64,
+            Duration::from_secs(30),
+            Duration::from_secs(30),
+            &collector,
+        )
+        .await;
 
     stack.control("/control/flap", json!({"rate": 20})).await;
     tokio::time::sleep(Duration::from_secs(4)).await;

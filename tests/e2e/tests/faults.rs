@@ -51,10 +51,13 @@ async fn running() -> Running {
     let writer = stack.spawn("kick-writer", &as_refs(&env_w));
     let collector = stack.spawn("kick-collector", &as_refs(&env_c));
     stack
-        .wait_subscribed(STREAMERS as i64, Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
-    stack.converge(Duration::from_secs(30)).await.unwrap();
+        .settle(
+            STREAMERS as i64,
+            Duration::from_secs(30),
+            Duration::from_secs(30),
+            &collector,
+        )
+        .await;
     Running {
         stack,
         writer,
@@ -221,13 +224,13 @@ async fn postgres_down_at_boot_for_2_minutes() {
     stack.cluster.start_again();
     let up = Instant::now();
     stack
-        .wait_subscribed(STREAMERS as i64, Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
-    stack
-        .converge(Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
+        .settle(
+            STREAMERS as i64,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            &collector,
+        )
+        .await;
     status_becomes(&stack, 0, Duration::from_secs(60)).await;
     eprintln!("converged {:?} after the database came up", up.elapsed());
     for (name, n) in [("collector", &notify_c), ("writer", &notify_w)] {
@@ -378,10 +381,13 @@ async fn collectors_with_skewed_clocks_order_events_by_the_database() {
     // Two collectors resolve regions and subscribe side by side: give them room on a busy
     // machine (alone this takes about 2 s).
     stack
-        .wait_subscribed(2 * STREAMERS as i64, Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&fast)));
-    stack.converge(Duration::from_secs(30)).await.unwrap();
+        .settle(
+            2 * STREAMERS as i64,
+            Duration::from_secs(60),
+            Duration::from_secs(30),
+            &fast,
+        )
+        .await;
     // Sessions flip quickly: the last one must win, whichever collector staged what first.
     for round in 0..3 {
         for i in 0..10 {

@@ -37,10 +37,13 @@ async fn running(transport: &'static str, extra: &[(&str, &str)]) -> (Stack, Ser
     let writer = stack.spawn("kick-writer", &[]);
     let collector = stack.spawn("kick-collector", extra);
     stack
-        .wait_subscribed(STREAMERS as i64, Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
-    stack.converge(Duration::from_secs(30)).await.unwrap();
+        .settle(
+            STREAMERS as i64,
+            Duration::from_secs(30),
+            Duration::from_secs(30),
+            &collector,
+        )
+        .await;
     (stack, writer, collector)
 }
 

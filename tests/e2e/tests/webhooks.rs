@@ -469,10 +469,13 @@ async fn a_late_delivery_never_overrides_a_newer_session() {
     let collector = stack.spawn("kick-collector", &[]);
     let rx = receiver(&stack, &[]).await;
     stack
-        .wait_subscribed(STREAMERS as i64, Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
-    stack.converge(Duration::from_secs(30)).await.unwrap();
+        .settle(
+            STREAMERS as i64,
+            Duration::from_secs(30),
+            Duration::from_secs(30),
+            &collector,
+        )
+        .await;
     wait_for("the subscriptions", Duration::from_secs(20), || async {
         count(&stack, "SELECT count(*) FROM webhook_subscriptions").await == STREAMERS as i64
     })
