@@ -9,6 +9,12 @@
 use std::net::Ipv4Addr;
 use std::process::{Child, Command};
 
+/// The second octet of a test process's addresses (10.200.0.0–10.249.255.255), from its tag.
+fn second_octet(tag: u32) -> u8 {
+    // `tag % 50` is below 50, so the sum is at most 249.
+    200 + u8::try_from(tag % 50).unwrap_or(0)
+}
+
 /// One simulated host.
 #[derive(Debug)]
 pub struct Host {
@@ -51,10 +57,11 @@ impl Host {
         let ns = format!("km{tag}h{idx}");
         let (db_h, db_n) = (format!("kd{tag}h{idx}"), format!("kd{tag}n{idx}"));
         let (k_h, k_n) = (format!("kk{tag}h{idx}"), format!("kk{tag}n{idx}"));
-        // Distinct /30s per test process and host.
-        let net = (tag % 60) as u8;
-        let db_ip = Ipv4Addr::new(10, 201 + net, idx, 1);
-        let kick_ip = Ipv4Addr::new(10, 201 + net, idx, 5);
+        // Distinct /30s per test process and host: second octet 200–249 (u8 arithmetic that
+        // cannot overflow whatever the process id).
+        let octet = second_octet(tag);
+        let db_ip = Ipv4Addr::new(10, octet, idx, 1);
+        let kick_ip = Ipv4Addr::new(10, octet, idx, 5);
         let _ = ip(&["netns", "del", &ns]);
         ip(&["netns", "add", &ns])?;
         let host = Host {
@@ -71,8 +78,8 @@ impl Host {
         };
         inside(&["link", "set", "lo", "up"])?;
         for (h, n, mine, theirs) in [
-            (&db_h, &db_n, db_ip, Ipv4Addr::new(10, 201 + net, idx, 2)),
-            (&k_h, &k_n, kick_ip, Ipv4Addr::new(10, 201 + net, idx, 6)),
+            (&db_h, &db_n, db_ip, Ipv4Addr::new(10, octet, idx, 2)),
+            (&k_h, &k_n, kick_ip, Ipv4Addr::new(10, octet, idx, 6)),
         ] {
             ip(&["link", "add", h, "type", "veth", "peer", "name", n])?;
             ip(&["link", "set", n, "netns", &ns])?;
@@ -121,5 +128,19 @@ impl Drop for Host {
         }
         // Deleting the namespace deletes the veth ends in it, and so their peers.
         let _ = ip(&["netns", "del", &self.ns]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::second_octet;
+
+    #[test]
+    fn every_process_tag_gives_a_valid_octet() {
+        for tag in 0..10_000 {
+            let o = second_octet(tag);
+            assert!((200..250).contains(&o), "tag {tag}: {o}");
+        }
+        assert_eq!(second_octet(u32::MAX), 200 + (u32::MAX % 50) as u8);
     }
 }
