@@ -187,6 +187,7 @@ impl Stack {
             "KICK_STAGING_DOORBELL",
             "KICK_STAGING_COMMIT",
             "KICK_STAGING_BARRIER",
+            "KICK_STAGING_BARRIER_DELAY_MS",
         ] {
             if let Ok(v) = std::env::var(var) {
                 env.push((var.into(), v));
