@@ -79,6 +79,26 @@ struct Placement {
     capped: bool,
     /// This run's coverage rows replaced those of an earlier run (done at the first report).
     cleared: bool,
+    /// Counts changes of the sockets' channel sets and of `regions` (see [`CoverageInputs`]).
+    changes: u64,
+    /// What `reported` was computed from.
+    reported_from: Option<CoverageInputs>,
+    /// What the last `re_place` looked at.
+    placed_from: Option<CoverageInputs>,
+}
+
+/// Everything coverage (and `re_place`) depends on, cheap to read: the per-second check walks
+/// every channel only when one of these changed. At 10,000 channels the walk (a region lookup,
+/// a URL comparison and a set insertion per channel, then the comparison of two sets) held
+/// the collector's only thread for milliseconds every second, and the events that arrived
+/// meanwhile waited (BENCHMARKS.md, "Latency against a single process").
+#[derive(Debug, PartialEq, Eq)]
+struct CoverageInputs {
+    /// [`Placement::changes`] when read.
+    changes: u64,
+    pusher: bool,
+    /// Per socket: whether it is up, and where it connected.
+    sockets: Vec<(bool, Option<String>)>,
 }
 
 /// Runs the placement until shutdown: `desired` is the set of channels to subscribe (updated by
@@ -109,6 +129,9 @@ pub async fn run(
         report_due: true,
         capped: false,
         cleared: false,
+        changes: 0,
+        reported_from: None,
+        placed_from: None,
     };
     let first = desired.borrow_and_update().clone();
     p.apply(&first);
@@ -173,11 +196,7 @@ impl Placement {
         for ch in current {
             if !desired.contains(&ch) {
                 let s = self.owner.remove(&ch).unwrap();
-                let mut d = self.sockets[s].shared.desired.lock().unwrap();
-                d.remove(&ch);
-                let emptied = d.is_empty();
-                drop(d);
-                if emptied {
+                if self.drop_from(s, ch) {
                     self.sockets[s].moved_out = true;
                 }
                 touched.insert(s);
@@ -229,7 +248,7 @@ impl Placement {
             });
         match room {
             Some(i) => {
-                self.sockets[i].shared.desired.lock().unwrap().insert(ch);
+                self.add_to(i, ch);
                 self.sockets[i].moved_out = false;
                 self.owner.insert(ch, i);
                 Some(i)
@@ -304,6 +323,7 @@ impl Placement {
     /// (it was blind there: nothing is lost by the move).
     fn on_region(&mut self, ch: i64, url: String) {
         self.regions.insert(ch, url);
+        self.changes += 1;
         let Some(&s) = self.owner.get(&ch) else {
             return;
         };
@@ -316,10 +336,43 @@ impl Placement {
             return;
         }
         self.owner.remove(&ch);
-        self.sockets[s].shared.desired.lock().unwrap().remove(&ch);
+        self.drop_from(s, ch);
         self.sockets[s].shared.changed.notify_one();
         if let Some(n) = self.place(ch) {
             self.sockets[n].shared.changed.notify_one();
+        }
+    }
+
+    /// Adds `ch` to socket `s`'s channels. Every change of a socket's channels goes through
+    /// this or [`Self::drop_from`], so that coverage knows to look again.
+    fn add_to(&mut self, s: usize, ch: i64) {
+        self.sockets[s].shared.desired.lock().unwrap().insert(ch);
+        self.changes += 1;
+    }
+
+    /// Removes `ch` from socket `s`'s channels; whether none are left.
+    fn drop_from(&mut self, s: usize, ch: i64) -> bool {
+        let mut d = self.sockets[s].shared.desired.lock().unwrap();
+        d.remove(&ch);
+        self.changes += 1;
+        d.is_empty()
+    }
+
+    /// What coverage depends on, as it is now.
+    fn coverage_inputs(&self) -> CoverageInputs {
+        CoverageInputs {
+            changes: self.changes,
+            pusher: self.ctx.cfg().kick.transport == Transport::Pusher,
+            sockets: self
+                .sockets
+                .iter()
+                .map(|s| {
+                    (
+                        s.shared.up.load(Ordering::Relaxed),
+                        s.shared.connected_url.lock().unwrap().clone(),
+                    )
+                })
+                .collect(),
         }
     }
 
@@ -354,6 +407,11 @@ impl Placement {
     /// Channels whose socket no longer reaches their server (a general socket reconnected and
     /// was sent elsewhere): move them.
     fn re_place(&mut self) {
+        let inputs = self.coverage_inputs();
+        if self.placed_from.as_ref() == Some(&inputs) {
+            return;
+        }
+        self.placed_from = Some(inputs);
         let misplaced: Vec<i64> = self
             .owner
             .iter()
@@ -372,8 +430,14 @@ impl Placement {
 
     /// Writes what changed in realtime coverage to `channel_coverage`.
     async fn report_coverage(&mut self) {
+        // Read before the walk: a change made after it is seen at the next check.
+        let inputs = self.coverage_inputs();
+        if !self.report_due && self.reported_from.as_ref() == Some(&inputs) {
+            return;
+        }
         let now = self.covered();
         if now == self.reported && !self.report_due {
+            self.reported_from = Some(inputs);
             return;
         }
         // Only a lease member writes coverage under its id: a second process wrongly started
@@ -418,6 +482,7 @@ impl Placement {
         match ok {
             Ok(()) => {
                 self.reported = now;
+                self.reported_from = Some(inputs);
                 self.report_due = false;
                 self.cleared = true;
             }
