@@ -412,7 +412,7 @@ impl BarrierAt {
 /// the batch it covers, and took CPU from it: sent 3 ms later it runs after the writer has
 /// committed. Measured on Centrifugo, 10,000 streamers, pinned (BENCHMARKS.md, "Latency against
 /// a single process"): end to end at 100 events/s p50 1.8–2.1 → 1.5–1.6 ms, at 1,000/s p50
-/// 2.2 → 1.2 ms, p99 7.1 → 4.5 ms. What it costs: a batch is confirmed (counted staged, its
+/// 2.2 → 1.2–1.6 ms, p99 7.1 → 4.5–5.4 ms. What it costs: a batch is confirmed (counted staged, its
 /// webhook deliveries answered) 3 ms later, and the window in which a crash of the database
 /// *and* the collector together loses a batch that was not yet flushed widens by as much;
 /// kept in memory meanwhile, a batch is staged again if the database alone fails.
