@@ -257,12 +257,18 @@ pub async fn run(ctx: Arc<Ctx>, queue: Queue) -> anyhow::Result<()> {
             else {
                 continue;
             };
-            if let (Err(_), Some(key)) = (&result, unknown_on_failure) {
-                match mark_unknown(&ctx, &channels, &key).await {
-                    Ok(n) if n > 0 => tracing::warn!(
-                        streamers = n,
-                        "socket down and kick api failing: statuses marked unknown"
-                    ),
+            if let (Err(e), Some(key)) = (&result, unknown_on_failure) {
+                // Nothing checked these streamers while their socket was down: their status is
+                // unknown, and the reason names what failed — the database is not Kick.
+                let reason = if is_db_failure(e) {
+                    "realtime socket down and the check against the kick api failed on the database"
+                } else {
+                    "realtime socket down and kick api unavailable"
+                };
+                match mark_unknown(&ctx, &channels, &key, reason).await {
+                    Ok(n) if n > 0 => {
+                        tracing::warn!(streamers = n, reason, "statuses marked unknown");
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), "cannot mark statuses unknown");
@@ -379,11 +385,11 @@ fn api_health(
             *n += 1;
             if *n >= 3 {
                 let what: String = format!("{e:#}").chars().take(200).collect();
-                // A run also reads and writes the database: do not blame Kick for its faults.
-                let db = e
-                    .chain()
-                    .any(|c| c.is::<kick_shared::db::DbError>() || c.is::<tokio_postgres::Error>());
-                let who = if db { "reconcile" } else { "kick api" };
+                let who = if is_db_failure(e) {
+                    "reconcile"
+                } else {
+                    "kick api"
+                };
                 ctx.health.set_since(
                     "kick_api",
                     format!("{who} failing ({n} runs in a row): {what}"),
@@ -392,6 +398,13 @@ fn api_health(
             }
         }
     }
+}
+
+/// Whether a failed run failed on the database (a run also reads and writes it): Kick is not
+/// to blame for that.
+fn is_db_failure(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.is::<kick_shared::db::DbError>() || c.is::<tokio_postgres::Error>())
 }
 
 /// Runs an API call, honouring 429 Retry-After a few times before giving up.
@@ -557,14 +570,19 @@ async fn reconcile(ctx: &Ctx, scope: &Scope, misses: &mut Misses) -> anyhow::Res
 
 /// While a socket is down and the API also fails, its streamers' status is unknown — never
 /// offline. Stages one `StatusUnknown` row per streamer not already unknown.
-async fn mark_unknown(ctx: &Ctx, channels: &[i64], gap_key: &str) -> anyhow::Result<usize> {
+async fn mark_unknown(
+    ctx: &Ctx,
+    channels: &[i64],
+    gap_key: &str,
+    reason: &str,
+) -> anyhow::Result<usize> {
     let stored = load_all(ctx, &Scope::Channels(channels.to_vec())).await?;
     let now = Utc::now();
     let mut n = 0;
     for s in stored.iter().filter(|s| s.status != Status::Unknown) {
         n += 1;
         ctx.stager
-            .stage(rows::unknown(s.user_id, s.channel_id, gap_key, now));
+            .stage(rows::unknown(s.user_id, s.channel_id, gap_key, now, reason));
     }
     Ok(n)
 }

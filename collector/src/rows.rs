@@ -305,12 +305,13 @@ pub fn unknown(
     channel_id: Option<i64>,
     gap_key: &str,
     observed_at: DateTime<Utc>,
+    reason: &str,
 ) -> Staged {
     Staged {
         channel_id,
         shard_key: Some(channel_id.unwrap_or(user_id)),
         user_id: Some(user_id),
-        payload: json!({"reason": "realtime socket down and kick api unavailable"}).to_string(),
+        payload: json!({ "reason": reason }).to_string(),
         ..base(
             Source::Realtime,
             event_name::STATUS_UNKNOWN,

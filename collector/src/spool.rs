@@ -222,7 +222,7 @@ mod tests {
     use chrono::Utc;
 
     fn row(i: i64) -> Staged {
-        crate::rows::unknown(i, Some(i), "t", Utc::now())
+        crate::rows::unknown(i, Some(i), "t", Utc::now(), "test")
     }
 
     #[test]

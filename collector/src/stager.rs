@@ -307,18 +307,20 @@ fn env_choice<T: Copy>(var: &str, choices: &[(&str, T)]) -> T {
     choice(var, std::env::var(var).ok().as_deref(), choices)
 }
 
-/// `value` of setting `var` as one of `choices`; absent: the first; unknown: the first, with a
-/// warning (the value cut to 40 characters).
+/// `value` of setting `var` as one of `choices`; absent or empty: the first; unknown: the
+/// first, with a warning (the value cut to 40 characters, quoted).
 fn choice<T: Copy>(var: &str, value: Option<&str>, choices: &[(&str, T)]) -> T {
     let (default_name, default) = choices[0];
-    let Some(value) = value else {
+    // Empty is unset, as for every other setting.
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
         return default;
     };
     match choices.iter().find(|(name, _)| *name == value) {
         Some((_, choice)) => *choice,
         None => {
+            // Quoted and escaped: a newline in the value must not forge a log line.
             tracing::warn!(
-                value = %value.chars().take(40).collect::<String>(),
+                value = ?value.chars().take(40).collect::<String>(),
                 "{var} is none of the known values: using '{default_name}'"
             );
             default
@@ -423,17 +425,17 @@ const BARRIER_DELAY: Duration = Duration::from_millis(3);
 const BARRIER_DELAY_MAX_MS: u64 = 100;
 
 /// The barrier delay from `KICK_STAGING_BARRIER_DELAY_MS` (whole milliseconds, 0 to
-/// [`BARRIER_DELAY_MAX_MS`]); absent: [`BARRIER_DELAY`]; anything else: the default, with a
-/// warning.
+/// [`BARRIER_DELAY_MAX_MS`], spaces around allowed); absent or empty: [`BARRIER_DELAY`];
+/// anything else: the default, with a warning.
 fn barrier_delay(value: Option<&str>) -> Duration {
-    let Some(value) = value else {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
         return BARRIER_DELAY;
     };
     match value.trim().parse::<u64>() {
         Ok(ms) if ms <= BARRIER_DELAY_MAX_MS => Duration::from_millis(ms),
         _ => {
             tracing::warn!(
-                value = %value.chars().take(40).collect::<String>(),
+                value = ?value.chars().take(40).collect::<String>(),
                 "KICK_STAGING_BARRIER_DELAY_MS is not a whole number of milliseconds from 0 to \
                  {BARRIER_DELAY_MAX_MS}: using {} ms",
                 BARRIER_DELAY.as_millis()
@@ -1347,6 +1349,7 @@ mod tests {
         assert_eq!(choice(v, Some("inline"), &choices), BarrierAt::Inline);
         assert_eq!(choice(v, Some("separate"), &choices), BarrierAt::Separate);
         assert_eq!(choice(v, Some("Inline"), &choices), BarrierAt::Separate);
+        assert_eq!(choice(v, Some(""), &choices), BarrierAt::Separate);
         assert_eq!(
             choice(v, Some(&"x".repeat(100_000)), &choices),
             BarrierAt::Separate
