@@ -471,7 +471,7 @@ impl Session {
         // is a key lookup, so sequential scans are ruled out for the session.
         work.batch_execute(&format!(
             "SET application_name = 'kick-writer'; SET plan_cache_mode = force_generic_plan;
-             SET enable_seqscan = off;
+             SET enable_seqscan = off; SET synchronous_commit = off;
              SET statement_timeout = '{}s'; SET idle_in_transaction_session_timeout = '60s'",
             STATEMENT_TIMEOUT.as_secs()
         ))

@@ -289,7 +289,15 @@ impl Cluster {
             Ok(cpus) if !cpus.is_empty() => format!("taskset -c {cpus} {runas}"),
             _ => runas,
         };
-        let mut child = Command::new("sh")
+        let mut supervisor = Command::new("sh");
+        // Benchmarks on an emulated slow disk (`BENCH_SLOW_DISK=1 ./scripts/bench`): a library
+        // preloaded into the server that makes every flush slower.
+        if let Ok(lib) = std::env::var("KICK_TESTKIT_PG_PRELOAD")
+            && !lib.is_empty()
+        {
+            supervisor.env("LD_PRELOAD", lib);
+        }
+        let mut child = supervisor
             .args(["-c", SUPERVISOR, "supervisor"])
             .arg(&bindir)
             .arg(data)

@@ -514,6 +514,11 @@ async fn compare(
         let mut env = QUIET.to_vec();
         env.push(("KICK_REALTIME_TRANSPORT", transport.as_str()));
         let stack = Stack::start(sim_opts(streamers), &env).await;
+        let (n, floor) = percentiles(durable_commits(&stack, 200).await);
+        println!(
+            "| compare | {transport}: one durable one-row commit on this cluster (the floor) | {:.2} / {:.2} / {:.2} / {:.2} ms (n={n}) | | |",
+            floor[0], floor[1], floor[2], floor[3]
+        );
         let mut offset = 0;
         for rate in rates {
             for _ in 0..rounds {
@@ -594,6 +599,32 @@ async fn compare(
             }
         }
     }
+}
+
+/// The physical floor of the run: `n` durable commits of one row each, one after another, timed
+/// from the client (what one event costs the reference at the least).
+async fn durable_commits(stack: &Stack, n: usize) -> Vec<f64> {
+    let c = stack.client().await;
+    c.batch_execute(
+        "SET synchronous_commit = on;
+         CREATE TABLE IF NOT EXISTS bench_floor (id int PRIMARY KEY, n bigint NOT NULL)",
+    )
+    .await
+    .unwrap();
+    let st = c
+        .prepare(
+            "INSERT INTO bench_floor VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET n = bench_floor.n + 1",
+        )
+        .await
+        .unwrap();
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        c.execute(&st, &[]).await.unwrap();
+        v.push(t.elapsed().as_secs_f64());
+    }
+    c.batch_execute("DROP TABLE bench_floor").await.unwrap();
+    v
 }
 
 /// A free loopback port for a metrics endpoint.
