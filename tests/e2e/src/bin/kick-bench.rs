@@ -410,7 +410,13 @@ async fn measure_pipeline(stack: &Stack, rate: u64, seconds: u64, offset: usize)
                 .unwrap_or_default();
             text.push_str(&format!("{:.1} {:.3}{staged}\n", t * 1e3, l * 1e3));
         }
-        append(&path, &format!("# run of {rate} events/s\n{text}"));
+        append(
+            &path,
+            &format!(
+                "# run of {rate} events/s, began {}\n{text}",
+                wall0.format("%H:%M:%S%.3f")
+            ),
+        );
     }
     lat.lock().await.clone()
 }
