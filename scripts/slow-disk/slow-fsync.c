@@ -9,6 +9,13 @@
  * The delay is a sleep: like a real flush, it holds whatever the caller holds (PostgreSQL's
  * WAL write lock) and leaves the CPU to others. Writes, reads and sync_file_range() are untouched.
  *
+ * A hanging disk, besides: with KICK_SLOW_FSYNC_HANG_MS (default 0: never) and
+ * KICK_SLOW_FSYNC_HANG_EVERY_MS (default 5000), the disk hangs for HANG_MS at the start of every
+ * HANG_EVERY_MS of the wall clock: a flush called in that window returns only when the window
+ * ends (then the delay above), in every process at once, as when a real device or the host under
+ * a virtual one stops answering for a while (this machine's own disk was seen to: a 4 KB
+ * fdatasync took up to 1.2 s).
+ *
  * Build: cc -O2 -shared -fPIC -o slow-fsync.so slow-fsync.c -ldl -lm
  */
 #define _GNU_SOURCE
@@ -48,9 +55,34 @@ static double uniform(void)
     return ((x * 2685821657736338717ULL) >> 11) * (1.0 / 9007199254740992.0);
 }
 
+/* Waits out the disk's hang window, if one is open now (the same windows in every process). */
+static void hang(void)
+{
+    static long hang_ms = -1, every_ms = -1;
+    if (hang_ms < 0) {
+        hang_ms = setting("KICK_SLOW_FSYNC_HANG_MS", 0);
+        every_ms = setting("KICK_SLOW_FSYNC_HANG_EVERY_MS", 5000);
+        if (every_ms <= hang_ms)
+            hang_ms = 0;
+    }
+    if (hang_ms == 0)
+        return;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    long long ms = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    long into = (long)(ms % every_ms);
+    if (into >= hang_ms)
+        return;
+    long us = (hang_ms - into) * 1000L;
+    struct timespec d = {us / 1000000, (us % 1000000) * 1000};
+    while (nanosleep(&d, &d) == -1 && errno == EINTR)
+        ;
+}
+
 static void slow_down(void)
 {
     static long base = -1, tail = -1;
+    hang();
     if (base < 0) {
         base = setting("KICK_SLOW_FSYNC_US", 3000);
         tail = setting("KICK_SLOW_FSYNC_TAIL_US", 1000);
