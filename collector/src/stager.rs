@@ -19,7 +19,12 @@
 //! outage: buffered events go to the [`Spool`] (fsync'd), and so does every event that arrives
 //! until the database answers again; then the spool is replayed in order, and normal staging
 //! resumes. An insert that takes longer than [`SUSPECT`] already sends new events to the spool
-//! while it is waited for (up to [`STALL`]): slow or hung, nothing waits in memory only. At shutdown, what cannot be committed within a few
+//! while it is waited for (up to [`STALL`]): slow or hung, nothing waits in memory only. A
+//! flush that takes longer than [`SUSPECT`] (the barrier's, on a slow or hung disk) sends copies
+//! of the unconfirmed batches to the spool, and of every batch inserted after them, while the
+//! inserts go on and stay visible: the status path does not wait for the disk, and a barrier
+//! that returns drops the copies (after [`STALL`] everything is spooled and replayed, as in an
+//! outage). At shutdown, what cannot be committed within a few
 //! seconds is spooled too. A process killed at any moment therefore loses at most the events of
 //! the last second that had not yet reached the spool or the database.
 //!
@@ -177,6 +182,13 @@ struct State {
     unconfirmed: VecDeque<Unconfirmed>,
     /// Sequence number of the next inserted batch.
     next_seq: u64,
+    /// The spool holds nothing but copies of inserted batches up to this one (their flush was
+    /// late, see [`Stager::spool_unconfirmed`]): a barrier that confirms it empties the spool,
+    /// and there is nothing to replay meanwhile. `None`: the spool, if not empty, is replayed.
+    covered: Option<u64>,
+    /// Since when the oldest unconfirmed batch's flush has been late (past [`SUSPECT`]; health
+    /// says so after [`SLOW`]).
+    flush_late_since: Option<Instant>,
 }
 
 /// A batch waiting for its durable barrier.
@@ -186,6 +198,8 @@ struct Unconfirmed {
     /// When its insert answered.
     since: Instant,
     events: Vec<Staged>,
+    /// A copy is in the spool (its flush was late).
+    spooled: bool,
 }
 
 /// Who stages where, and how much.
@@ -241,6 +255,8 @@ pub fn new(
             outage: None,
             unconfirmed: VecDeque::new(),
             next_seq: 0,
+            covered: None,
+            flush_late_since: None,
         }),
     });
     (handle, stager)
@@ -831,8 +847,9 @@ impl Stager {
                 }
                 continue;
             };
-            // Replay what an outage (or an earlier process) left in the spool, before newer events.
-            if !st.spool.is_empty() {
+            // Replay what an outage (or an earlier process) left in the spool, before newer events
+            // (not copies of inserted batches waiting for their flush: a barrier confirms those).
+            if !st.spool.is_empty() && st.covered.is_none() {
                 // The replay's barriers are inline; they cover what is unconfirmed too.
                 inflight = None;
                 match self.replay(st, c).await {
@@ -855,11 +872,16 @@ impl Stager {
             }
             // Normal: wait for events, then commit everything waiting (group commit).
             if done.is_none() && st.pending.is_empty() {
-                let suspect_at = st
-                    .unconfirmed
-                    .front()
-                    .map(|u| u.since + SUSPECT)
-                    .unwrap_or_else(Instant::now);
+                // The oldest batch's flush becomes late at `SUSPECT`; once it is, every batch
+                // inserted after it is copied to the spool at once, and the barrier in flight is
+                // given up at `STALL`.
+                let suspect_at = match (st.unconfirmed.front(), st.flush_late_since) {
+                    (Some(u), None) => u.since + SUSPECT,
+                    (Some(u), Some(_)) if st.unconfirmed.iter().any(|u| !u.spooled) => u.since,
+                    (Some(_), Some(late)) if late.elapsed() < SLOW => late + SLOW,
+                    (Some(u), Some(_)) => u.since + STALL,
+                    (None, _) => Instant::now(),
+                };
                 tokio::select! {
                     r = async { inflight.as_mut().expect("guarded").1.as_mut().await }, if inflight.is_some() => {
                         done = Some((inflight.as_ref().expect("guarded").0, r));
@@ -895,13 +917,15 @@ impl Stager {
                 }
             }
             if failed.is_none() {
-                // The oldest batch has waited too long for its flush (a slow or hung disk): the
-                // unconfirmed batches go to the spool with what waits (a kill now loses
-                // nothing); the replay's barrier confirms them, or finds the database hung.
-                if st
-                    .unconfirmed
-                    .front()
-                    .is_some_and(|u| u.since.elapsed() >= SUSPECT)
+                // The oldest batch has waited too long for its flush (a slow or hung disk): copies
+                // of the unconfirmed batches go to the spool (a kill now loses nothing) while
+                // their rows stay visible and newer batches are still inserted, and copied too,
+                // until a barrier returns. Past `STALL` (the database hung), or when the spool
+                // cannot take them, everything is taken back and spooled, and the replay's
+                // barrier confirms it or finds the database hung.
+                let age = st.unconfirmed.front().map(|u| u.since.elapsed());
+                if age.is_some_and(|a| a >= SUSPECT)
+                    && (age.is_some_and(|a| a >= STALL) || !self.spool_unconfirmed(st))
                 {
                     inflight = None;
                     self.take_back(st, None);
@@ -930,6 +954,7 @@ impl Stager {
                                 seq,
                                 since: Instant::now(),
                                 events: batch,
+                                spooled: false,
                             });
                             self.next_barrier(c, st, &mut inflight);
                         } else {
@@ -979,6 +1004,7 @@ impl Stager {
     fn staged_again(&self, retry: &mut Retry) {
         retry.committed();
         self.health.clear("staging");
+        self.health.clear("staging flush");
     }
 
     /// The barrier sent after batch `seq`'s insert has returned: that batch and every earlier
@@ -989,6 +1015,74 @@ impl Stager {
             let u = st.unconfirmed.pop_front().expect("checked");
             self.acknowledge(&u.events, now);
         }
+        st.flush_late_since = None;
+        // The spool holds only copies of batches now on disk.
+        if st.covered.is_some_and(|last| last <= seq) {
+            st.covered = None;
+            match st.spool.clear() {
+                Ok(()) => {
+                    st.spool_oldest = None;
+                    self.health.clear("spool");
+                }
+                // Left to a replay, which dedupes.
+                Err(e) => tracing::warn!(error = %e, "cannot empty the spool; it will be replayed"),
+            }
+        }
+    }
+
+    /// Copies of the unconfirmed batches not yet in the spool go there: their flush is late (a
+    /// slow or hung disk, the barrier's row locked). They stay inserted and visible (the status
+    /// path does not wait for the disk), the barrier in flight stays in flight, and the copies
+    /// are dropped when a barrier confirms them. Health says "staging flush" once the flush has
+    /// been late for [`SLOW`], until a batch is on disk again (a key of its own: every insert that
+    /// answers clears "staging slow"). `false`: the spool holds other events (an outage's, replayed
+    /// before anything newer) or cannot take these; the caller spools and replays everything.
+    fn spool_unconfirmed(&self, st: &mut State) -> bool {
+        if !st.spool.is_empty() && st.covered.is_none() {
+            return false;
+        }
+        let since = *st.flush_late_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= SLOW {
+            self.health.set(
+                "staging flush",
+                format!(
+                    "the database has not answered a staging insert's flush for {}s (a slow or hung disk, a lock?): events are visible and kept in the spool until it does",
+                    SLOW.as_secs()
+                ),
+            );
+        }
+        let skew = self.status.skew_ms.load(Ordering::Relaxed);
+        let mut rows = Vec::new();
+        let mut last = None;
+        for u in st.unconfirmed.iter().filter(|u| !u.spooled) {
+            rows.extend(u.events.iter().cloned());
+            last = Some(u.seq);
+        }
+        let Some(last) = last else {
+            return true;
+        };
+        for r in &mut rows {
+            r.received_at
+                .get_or_insert_with(|| db_time(r.observed_at, skew));
+        }
+        if let Err(e) = st.spool.append(&rows) {
+            tracing::warn!(error = %e, "cannot copy unconfirmed batches to the spool");
+            return false;
+        }
+        for u in st.unconfirmed.iter_mut() {
+            u.spooled = true;
+        }
+        st.covered = Some(st.covered.map_or(last, |c| c.max(last)));
+        if st.spool_oldest.is_none() {
+            st.spool_oldest = rows.iter().map(|r| r.observed_at).min();
+        }
+        for r in &rows {
+            if let Some(a) = &r.ack {
+                a.answer(Durability::Spooled);
+            }
+        }
+        self.publish_status(st);
+        true
     }
 
     /// Every unconfirmed batch is covered: a barrier (an inline one, of a replay or a commit at
@@ -1015,6 +1109,9 @@ impl Stager {
     /// unconfirmed batches, then `batch` (when given), then what was waiting. Staging them again
     /// is harmless (the dedupe key).
     fn take_back(&self, st: &mut State, batch: Option<&[Staged]>) {
+        // Copies of unconfirmed batches in the spool are replayed now, with everything else.
+        st.covered = None;
+        st.flush_late_since = None;
         let waiting: Vec<Staged> = st.pending.drain(..).collect();
         for u in st.unconfirmed.drain(..) {
             st.pending.extend(u.events);
@@ -1219,6 +1316,8 @@ impl Stager {
                 .get_or_insert_with(|| db_time(r.observed_at, skew));
         }
         let oldest = rows.iter().map(|r| r.observed_at).min();
+        // Not inserted: whatever the spool held before is replayed with them.
+        st.covered = None;
         match st.spool.append(&rows) {
             Ok(()) => {
                 for r in &rows {

@@ -637,6 +637,52 @@ async fn the_barrier_connection_killed_under_flips_loses_nothing() {
     r.ends_clean(seq).await;
 }
 
+/// A flush that does not come back (emulated by the barrier's row locked: the durable barrier
+/// waits, the asynchronous inserts do not) for longer than the stager's 500 ms `SUSPECT`:
+/// statuses keep reaching `streamers` within a second, while copies of the unconfirmed batches
+/// wait in the spool (a crash of the server loses nothing); health says "staging slow" after
+/// 5 s; once the flush returns every event is staged exactly once. Before, the stager replayed
+/// the spool behind a durable barrier of its own first, and every status waited for the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_flush_does_not_hold_back_statuses() {
+    let r = running().await;
+    let seq = r.stack.last_seq().await;
+    let blocker = r.stack.client().await;
+    blocker
+        .batch_execute(
+            "SET application_name = 'operator-psql';
+             BEGIN; SELECT * FROM staging_barriers FOR UPDATE",
+        )
+        .await
+        .unwrap();
+    let locked = Instant::now();
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        r.stack
+            .control(
+                &format!("/control/streamers/{}/live", r.stack.slug(i)),
+                json!({}),
+            )
+            .await;
+        let took = r
+            .stack
+            .converge(Duration::from_secs(1))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "flip {i}, {:?} after the barrier row was locked: {e}\n{}",
+                    locked.elapsed(),
+                    r.stack.log_tail(&r.collector)
+                )
+            });
+        assert!(took < Duration::from_secs(1), "flip {i} took {took:?}");
+    }
+    let out = status_becomes(&r.stack, 69, Duration::from_secs(10)).await;
+    assert!(out.contains("flush"), "{out}");
+    blocker.batch_execute("COMMIT").await.unwrap();
+    r.ends_clean(seq).await;
+}
+
 /// The stager's own barrier row locked by someone else (`SELECT … FOR UPDATE` on
 /// `staging_barriers`) under flips: batches stay unconfirmed, go to the spool, health says
 /// "staging slow" while it lasts; once released the spool is replayed and every event is
@@ -664,8 +710,9 @@ async fn a_locked_barrier_row_is_reported_and_loses_nothing() {
         assert_ne!(
             code,
             0,
-            "healthy at {:?} while the barrier row is locked:\n{out}",
-            locked.elapsed()
+            "healthy at {:?} while the barrier row is locked:\n{out}\n{}",
+            locked.elapsed(),
+            r.stack.log_tail(&r.collector)
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
