@@ -637,17 +637,11 @@ async fn the_barrier_connection_killed_under_flips_loses_nothing() {
     r.ends_clean(seq).await;
 }
 
-/// A flush that does not come back (emulated by the barrier's row locked: the durable barrier
-/// waits, the asynchronous inserts do not) for longer than the stager's 500 ms `SUSPECT`:
-/// statuses keep reaching `streamers` within a second, while copies of the unconfirmed batches
-/// wait in the spool (a crash of the server loses nothing); health says "staging slow" after
-/// 5 s; once the flush returns every event is staged exactly once. Before, the stager replayed
-/// the spool behind a durable barrier of its own first, and every status waited for the disk.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_late_flush_does_not_hold_back_statuses() {
-    let r = running().await;
-    let seq = r.stack.last_seq().await;
-    let blocker = r.stack.client().await;
+/// Locks every row of `staging_barriers` in an open transaction, as an operator's `psql` might:
+/// the stager's durable barrier waits, its asynchronous inserts do not. `COMMIT` on the returned
+/// client releases them.
+async fn lock_barrier_rows(stack: &Stack) -> tokio_postgres::Client {
+    let blocker = stack.client().await;
     blocker
         .batch_execute(
             "SET application_name = 'operator-psql';
@@ -655,6 +649,20 @@ async fn a_late_flush_does_not_hold_back_statuses() {
         )
         .await
         .unwrap();
+    blocker
+}
+
+/// A flush that does not come back (emulated by the barrier's row locked: the durable barrier
+/// waits, the asynchronous inserts do not) for longer than the stager's 500 ms `SUSPECT`:
+/// statuses keep reaching `streamers` within a second, while copies of the unconfirmed batches
+/// wait in the spool (a crash of the server loses nothing); health says "staging flush" after
+/// 5 s; once the flush returns every event is staged exactly once. Before, the stager replayed
+/// the spool behind a durable barrier of its own first, and every status waited for the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_flush_does_not_hold_back_statuses() {
+    let r = running().await;
+    let seq = r.stack.last_seq().await;
+    let blocker = lock_barrier_rows(&r.stack).await;
     let locked = Instant::now();
     for i in 0..8 {
         tokio::time::sleep(Duration::from_millis(700)).await;
@@ -684,22 +692,15 @@ async fn a_late_flush_does_not_hold_back_statuses() {
 }
 
 /// The stager's own barrier row locked by someone else (`SELECT … FOR UPDATE` on
-/// `staging_barriers`) under flips: batches stay unconfirmed, go to the spool, health says
-/// "staging slow" while it lasts; once released the spool is replayed and every event is
-/// staged exactly once.
+/// `staging_barriers`) under flips for 22 s: batches stay unconfirmed, copies go to the spool,
+/// health says "staging flush" (past 15 s, replaying: "staging slow") while it lasts; once
+/// released every event is staged exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_barrier_row_is_reported_and_loses_nothing() {
     let r = running().await;
     let seq = r.stack.last_seq().await;
     r.stack.control("/control/flap", json!({"rate": 40})).await;
-    let blocker = r.stack.client().await;
-    blocker
-        .batch_execute(
-            "SET application_name = 'operator-psql';
-             BEGIN; SELECT * FROM staging_barriers FOR UPDATE",
-        )
-        .await
-        .unwrap();
+    let blocker = lock_barrier_rows(&r.stack).await;
     let locked = Instant::now();
     let out = status_becomes(&r.stack, 69, Duration::from_secs(20)).await;
     assert!(out.contains("has not answered a staging insert"), "{out}");
