@@ -198,8 +198,13 @@ struct Unconfirmed {
     /// When its insert answered.
     since: Instant,
     events: Vec<Staged>,
-    /// A copy is in the spool (its flush was late).
-    spooled: bool,
+}
+
+/// Whether a copy of batch `u` is in the spool (its flush was late): [`Stager::spool_unconfirmed`]
+/// copies every unconfirmed batch not yet copied and moves `covered` to the last, and everything
+/// that empties or replays the spool clears `covered`, so `covered` is the only record.
+fn copied(st: &State, u: &Unconfirmed) -> bool {
+    st.covered.is_some_and(|c| u.seq <= c)
 }
 
 /// Who stages where, and how much.
@@ -877,7 +882,7 @@ impl Stager {
                 // given up at `STALL`.
                 let suspect_at = match (st.unconfirmed.front(), st.flush_late_since) {
                     (Some(u), None) => u.since + SUSPECT,
-                    (Some(u), Some(_)) if st.unconfirmed.iter().any(|u| !u.spooled) => u.since,
+                    (Some(u), Some(_)) if st.unconfirmed.iter().any(|b| !copied(st, b)) => u.since,
                     (Some(_), Some(late)) if late.elapsed() < SLOW => late + SLOW,
                     (Some(u), Some(_)) => u.since + STALL,
                     (None, _) => Instant::now(),
@@ -954,7 +959,6 @@ impl Stager {
                                 seq,
                                 since: Instant::now(),
                                 events: batch,
-                                spooled: false,
                             });
                             self.next_barrier(c, st, &mut inflight);
                         } else {
@@ -1054,7 +1058,7 @@ impl Stager {
         let skew = self.status.skew_ms.load(Ordering::Relaxed);
         let mut rows = Vec::new();
         let mut last = None;
-        for u in st.unconfirmed.iter().filter(|u| !u.spooled) {
+        for u in st.unconfirmed.iter().filter(|u| !copied(st, u)) {
             rows.extend(u.events.iter().cloned());
             last = Some(u.seq);
         }
@@ -1068,9 +1072,6 @@ impl Stager {
         if let Err(e) = st.spool.append(&rows) {
             tracing::warn!(error = %e, "cannot copy unconfirmed batches to the spool");
             return false;
-        }
-        for u in st.unconfirmed.iter_mut() {
-            u.spooled = true;
         }
         st.covered = Some(st.covered.map_or(last, |c| c.max(last)));
         if st.spool_oldest.is_none() {
