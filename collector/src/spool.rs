@@ -125,12 +125,17 @@ impl Spool {
     }
 
     fn count(&self) -> Result<usize, SpoolError> {
+        // Bytes, not `lines()`: a line that is not UTF-8 (a damaged file) must count, not end
+        // the count (an empty-looking spool is never replayed).
         let f = File::open(&self.path).map_err(|e| self.io(e))?;
-        Ok(BufReader::new(f)
-            .lines()
-            .map_while(Result::ok)
-            .filter(|l| !l.trim().is_empty())
-            .count())
+        let mut n = 0;
+        for line in BufReader::new(f).split(b'\n') {
+            let line = line.map_err(|e| self.io(e))?;
+            if !line.trim_ascii().is_empty() {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -167,33 +172,46 @@ impl Spool {
                 max_bytes: self.max_bytes,
             });
         }
-        self.file.write_all(&buf).map_err(|e| self.io(e))?;
-        self.file.sync_data().map_err(|e| self.io(e))?;
+        let written = self
+            .file
+            .write_all(&buf)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            // A write cut short (no space left) leaves part of a line: cut it off, or the next
+            // append would continue it and that event would be unreadable.
+            let _ = self.file.set_len(self.bytes);
+            return Err(self.io(e));
+        }
         self.bytes += buf.len() as u64;
         self.events += rows.len();
         Ok(())
     }
 
     /// Reads up to `max` rows starting at byte `offset`; returns them and the offset after them.
-    /// Lines that do not decode (a torn write) are skipped with a WARN.
+    /// Lines that do not decode (a torn write, a damaged file: not JSON, not UTF-8) are skipped
+    /// with a WARN; one bad line affects only itself.
     pub fn read(&self, offset: u64, max: usize) -> Result<(Vec<Staged>, u64), SpoolError> {
         let mut f = File::open(&self.path).map_err(|e| self.io(e))?;
         f.seek(SeekFrom::Start(offset)).map_err(|e| self.io(e))?;
         let mut reader = BufReader::new(f);
         let mut rows = Vec::new();
         let mut pos = offset;
-        let mut line = String::new();
+        // Bytes, not `read_line`: a line that is not UTF-8 is an error of that line (skipped
+        // below), not of the read (which would stop every replay behind it).
+        let mut line = Vec::new();
         while rows.len() < max {
             line.clear();
-            let n = reader.read_line(&mut line).map_err(|e| self.io(e))?;
+            let n = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| self.io(e))?;
             if n == 0 {
                 break;
             }
             pos += n as u64;
-            if line.trim().is_empty() {
+            if line.trim_ascii().is_empty() {
                 continue;
             }
-            match serde_json::from_str::<Staged>(&line) {
+            match serde_json::from_slice::<Staged>(&line) {
                 Ok(r) => rows.push(r),
                 Err(e) => tracing::warn!(
                     spool = %self.path.display(),
@@ -258,6 +276,30 @@ mod tests {
         assert_eq!(rest.len(), 1);
         s.clear().unwrap();
         assert!(s.is_empty());
+        // A damaged file: a line that is not UTF-8, between good ones, costs only itself; alone,
+        // it still counts (the spool is not taken for empty).
+        s.append(&[row(3)]).unwrap();
+        drop(s);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"x\xff\n{\"user_id\":\"\xfe\"}\n").unwrap();
+        drop(f);
+        let mut s = Spool::open(path.clone(), 1 << 20).unwrap();
+        s.append(&[row(4)]).unwrap();
+        assert_eq!(s.events(), 4);
+        let (rows, end) = s.read(0, 10).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.user_id).collect::<Vec<_>>(),
+            [Some(3), Some(4)]
+        );
+        assert_eq!(end, s.bytes());
+        s.clear().unwrap();
+        drop(s);
+        std::fs::write(&path, b"\xff\n").unwrap();
+        let s = Spool::open(path.clone(), 1 << 20).unwrap();
+        assert_eq!(s.events(), 1);
+        assert!(s.read(0, 10).unwrap().0.is_empty());
+        drop(s);
+        std::fs::write(&path, b"").unwrap();
         // Bounded: a batch that does not fit is refused whole.
         let mut s = Spool::open(path, 500).unwrap();
         let many: Vec<Staged> = (0..10).map(row).collect();

@@ -189,6 +189,9 @@ struct State {
     /// Since when the oldest unconfirmed batch's flush has been late (past [`SUSPECT`]; health
     /// says so after [`SLOW`]).
     flush_late_since: Option<Instant>,
+    /// The spool could not take copies of late batches (a full or failing disk): until then
+    /// they stay inserted without a copy (see [`LateCopy::Impossible`]), and the copy is tried again.
+    copy_again_at: Option<Instant>,
 }
 
 /// A batch waiting for its durable barrier.
@@ -205,6 +208,22 @@ struct Unconfirmed {
 /// that empties or replays the spool clears `covered`, so `covered` is the only record.
 fn copied(st: &State, u: &Unconfirmed) -> bool {
     st.covered.is_some_and(|c| u.seq <= c)
+}
+
+/// What became of the late batches (see [`Stager::spool_unconfirmed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LateCopy {
+    /// Their copies are in the spool: a kill loses nothing.
+    Done,
+    /// The spool cannot take them (full, or the disk fails): they stay inserted without a copy,
+    /// newer batches are still inserted, and the copy is tried again after [`SUSPECT`]. Taking
+    /// them back instead would hold every status in memory until the flush returns, and a kill
+    /// would lose what is held; inserted, a killed collector loses nothing (the database keeps
+    /// the rows and flushes them when its disk answers).
+    Impossible,
+    /// The spool holds other events (an outage's, replayed before anything newer): the caller
+    /// takes everything back, spools it and replays.
+    Replay,
 }
 
 /// Who stages where, and how much.
@@ -262,6 +281,7 @@ pub fn new(
             next_seq: 0,
             covered: None,
             flush_late_since: None,
+            copy_again_at: None,
         }),
     });
     (handle, stager)
@@ -882,7 +902,9 @@ impl Stager {
                 // given up at `STALL`.
                 let suspect_at = match (st.unconfirmed.front(), st.flush_late_since) {
                     (Some(u), None) => u.since + SUSPECT,
-                    (Some(u), Some(_)) if st.unconfirmed.iter().any(|b| !copied(st, b)) => u.since,
+                    (Some(u), Some(_)) if st.unconfirmed.iter().any(|b| !copied(st, b)) => {
+                        st.copy_again_at.map_or(u.since, |at| at.max(u.since))
+                    }
                     (Some(_), Some(late)) if late.elapsed() < SLOW => late + SLOW,
                     (Some(u), Some(_)) => u.since + STALL,
                     (None, _) => Instant::now(),
@@ -930,7 +952,8 @@ impl Stager {
                 // barrier confirms it or finds the database hung.
                 let age = st.unconfirmed.front().map(|u| u.since.elapsed());
                 if age.is_some_and(|a| a >= SUSPECT)
-                    && (age.is_some_and(|a| a >= STALL) || !self.spool_unconfirmed(st))
+                    && (age.is_some_and(|a| a >= STALL)
+                        || self.spool_unconfirmed(st) == LateCopy::Replay)
                 {
                     inflight = None;
                     self.take_back(st, None);
@@ -1020,6 +1043,11 @@ impl Stager {
             self.acknowledge(&u.events, now);
         }
         st.flush_late_since = None;
+        if st.copy_again_at.take().is_some() && st.spool.is_empty() {
+            // The copies were not needed after all; what the spool lacks now is reported when
+            // it is next needed.
+            self.health.clear("spool");
+        }
         // The spool holds only copies of batches now on disk.
         if st.covered.is_some_and(|last| last <= seq) {
             st.covered = None;
@@ -1039,18 +1067,17 @@ impl Stager {
     /// path does not wait for the disk), the barrier in flight stays in flight, and the copies
     /// are dropped when a barrier confirms them. Health says "staging flush" once the flush has
     /// been late for [`SLOW`], until a batch is on disk again (a key of its own: every insert that
-    /// answers clears "staging slow"). `false`: the spool holds other events (an outage's, replayed
-    /// before anything newer) or cannot take these; the caller spools and replays everything.
-    fn spool_unconfirmed(&self, st: &mut State) -> bool {
+    /// answers clears "staging slow").
+    fn spool_unconfirmed(&self, st: &mut State) -> LateCopy {
         if !st.spool.is_empty() && st.covered.is_none() {
-            return false;
+            return LateCopy::Replay;
         }
         let since = *st.flush_late_since.get_or_insert_with(Instant::now);
         if since.elapsed() >= SLOW {
             self.health.set(
                 "staging flush",
                 format!(
-                    "the database has not answered a staging insert's flush for {}s (a slow or hung disk, a lock?): events are visible and kept in the spool until it does",
+                    "the database has not answered a staging insert's flush for {}s (a slow or hung disk, a lock?): events are visible, and copied to the spool while it can take them, until it does",
                     SLOW.as_secs()
                 ),
             );
@@ -1063,16 +1090,24 @@ impl Stager {
             last = Some(u.seq);
         }
         let Some(last) = last else {
-            return true;
+            return LateCopy::Done;
         };
+        if st.copy_again_at.is_some_and(|at| Instant::now() < at) {
+            return LateCopy::Impossible;
+        }
         for r in &mut rows {
             r.received_at
                 .get_or_insert_with(|| db_time(r.observed_at, skew));
         }
         if let Err(e) = st.spool.append(&rows) {
-            tracing::warn!(error = %e, "cannot copy unconfirmed batches to the spool");
-            return false;
+            if st.copy_again_at.is_none() {
+                tracing::error!(error = %e, "cannot copy batches whose flush is late to the spool: they stay inserted without a copy");
+            }
+            self.health.set("spool", e.to_string());
+            st.copy_again_at = Some(Instant::now() + SUSPECT);
+            return LateCopy::Impossible;
         }
+        st.copy_again_at = None;
         st.covered = Some(st.covered.map_or(last, |c| c.max(last)));
         if st.spool_oldest.is_none() {
             st.spool_oldest = rows.iter().map(|r| r.observed_at).min();
@@ -1083,7 +1118,7 @@ impl Stager {
             }
         }
         self.publish_status(st);
-        true
+        LateCopy::Done
     }
 
     /// Every unconfirmed batch is covered: a barrier (an inline one, of a replay or a commit at
@@ -1113,6 +1148,7 @@ impl Stager {
         // Copies of unconfirmed batches in the spool are replayed now, with everything else.
         st.covered = None;
         st.flush_late_since = None;
+        st.copy_again_at = None;
         let waiting: Vec<Staged> = st.pending.drain(..).collect();
         for u in st.unconfirmed.drain(..) {
             st.pending.extend(u.events);

@@ -329,17 +329,28 @@ pub async fn run(ctx: Arc<Ctx>, leases: Arc<Leases>) -> anyhow::Result<()> {
 }
 
 /// Whether the process `instance` (`host:pid:random`) is gone: on this host, its pid no longer
-/// runs (a collector restarted after `kill -9` takes its id back at once). On another host it
-/// cannot be told: its membership must run out.
+/// runs (a collector restarted after `kill -9` takes its id back at once). A zombie (killed, not
+/// yet reaped by its parent: a shell script's `&`) is gone too. On another host it cannot be
+/// told: its membership must run out.
 fn instance_gone(instance: &str, host: &str) -> bool {
     let mut parts = instance.rsplitn(3, ':');
     let (_rand, pid, other_host) = (parts.next(), parts.next(), parts.next());
     match (other_host, pid.and_then(|p| p.parse::<u32>().ok())) {
         (Some(h), Some(pid)) if h == host => {
-            pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            pid != std::process::id()
+                && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map_or(true, |stat| dead_state(&stat))
         }
         _ => false,
     }
+}
+
+/// A `/proc/<pid>/stat` line of a process that has exited (zombie `Z`, dead `X`). The state
+/// follows the command name, which is in parentheses and may itself hold `)`.
+fn dead_state(stat: &str) -> bool {
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state == "Z" || state == "X")
 }
 
 async fn connect(ctx: &Ctx) -> Result<Client, DbError> {
@@ -712,5 +723,31 @@ mod tests {
         assert!(!instance_gone("garbage", "h"));
         // Host names with colons (IPv6-like) keep working: the pid is the second field from the end.
         assert!(instance_gone("fe80::1:999999999:ab", "fe80::1"));
+    }
+
+    #[test]
+    fn a_killed_process_not_yet_reaped_is_gone() {
+        let mut running = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let live = format!("h:{}:ab", running.id());
+        assert!(!instance_gone(&live, "h"), "a running process");
+        running.kill().unwrap();
+        // Not waited for: a zombie until reaped.
+        let t0 = std::time::Instant::now();
+        while !instance_gone(&live, "h") {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(5),
+                "still there"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", running.id())).unwrap();
+        assert!(stat.contains(") Z "), "a zombie: {stat}");
+        running.wait().unwrap();
+        assert!(super::dead_state("12 (a) b) Z 1 2"));
+        assert!(!super::dead_state("12 (a) Z) S 1 2"));
+        assert!(!super::dead_state("garbage"));
     }
 }

@@ -25,6 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, http};
 
 use crate::ctx::Ctx;
+use crate::reconcile::Request;
 use crate::rows;
 use kick_shared::kick::realtime::negotiate::{Endpoint, NegotiateError, USER_AGENT};
 use kick_shared::kick::realtime::{Action, End, Retry, centrifugo, pusher};
@@ -277,6 +278,7 @@ async fn session(
         client_id,
         refresh: None,
         budget: std::collections::HashMap::new(),
+        flooded: std::collections::HashMap::new(),
     };
     let end = driver.drive(&mut proto, opening).await;
     if end.as_ref().is_some_and(|e| e.code == Some(4001)) && transport == "pusher" {
@@ -362,15 +364,21 @@ struct Driver<'a> {
     refresh: Option<TokenFuture>,
     /// Status events staged per channel in the current window (see [`EVENTS_PER_CHANNEL`]).
     budget: std::collections::HashMap<i64, (Instant, u32)>,
+    /// Channels whose events the budget cut, with when it last cut one: once a channel's flood
+    /// pauses for [`FLOOD_SETTLE`], the API is asked for its status (see [`Driver::flood_settled`]).
+    flooded: std::collections::HashMap<i64, Instant>,
 }
 
 /// Status events one channel may stage per [`BUDGET_WINDOW`]: a stream starts and stops a few
 /// times an hour at most, so a flood for one channel (a broken or hostile server) is cut here
 /// instead of filling the staging buffer that every other streamer's events pass through.
-/// What is cut is counted (`malformed_frames_total{kind="flood"}`) and the reconciliation
-/// repairs the status.
+/// What is cut is counted (`malformed_frames_total{kind="flood"}`), and the channel's status is
+/// asked of the API once its flood pauses (what was cut may hold the last change).
 pub const EVENTS_PER_CHANNEL: u32 = 60;
 pub const BUDGET_WINDOW: Duration = Duration::from_secs(60);
+/// A channel whose events were cut is reconciled once none has been cut for this long: soon
+/// after the flood, not during it (one API call per pause, not per event).
+pub const FLOOD_SETTLE: Duration = Duration::from_secs(2);
 
 impl Driver<'_> {
     async fn drive(&mut self, proto: &mut Proto, opening: Vec<Action>) -> Option<End> {
@@ -402,7 +410,10 @@ impl Driver<'_> {
                     a.extend(proto.subscribe(&add));
                     a
                 }
-                _ = ticker.tick() => proto.on_tick(Instant::now()),
+                _ = ticker.tick() => {
+                    self.flood_settled(Instant::now());
+                    proto.on_tick(Instant::now())
+                }
                 token = async { refresh.as_mut().unwrap().await }, if refresh.is_some() => {
                     self.refresh = None;
                     match (token, &mut *proto) {
@@ -588,12 +599,13 @@ impl Driver<'_> {
             *n += 1;
             if *n > EVENTS_PER_CHANNEL {
                 self.ctx.metrics.malformed.add("flood", 1);
+                self.flooded.insert(ch, now);
                 if *n == EVENTS_PER_CHANNEL + 1 {
                     tracing::warn!(
                         socket = self.sock.id,
                         channel = ch,
                         limit = EVENTS_PER_CHANNEL,
-                        "status event flood for one channel: further events this minute are dropped"
+                        "status event flood for one channel: further events this minute are dropped; its status is checked against the API once the flood pauses"
                     );
                 }
                 return;
@@ -602,6 +614,38 @@ impl Driver<'_> {
         if let Some(row) = rows::realtime(topic, event, Utc::now()) {
             self.ctx.stager.stage(row);
         }
+    }
+
+    /// Channels whose events were cut and none for [`FLOOD_SETTLE`]: their statuses are asked of
+    /// the API (a reconcile of those channels; the writer's API lag guard and re-check apply),
+    /// since a cut event may have been the last change. A socket that reconnects reconciles all
+    /// its channels anyway, so this map may die with the connection.
+    fn flood_settled(&mut self, now: Instant) {
+        if self.flooded.is_empty() {
+            return;
+        }
+        let settled: Vec<i64> = self
+            .flooded
+            .iter()
+            .filter(|(_, t)| now.saturating_duration_since(**t) >= FLOOD_SETTLE)
+            .map(|(c, _)| *c)
+            .collect();
+        if settled.is_empty() {
+            return;
+        }
+        for c in &settled {
+            self.flooded.remove(c);
+        }
+        tracing::info!(
+            socket = self.sock.id,
+            channels = ?settled,
+            "flood paused: the channels' statuses are checked against the API"
+        );
+        self.ctx.reconcile.send(Request::Channels {
+            channels: settled,
+            close_gap: None,
+            unknown_on_failure: None,
+        });
     }
 
     /// A frame we could not use: counted, logged (cut short), and kept as a rejected row when

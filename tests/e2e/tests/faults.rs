@@ -691,6 +691,69 @@ async fn a_late_flush_does_not_hold_back_statuses() {
     r.ends_clean(seq).await;
 }
 
+/// The same late flush with a spool that fills up (`KICK_SPOOL_MAX_MB=1`, then a burst of about
+/// 3,000 events): the batches whose copy does not fit stay inserted without one, so statuses still
+/// reach `streamers` within a second, health names the spool, and a collector killed meanwhile
+/// loses nothing (the rows are in the database, flushed when it can). Before, the stager took the
+/// batches back when their copy failed and replayed the spool behind a barrier that waited for
+/// the flush: every status was held until it returned, and what did not fit was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_flush_with_a_full_spool_still_shows_statuses() {
+    let mut r = running().await;
+    let mut env_c: Vec<(&str, &str)> = vec![("KICK_SPOOL_MAX_MB", "1")];
+    let watchdog = r.notify_collector.env(WATCHDOG);
+    env_c.extend(as_refs(&watchdog));
+    assert_eq!(r.collector.terminate(), Some(0));
+    // kick-sim forgets the old sockets first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    r.collector = r.stack.spawn("kick-collector", &env_c);
+    r.stack
+        .settle(
+            STREAMERS as i64,
+            Duration::from_secs(30),
+            Duration::from_secs(30),
+            &r.collector,
+        )
+        .await;
+    let seq = r.stack.last_seq().await;
+    let blocker = lock_barrier_rows(&r.stack).await;
+    let locked = Instant::now();
+    r.stack
+        .control("/control/flap", json!({"rate": 1000}))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    r.stack.control("/control/flap/stop", json!({})).await;
+    for i in 0..6 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        r.stack
+            .control(
+                &format!("/control/streamers/{}/live", r.stack.slug(i)),
+                json!({}),
+            )
+            .await;
+        let took = r
+            .stack
+            .converge(Duration::from_secs(1))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "flip {i}, {:?} after the barrier row was locked: {e}\n{}",
+                    locked.elapsed(),
+                    r.stack.log_tail(&r.collector)
+                )
+            });
+        assert!(took < Duration::from_secs(1), "flip {i} took {took:?}");
+    }
+    let out = status_becomes(&r.stack, 69, Duration::from_secs(10)).await;
+    assert!(out.contains("spool"), "{out}");
+    // Killed with the batches since the lock unconfirmed, most without a copy: they are inserted.
+    r.collector.kill9();
+    blocker.batch_execute("COMMIT").await.unwrap();
+    all_staged(&r.stack, seq, Duration::from_secs(10)).await;
+    r.collector = r.stack.spawn("kick-collector", &env_c);
+    r.ends_clean(seq).await;
+}
+
 /// The stager's own barrier row locked by someone else (`SELECT … FOR UPDATE` on
 /// `staging_barriers`) under flips for 22 s: batches stay unconfirmed, copies go to the spool,
 /// health says "staging flush" (past 15 s, replaying: "staging slow") while it lasts; once

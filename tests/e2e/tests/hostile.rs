@@ -561,3 +561,53 @@ async fn a_server_refusing_every_subscription_for_a_while_is_reported_then_recov
     assert_eq!(collector.terminate(), Some(0));
     assert_eq!(writer.terminate(), Some(0));
 }
+
+/// A live streamer flipped 71 times in a second (real changes, ending offline), after one
+/// repeated live event: the per-channel budget cuts the events past 60, the last change among
+/// them, and leaves the stored status live. Once the flood pauses the collector asks the API
+/// about that channel, and the status is right within the API's lag guard and re-check (about
+/// 15 s), not at the next periodic reconcile (300 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_real_flips_ends_with_the_last_one() {
+    let transport = "centrifugo";
+    let (stack, mut writer, mut collector) =
+        running(transport, &[("KICK_RECONCILE_INTERVAL", "300s")]).await;
+    // The start-up reconciles and their re-checks are over (they would repair it too).
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let slug = stack.slug(5);
+    let channel = channel_of(&stack, &slug).await;
+    live_within(&stack, &slug, Duration::from_secs(5)).await;
+    // A repeated live event (as Kick sends now and then) on the channel's feed.
+    stack
+        .control(
+            "/control/sockets/raw",
+            json!({"text": live_frame(transport, channel, channel, "777"), "transport": transport, "channel": format!("channel.{channel}")}),
+        )
+        .await;
+    for i in 0..71 {
+        let to = if i % 2 == 0 { "offline" } else { "live" };
+        stack
+            .control(&format!("/control/streamers/{slug}/{to}"), json!({}))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = std::fs::read_to_string(&collector.log).unwrap();
+    assert!(
+        log.contains("status event flood for one channel"),
+        "the budget cut the flood\n{}",
+        stack.log_tail(&collector)
+    );
+    assert_eq!(
+        status_of(&stack, &slug).await,
+        "online",
+        "the cut left it live"
+    );
+    let took = stack
+        .converge(Duration::from_secs(25))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
+    eprintln!("right {took:?} after the flood");
+    assert_eq!(status_of(&stack, &slug).await, "offline");
+    assert_eq!(collector.terminate(), Some(0));
+    assert_eq!(writer.terminate(), Some(0));
+}
