@@ -664,27 +664,7 @@ async fn a_late_flush_does_not_hold_back_statuses() {
     let seq = r.stack.last_seq().await;
     let blocker = lock_barrier_rows(&r.stack).await;
     let locked = Instant::now();
-    for i in 0..8 {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        r.stack
-            .control(
-                &format!("/control/streamers/{}/live", r.stack.slug(i)),
-                json!({}),
-            )
-            .await;
-        let took = r
-            .stack
-            .converge(Duration::from_secs(1))
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "flip {i}, {:?} after the barrier row was locked: {e}\n{}",
-                    locked.elapsed(),
-                    r.stack.log_tail(&r.collector)
-                )
-            });
-        assert!(took < Duration::from_secs(1), "flip {i} took {took:?}");
-    }
+    flips_arrive_within_a_second(&r, locked, 8).await;
     let out = status_becomes(&r.stack, 69, Duration::from_secs(10)).await;
     assert!(out.contains("flush"), "{out}");
     blocker.batch_execute("COMMIT").await.unwrap();
@@ -723,7 +703,26 @@ async fn a_late_flush_with_a_full_spool_still_shows_statuses() {
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     r.stack.control("/control/flap/stop", json!({})).await;
-    for i in 0..6 {
+    flips_arrive_within_a_second(&r, locked, 6).await;
+    let out = status_becomes(&r.stack, 69, Duration::from_secs(10)).await;
+    assert!(out.contains("spool"), "{out}");
+    let log = std::fs::read_to_string(&r.collector.log).unwrap();
+    assert!(
+        log.contains("cannot copy batches whose flush is late to the spool"),
+        "the spool filled up\n{}",
+        r.stack.log_tail(&r.collector)
+    );
+    // Killed with the batches since the lock unconfirmed, most without a copy: they are inserted.
+    r.collector.kill9();
+    blocker.batch_execute("COMMIT").await.unwrap();
+    all_staged(&r.stack, seq, Duration::from_secs(10)).await;
+    r.collector = r.stack.spawn("kick-collector", &env_c);
+    r.ends_clean(seq).await;
+}
+
+/// `n` streamers go live one every 0.7 s, each reaching `streamers` within a second.
+async fn flips_arrive_within_a_second(r: &Running, locked: Instant, n: usize) {
+    for i in 0..n {
         tokio::time::sleep(Duration::from_millis(700)).await;
         r.stack
             .control(
@@ -744,14 +743,6 @@ async fn a_late_flush_with_a_full_spool_still_shows_statuses() {
             });
         assert!(took < Duration::from_secs(1), "flip {i} took {took:?}");
     }
-    let out = status_becomes(&r.stack, 69, Duration::from_secs(10)).await;
-    assert!(out.contains("spool"), "{out}");
-    // Killed with the batches since the lock unconfirmed, most without a copy: they are inserted.
-    r.collector.kill9();
-    blocker.batch_execute("COMMIT").await.unwrap();
-    all_staged(&r.stack, seq, Duration::from_secs(10)).await;
-    r.collector = r.stack.spawn("kick-collector", &env_c);
-    r.ends_clean(seq).await;
 }
 
 /// The stager's own barrier row locked by someone else (`SELECT … FOR UPDATE` on
