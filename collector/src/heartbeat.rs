@@ -106,10 +106,15 @@ async fn beat(ctx: &Ctx, started: DateTime<Utc>) -> Result<(), DbError> {
     let before = Utc::now();
     let rows = ctx
         .query(
-            "INSERT INTO collectors (id, host, pid, started_at, heartbeat_at, sockets, sockets_up,
+            // Committed without waiting for the flush (`set_config(…, true)` is `SET LOCAL` for
+            // this one statement's transaction): a report lost in a crash is replaced 10 s later,
+            // and a disk whose flushes hang must not silence the report that says so.
+            "WITH async AS (SELECT set_config('synchronous_commit', 'off', true))
+             INSERT INTO collectors (id, host, pid, started_at, heartbeat_at, sockets, sockets_up,
                  subscriptions, transport, version, healthy, problems, buffered, spooled,
                  oldest_buffered_at, clock_skew_ms, watched_channels)
-             VALUES ($1, $2, $3, $4, now(), $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+             SELECT $1, $2, $3, $4, now(), $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16
+             FROM async
              ON CONFLICT (id) DO UPDATE SET host = $2, pid = $3, started_at = $4, heartbeat_at = now(),
                  sockets = $5, sockets_up = $6, subscriptions = $7, transport = $8, version = $9,
                  healthy = $10, problems = $11, buffered = $12, spooled = $13,

@@ -623,6 +623,16 @@ async fn round(
             )
         })
         .collect();
+    if moves.is_empty() {
+        // Only renewals (and this member's row): committed without waiting for the flush, so a
+        // disk whose flushes hang does not let the leases run out while the collector still
+        // watches their channels (`kick-admin status` said "no live owner", the collector
+        // "leases not renewed"). A renewal lost in a crash of the server is a late renewal: the
+        // lease may pass to another collector, and fencing refuses our rows as after any
+        // takeover. A round that moves leases issues tokens and stays durable.
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .await?;
+    }
     tx.commit().await?;
     Ok(Outcome::Done(Round {
         held,
