@@ -50,8 +50,8 @@ struct Socket {
     ever_up: bool,
     /// The open coverage gap (row id) while the socket is down after having been up.
     gap: Option<i64>,
-    /// Its last channels were removed from the watched set (not refused): see
-    /// [`Placement::counted_sockets`].
+    /// Its last channels went away (removed from the watched set, or moved to their region's
+    /// socket), not refused: see [`Placement::counted_sockets`].
     moved_out: bool,
 }
 
@@ -277,7 +277,7 @@ impl Placement {
     }
 
     /// The sockets the cap counts: all but those emptied because their channels went away
-    /// (their shards moved to another collector). Those do not count: after a takeover the new
+    /// (their shards moved to another collector, or they moved to their region's socket). Those do not count: after a takeover the new
     /// channels need sockets to their own regions (found in CI: 38 sockets, 185 channels
     /// polled after a takeover). Sockets emptied by refusals still count.
     fn counted_sockets(&self) -> usize {
@@ -336,7 +336,10 @@ impl Placement {
             return;
         }
         self.owner.remove(&ch);
-        self.drop_from(s, ch);
+        if self.drop_from(s, ch) {
+            // Emptied by moves, not refusals: the cap does not count it.
+            self.sockets[s].moved_out = true;
+        }
         self.sockets[s].shared.changed.notify_one();
         if let Some(n) = self.place(ch) {
             self.sockets[n].shared.changed.notify_one();
