@@ -196,9 +196,7 @@ impl Placement {
         for ch in current {
             if !desired.contains(&ch) {
                 let s = self.owner.remove(&ch).unwrap();
-                if self.drop_from(s, ch) {
-                    self.sockets[s].moved_out = true;
-                }
+                self.drop_from(s, ch);
                 touched.insert(s);
             }
         }
@@ -277,8 +275,8 @@ impl Placement {
     }
 
     /// The sockets the cap counts: all but those emptied because their channels went away
-    /// (their shards moved to another collector, or they moved to their region's socket). Those do not count: after a takeover the new
-    /// channels need sockets to their own regions (found in CI: 38 sockets, 185 channels
+    /// (their shards moved to another collector, or they moved to their region's socket). Those
+    /// do not count: after a takeover the new channels need sockets to their own regions (found in CI: 38 sockets, 185 channels
     /// polled after a takeover). Sockets emptied by refusals still count.
     fn counted_sockets(&self) -> usize {
         self.sockets
@@ -336,10 +334,7 @@ impl Placement {
             return;
         }
         self.owner.remove(&ch);
-        if self.drop_from(s, ch) {
-            // Emptied by moves, not refusals: the cap does not count it.
-            self.sockets[s].moved_out = true;
-        }
+        self.drop_from(s, ch);
         self.sockets[s].shared.changed.notify_one();
         if let Some(n) = self.place(ch) {
             self.sockets[n].shared.changed.notify_one();
@@ -353,12 +348,19 @@ impl Placement {
         self.changes += 1;
     }
 
-    /// Removes `ch` from socket `s`'s channels; whether none are left.
-    fn drop_from(&mut self, s: usize, ch: i64) -> bool {
-        let mut d = self.sockets[s].shared.desired.lock().unwrap();
-        d.remove(&ch);
+    /// Removes `ch` from socket `s`'s channels because it went away (no longer watched, or
+    /// moved to its region's socket; refusals do not come here). A socket so emptied is
+    /// `moved_out`: the cap does not count it.
+    fn drop_from(&mut self, s: usize, ch: i64) {
+        let emptied = {
+            let mut d = self.sockets[s].shared.desired.lock().unwrap();
+            d.remove(&ch);
+            d.is_empty()
+        };
         self.changes += 1;
-        d.is_empty()
+        if emptied {
+            self.sockets[s].moved_out = true;
+        }
     }
 
     /// What coverage depends on, as it is now.

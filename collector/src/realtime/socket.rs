@@ -411,8 +411,9 @@ impl Driver<'_> {
                     a
                 }
                 _ = ticker.tick() => {
-                    self.flood_settled(Instant::now());
-                    proto.on_tick(Instant::now())
+                    let now = Instant::now();
+                    self.flood_settled(now);
+                    proto.on_tick(now)
                 }
                 token = async { refresh.as_mut().unwrap().await }, if refresh.is_some() => {
                     self.refresh = None;
@@ -621,20 +622,13 @@ impl Driver<'_> {
     /// since a cut event may have been the last change. A socket that reconnects reconciles all
     /// its channels anyway, so this map may die with the connection.
     fn flood_settled(&mut self, now: Instant) {
-        if self.flooded.is_empty() {
-            return;
-        }
         let settled: Vec<i64> = self
             .flooded
-            .iter()
-            .filter(|(_, t)| now.saturating_duration_since(**t) >= FLOOD_SETTLE)
-            .map(|(c, _)| *c)
+            .extract_if(|_, t| now.saturating_duration_since(*t) >= FLOOD_SETTLE)
+            .map(|(c, _)| c)
             .collect();
         if settled.is_empty() {
             return;
-        }
-        for c in &settled {
-            self.flooded.remove(c);
         }
         tracing::info!(
             socket = self.sock.id,
