@@ -113,6 +113,7 @@ impl Site for CollectorSite {
             "sockets": m.sockets_total.load(Ordering::Relaxed),
             "sockets_up": m.sockets_up.load(Ordering::Relaxed),
             "subscriptions": m.subscriptions.load(Ordering::Relaxed),
+            "covered_channels": m.channels_covered.load(Ordering::Relaxed),
             "watched_channels": m.watched_channels.load(Ordering::Relaxed),
             "buffered": self.status.buffered.load(Ordering::Relaxed),
             "spooled": self.status.spooled.load(Ordering::Relaxed),

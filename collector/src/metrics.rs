@@ -14,6 +14,10 @@ pub struct CollectorMetrics {
     pub sockets_total: AtomicUsize,
     pub sockets_up: AtomicUsize,
     pub subscriptions: AtomicUsize,
+    /// Watched channels subscribed where their events are delivered (on a socket to their own
+    /// region's server, or any Pusher socket): the realtime coverage. A subscription on another
+    /// region's server is confirmed and delivers nothing, so `subscriptions` alone overstates it.
+    pub channels_covered: AtomicUsize,
     pub frames: LabeledCounter,
     pub malformed: LabeledCounter,
     pub reconnects: LabeledCounter,
@@ -57,6 +61,7 @@ impl Default for CollectorMetrics {
             sockets_total: AtomicUsize::new(0),
             sockets_up: AtomicUsize::new(0),
             subscriptions: AtomicUsize::new(0),
+            channels_covered: AtomicUsize::new(0),
             frames: LabeledCounter::default(),
             malformed: LabeledCounter::default(),
             reconnects: LabeledCounter::default(),
@@ -115,6 +120,11 @@ impl Render for CollectorMetrics {
                 "kick_collector_subscriptions",
                 "Channel subscriptions confirmed.",
                 self.subscriptions.load(Ordering::Relaxed) as f64,
+            )
+            .gauge(
+                "kick_collector_channels_covered",
+                "Watched channels subscribed where their events are delivered (their region's server); the rest are polled.",
+                self.channels_covered.load(Ordering::Relaxed) as f64,
             )
             .labeled(
                 "kick_collector_frames_total",

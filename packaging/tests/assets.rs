@@ -234,6 +234,7 @@ fn dashboard_panels_use_exported_metrics() {
     for name in [
         "kick_collector_sockets_up",
         "kick_collector_subscriptions",
+        "kick_collector_channels_covered",
         "kick_collector_rows_staged_total",
         "kick_collector_stage_latency_seconds_bucket",
         "kick_writer_queue_depth",

@@ -611,3 +611,69 @@ async fn a_flood_of_real_flips_ends_with_the_last_one() {
     assert_eq!(collector.terminate(), Some(0));
     assert_eq!(writer.terminate(), Some(0));
 }
+
+/// A restarted collector that knows its channels' regions (cached in `channel_regions`) puts
+/// each channel on a socket to its own region at once, even while the general negotiation is
+/// slow, and `/healthz` counts as covered only channels subscribed where their events are
+/// delivered. (It used to leave them on the general sockets until the next re-placement, up to
+/// 10 s: the other region's channels were subscribed where Kick delivers nothing, their events
+/// were missed, and `/healthz` said every channel was subscribed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_collector_subscribes_each_channel_in_its_own_region_at_once() {
+    let (stack, mut writer, mut collector) = running("centrifugo", &[]).await;
+    assert_eq!(collector.terminate(), Some(0));
+    let gone = Instant::now();
+    while stack.sim.sim.socket_count().0 > 0 {
+        assert!(gone.elapsed() < Duration::from_secs(5), "old sockets stay");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Kick's realtime endpoints (the general negotiation, guest tokens) answer only after
+    // 1.5 s: every socket waits that long; one to the general endpoint lands in the first region.
+    stack
+        .control(
+            "/control/rest",
+            json!({"mode": "slow", "delay_ms": 1500, "endpoints": ["negotiation"], "seconds": 120}),
+        )
+        .await;
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let mut collector = stack.spawn("kick-collector", &[("METRICS_ADDR", addr.as_str())]);
+    let took = stack
+        .wait_subscribed(STREAMERS as i64, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", stack.log_tail(&collector)));
+    eprintln!("every channel delivering {took:?} after the restart");
+    // 1.6 s with the channels placed by region at once; 10.5 s when they waited on the general
+    // sockets for the next re-placement.
+    assert!(
+        took < Duration::from_secs(4),
+        "channels reached their regions only {took:?} after the restart\n{}",
+        stack.log_tail(&collector)
+    );
+    // /healthz says what kick-sim sees: every channel covered (the gauge is refreshed each second).
+    let t0 = Instant::now();
+    loop {
+        let h: Value = reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if h["covered_channels"] == json!(STREAMERS) {
+            assert_eq!(h["watched_channels"], json!(STREAMERS), "{h}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(3), "{h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A flip in each region arrives through its socket (polling is 30 s away).
+    for i in [2, 3] {
+        let slug = stack.slug(i);
+        let t = live_within(&stack, &slug, Duration::from_secs(1)).await;
+        eprintln!("{slug} online {t:?} after the flip");
+    }
+    assert_eq!(collector.terminate(), Some(0));
+    assert_eq!(writer.terminate(), Some(0));
+}
