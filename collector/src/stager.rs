@@ -192,6 +192,9 @@ struct State {
     /// The spool could not take copies of late batches (a full or failing disk): until then
     /// they stay inserted without a copy (see [`LateCopy::Impossible`]), and the copy is tried again.
     copy_again_at: Option<Instant>,
+    /// Spool writes of buffered events that failed in a row (other than "full"): logged when
+    /// the count doubles.
+    spool_failures: u64,
 }
 
 /// A batch waiting for its durable barrier.
@@ -282,6 +285,7 @@ pub fn new(
             covered: None,
             flush_late_since: None,
             copy_again_at: None,
+            spool_failures: 0,
         }),
     });
     (handle, stager)
@@ -875,10 +879,12 @@ impl Stager {
             // Replay what an outage (or an earlier process) left in the spool, before newer events
             // (not copies of inserted batches waiting for their flush: a barrier confirms those).
             if !st.spool.is_empty() && st.covered.is_none() {
-                // The replay's barriers are inline; they cover what is unconfirmed too.
+                // An inline replay's barriers cover what is unconfirmed too; after a replay
+                // beside the barriers, the next barrier is sent after its last batch.
                 inflight = None;
                 match self.replay(st, c).await {
-                    Ok(()) => self.staged_again(&mut retry),
+                    Ok(true) => self.staged_again(st, &mut retry),
+                    Ok(false) => {}
                     Err(e) => {
                         conn = None;
                         self.take_back(st, None);
@@ -934,7 +940,7 @@ impl Stager {
                     Ok(()) => {
                         self.confirm(st, seq);
                         quick_retry = true;
-                        self.staged_again(&mut retry);
+                        self.staged_again(st, &mut retry);
                     }
                     Err(e) => {
                         self.metrics.db_errors.inc();
@@ -988,7 +994,7 @@ impl Stager {
                             // Only a durable commit proves the database works: a server that
                             // takes inserts but refuses every barrier is not retried in a loop.
                             quick_retry = true;
-                            self.staged_again(&mut retry);
+                            self.staged_again(st, &mut retry);
                         }
                         self.metrics.db_up.set(1.0);
                     }
@@ -1027,11 +1033,16 @@ impl Stager {
     }
 
     /// A batch is on disk: an outage (if any) is over and the next one starts from the first
-    /// probe delay.
-    fn staged_again(&self, retry: &mut Retry) {
+    /// probe delay. A spool that could not be written (full, failing) no longer matters once it
+    /// is empty and no late batch waits for a copy: its problem is reported again when the
+    /// spool is next needed, not kept while nothing uses it.
+    fn staged_again(&self, st: &State, retry: &mut Retry) {
         retry.committed();
         self.health.clear("staging");
         self.health.clear("staging flush");
+        if st.spool.is_empty() && st.copy_again_at.is_none() {
+            self.health.clear("spool");
+        }
     }
 
     /// The barrier sent after batch `seq`'s insert has returned: that batch and every earlier
@@ -1262,11 +1273,24 @@ impl Stager {
         }
     }
 
-    /// Replays the spool from its start, a batch at a time, then empties it.
-    async fn replay(&self, st: &mut State, c: &mut Conn) -> Result<(), String> {
+    /// Replays the spool from its start, a batch at a time. Returns whether what it staged is on
+    /// disk.
+    ///
+    /// With barriers beside the inserts ([`BarrierAt::Separate`]) the replayed batches are
+    /// inserted like any other (visible at once, unconfirmed) and the spool becomes the copy of
+    /// them (`covered`): it is emptied when a barrier confirms them, and newer events are staged
+    /// behind them without waiting for the disk. (A replay with inline barriers held every new
+    /// status behind the flush: a collector restarted while the disk hung or a barrier row was
+    /// locked showed nothing new until the flush came.) Without a side connection each batch is
+    /// durable before the next, and the spool is emptied at the end.
+    async fn replay(&self, st: &mut State, c: &mut Conn) -> Result<bool, String> {
         let total = st.spool.events();
         tracing::info!(events = total, "replaying the spool");
+        // (Batches inserted before, not copied to the spool, would be taken for copies once
+        // `covered` moves past them: such a replay keeps its barriers inline.)
+        let later = c.side.is_some() && st.unconfirmed.iter().all(|u| u.events.is_empty());
         let mut offset = 0;
+        let mut last = None;
         loop {
             let (rows, next) = st
                 .spool
@@ -1275,7 +1299,19 @@ impl Stager {
             if rows.is_empty() {
                 break;
             }
-            self.commit(st, c, &rows, true, false).await?;
+            self.commit(st, c, &rows, true, later).await?;
+            if later {
+                let seq = st.next_seq;
+                st.next_seq += 1;
+                // The events are in the spool: a take-back replays them from there (their
+                // acknowledgements were answered when they were spooled).
+                st.unconfirmed.push_back(Unconfirmed {
+                    seq,
+                    since: Instant::now(),
+                    events: Vec::new(),
+                });
+                last = Some(seq);
+            }
             offset = next;
             // Events arriving meanwhile wait in memory; past half the buffer they join the spool
             // (whose end this loop reads too), so memory stays bounded during a long replay.
@@ -1283,12 +1319,22 @@ impl Stager {
                 self.spool_pending(st);
             }
         }
+        if later {
+            // Everything the spool holds is inserted now, up to `last`.
+            st.covered = last;
+            if last.is_none() {
+                st.spool.clear().map_err(|e| e.to_string())?;
+                st.spool_oldest = None;
+            }
+            tracing::info!(events = total, "spool replayed; emptied once on disk");
+            return Ok(false);
+        }
         st.spool.clear().map_err(|e| e.to_string())?;
         st.spool_oldest = None;
         // Room again: a "spool full" problem is over.
         self.health.clear("spool");
         tracing::info!(events = total, "spool replayed");
-        Ok(())
+        Ok(true)
     }
 
     /// Opens a connection and proves the server answers (within [`PROBE_TIMEOUT`]: connecting to
@@ -1378,12 +1424,18 @@ impl Stager {
                 self.health.set("spool", e.to_string());
             }
             Err(e) => {
-                // The disk failed us: keep the events in memory (bounded by the queue) and say so.
-                tracing::error!(error = %e, "cannot write the spool; events stay in memory");
+                // The disk failed us: keep the events in memory (bounded by the queue) and say so
+                // (while the database is down this is tried at every probe: not a line each).
+                st.spool_failures += 1;
+                if doubled(st.spool_failures - 1, st.spool_failures) {
+                    tracing::error!(error = %e, failures = st.spool_failures, "cannot write the spool; events stay in memory");
+                }
                 self.health.set("spool", e.to_string());
                 st.pending.extend(rows);
+                return;
             }
         }
+        st.spool_failures = 0;
     }
 
     /// At shutdown: commit what can be committed quickly, spool the rest.

@@ -720,6 +720,46 @@ async fn a_late_flush_with_a_full_spool_still_shows_statuses() {
     r.ends_clean(seq).await;
 }
 
+/// A collector killed during a late flush (its barrier row locked) and started again while the
+/// lock holds: its spool (copies of the unconfirmed batches) is replayed beside the barriers, so
+/// new statuses reach `streamers` within a second while the replay waits for its flush, and once
+/// the lock goes every event is staged once. Before, the replay's barriers were inline: every
+/// new status waited behind the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_restarted_during_a_late_flush_still_shows_statuses() {
+    let mut r = running().await;
+    let watchdog = r.notify_collector.env(WATCHDOG);
+    let seq = r.stack.last_seq().await;
+    let blocker = lock_barrier_rows(&r.stack).await;
+    let locked = Instant::now();
+    r.stack.control("/control/flap", json!({"rate": 40})).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    r.stack.control("/control/flap/stop", json!({})).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    r.collector.kill9();
+    // kick-sim forgets the old sockets first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    r.collector = r.stack.spawn("kick-collector", &as_refs(&watchdog));
+    r.stack
+        .wait_subscribed(STREAMERS as i64, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", r.stack.log_tail(&r.collector)));
+    let log = std::fs::read_to_string(&r.collector.log).unwrap();
+    assert!(
+        log.contains("replaying the spool"),
+        "the killed collector left copies in its spool\n{}",
+        r.stack.log_tail(&r.collector)
+    );
+    // What changed while it was down is found by its start-up reconcile, staged like the rest.
+    r.stack
+        .converge(Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", r.stack.log_tail(&r.collector)));
+    flips_arrive_within_a_second(&r, locked, 6).await;
+    blocker.batch_execute("COMMIT").await.unwrap();
+    r.ends_clean(seq).await;
+}
+
 /// `n` streamers go live one every 0.7 s, each reaching `streamers` within a second.
 async fn flips_arrive_within_a_second(r: &Running, locked: Instant, n: usize) {
     for i in 0..n {
