@@ -17,8 +17,9 @@
 //!   endpoint. A channel that moved to another region moves to a socket there, and so does one
 //!   whose region is learned while it waits on a general socket that has not negotiated yet (a
 //!   restarted collector reads every region from its cache within milliseconds: it never waits
-//!   to see where the general socket lands). A general socket that lands elsewhere gives up the
-//!   channels it does not reach as soon as it is up.
+//!   to see where the general socket lands; the general socket so emptied does not connect until
+//!   it is given channels). A general socket that lands elsewhere gives up the channels it does
+//!   not reach as soon as it is up.
 //! - Coverage is reported in `channel_coverage` and counted in `kick_collector_channels_covered`
 //!   (`/healthz`: `covered_channels`): a channel on an up socket to its own region's server (or
 //!   any up socket with Pusher, which has no regions) is covered by realtime; the rest is polled

@@ -125,6 +125,9 @@ pub async fn run(
     // A restart after a panic: the old connection is gone.
     mark_down(&ctx, &sock);
     while !sock.stop.is_cancelled() {
+        if !wait_for_channels(&sock).await {
+            break;
+        }
         let Some(end) = session(&ctx, &sock, &events).await else {
             break;
         };
@@ -175,6 +178,20 @@ pub async fn run(
     }
     mark_down(&ctx, &sock);
     Ok(())
+}
+
+/// Waits until the socket has channels to carry (a socket without any does not connect);
+/// `false`: stopped meanwhile.
+async fn wait_for_channels(sock: &SocketShared) -> bool {
+    loop {
+        if !sock.desired.lock().unwrap().is_empty() {
+            return true;
+        }
+        tokio::select! {
+            _ = sock.changed.notified() => {}
+            _ = sock.stop.cancelled() => return false,
+        }
+    }
 }
 
 /// Marks the socket down; returns whether it was up. The up count changes only on a real
@@ -240,6 +257,12 @@ async fn session(
     *sock.connected_url.lock().unwrap() = match &endpoint {
         Endpoint::Centrifugo { url } | Endpoint::Pusher { url } => Some(url.clone()),
     };
+    // Emptied while it negotiated (a restarted collector's channels go to their regions'
+    // sockets as soon as their cached regions are read): it connects only when the placement
+    // gives it channels again (it now knows where this socket lands), not to idle.
+    if !wait_for_channels(sock).await {
+        return None;
+    }
     let now = Instant::now();
     let grace = cfg.silence_grace;
     let (ws, mut proto, opening) = match endpoint {

@@ -652,6 +652,14 @@ async fn a_restarted_collector_subscribes_each_channel_in_its_own_region_at_once
         "channels reached their regions only {took:?} after the restart\n{}",
         stack.log_tail(&collector)
     );
+    // No idle socket: the general sockets, emptied while they negotiated, did not connect
+    // (two sockets of 10 channels per region).
+    let (sockets, subscriptions) = stack.sim.sim.socket_count();
+    assert_eq!(
+        (sockets, subscriptions),
+        (STREAMERS / 10, STREAMERS),
+        "sockets and subscriptions at kick-sim"
+    );
     // /healthz says what kick-sim sees: every channel covered (the gauge is refreshed each second).
     let t0 = Instant::now();
     loop {
