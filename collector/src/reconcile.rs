@@ -224,6 +224,15 @@ pub async fn run(ctx: Arc<Ctx>, queue: Queue) -> anyhow::Result<()> {
             };
             match run {
                 Ok(found) => {
+                    // A change the periodic run finds that realtime missed on a covered channel
+                    // may mean the channel is served from another region now: it is located
+                    // again at once (one paced web request; an answer that names the same
+                    // region moves nothing). Waiting for the re-check to disagree too missed
+                    // most moves: the first run's correction is usually applied, and then the
+                    // re-check agrees.
+                    for ch in found.realtime_missed {
+                        ctx.regions.recheck(ch);
+                    }
                     if let Ok(d) = &mut result {
                         d.extend(found.differing);
                     }
@@ -552,7 +561,9 @@ async fn reconcile(ctx: &Ctx, scope: &Scope, misses: &mut Misses) -> anyhow::Res
                 }
                 if differs {
                     differing.push(s.user_id);
-                    if s.realtime && matches!(scope, Scope::Users(_)) {
+                    // Not after a socket's gap or a shard's handoff (`Channels`, `Shards`):
+                    // what changed then was missed for a known reason.
+                    if s.realtime && matches!(scope, Scope::Users(_) | Scope::All) {
                         realtime_missed.extend(s.channel_id);
                     }
                 }

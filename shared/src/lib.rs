@@ -13,6 +13,7 @@ pub mod duration;
 pub mod exit;
 pub mod health;
 pub mod kick;
+pub mod logbudget;
 pub mod logging;
 pub mod metrics;
 pub mod model;

@@ -413,6 +413,15 @@ impl Placement {
         out
     }
 
+    /// Sets `kick_collector_channels_covered` from the sockets as they are now (when one comes
+    /// up or goes down; otherwise the per-second check does).
+    fn count_covered(&self) {
+        self.ctx
+            .metrics
+            .channels_covered
+            .store(self.covered().len(), Ordering::Relaxed);
+    }
+
     /// Channels whose socket no longer reaches their server (a general socket reconnected and
     /// was sent elsewhere): move them.
     fn re_place(&mut self) {
@@ -565,6 +574,7 @@ impl Placement {
                         unknown_on_failure: None,
                     });
                 }
+                self.count_covered();
             }
             SocketEvent::Down {
                 socket,
@@ -574,6 +584,8 @@ impl Placement {
                 if !was_up {
                     return;
                 }
+                // The gauge says so now, not at the next check.
+                self.count_covered();
                 let chans: Vec<i64> = self.sockets[socket].shared.desired().into_iter().collect();
                 let gap = gaps::open(&self.ctx, socket, chans.len(), end.code, &end.reason).await;
                 self.sockets[socket].gap = gap;

@@ -180,7 +180,7 @@ pub async fn run(
             }
             // A recheck asked meanwhile is done in the next round, at once.
             while let Ok(c) = rechecks.try_recv() {
-                known.remove(&c);
+                stale(&mut known, c);
                 again = true;
             }
         }
@@ -191,9 +191,18 @@ pub async fn run(
             _ = ctx.shutdown.cancelled() => return Ok(()),
             r = desired.changed() => if r.is_err() { return Ok(()) },
             c = rechecks.recv() => if let Some(c) = c {
-                known.remove(&c);
+                stale(&mut known, c);
             },
             _ = tokio::time::sleep(Duration::from_secs(60)) => {}
         }
+    }
+}
+
+/// Makes `ch` due for a lookup now, keeping where it was served: the answer is compared with
+/// that (a move is logged, and only a move moves anything). Forgetting it instead hid every move
+/// a recheck found from the log.
+fn stale(known: &mut HashMap<i64, (String, DateTime<Utc>)>, ch: i64) {
+    if let Some((_, at)) = known.get_mut(&ch) {
+        *at = DateTime::UNIX_EPOCH;
     }
 }

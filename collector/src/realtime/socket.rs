@@ -676,8 +676,17 @@ impl Driver<'_> {
             "malformed"
         };
         self.ctx.metrics.malformed.add(kind, 1);
-        let shown: String = String::from_utf8_lossy(&frame[..frame.len().min(120)]).into_owned();
-        tracing::warn!(socket = self.sock.id, transport = self.transport, reason, frame = %shown.escape_debug(), "realtime frame rejected");
+        // Counted always (kick_collector_malformed_frames_total); logged within a budget.
+        if let Some(suppressed) = REJECTED_LOG.admit() {
+            if suppressed > 0 {
+                tracing::warn!(
+                    suppressed,
+                    "realtime frames rejected and not logged in the last 10 s (all are counted in kick_collector_malformed_frames_total)"
+                );
+            }
+            let shown = String::from_utf8_lossy(&frame[..frame.len().min(120)]);
+            tracing::warn!(socket = self.sock.id, transport = self.transport, reason, frame = %shown.escape_debug(), "realtime frame rejected");
+        }
         if REJECTED_ROWS.try_acquire() {
             self.ctx.stager.stage(rows::rejected_frame(
                 self.transport,
@@ -688,6 +697,12 @@ impl Driver<'_> {
         }
     }
 }
+
+/// Rejected frames logged: at most 20 per 10 s per collector (a flood is counted only).
+static REJECTED_LOG: std::sync::LazyLock<kick_shared::logbudget::LogBudget> =
+    std::sync::LazyLock::new(|| {
+        kick_shared::logbudget::LogBudget::new(20, Duration::from_secs(10))
+    });
 
 /// Rejected frames kept as rows: at most this rate per collector (a flood is counted only).
 static REJECTED_ROWS: std::sync::LazyLock<kick_shared::ratelimit::RateLimiter> =

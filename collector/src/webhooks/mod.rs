@@ -50,14 +50,6 @@ const KEY_REFRESH: Duration = Duration::from_secs(6 * 3600);
 const LOGGED_REFUSALS: u32 = 20;
 const LOG_WINDOW: Duration = Duration::from_secs(10);
 
-/// The refusal log's budget in the current window.
-#[derive(Debug)]
-struct LogBudget {
-    since: std::time::Instant,
-    logged: u32,
-    suppressed: u64,
-}
-
 /// What the request handlers share.
 #[derive(Debug)]
 pub struct Receiver {
@@ -65,29 +57,14 @@ pub struct Receiver {
     pub path: String,
     pub stager: StagerHandle,
     pub keys: Keys,
-    log_budget: std::sync::Mutex<LogBudget>,
+    log_budget: kick_shared::logbudget::LogBudget,
 }
 
 impl Receiver {
     /// Logs a refusal at WARN with its message id (cut to 64 characters), within the budget.
     pub fn log_refusal(&self, id: &str, reason: &str, error: &str) {
-        let suppressed_before = {
-            let mut b = self.log_budget.lock().unwrap();
-            let mut before = 0;
-            if b.since.elapsed() >= LOG_WINDOW {
-                before = b.suppressed;
-                *b = LogBudget {
-                    since: std::time::Instant::now(),
-                    logged: 0,
-                    suppressed: 0,
-                };
-            }
-            if b.logged >= LOGGED_REFUSALS {
-                b.suppressed += 1;
-                return;
-            }
-            b.logged += 1;
-            before
+        let Some(suppressed_before) = self.log_budget.admit() else {
+            return;
         };
         if suppressed_before > 0 {
             tracing::warn!(
@@ -285,11 +262,7 @@ pub async fn run_with_metrics(
         path: cfg.webhook_path.clone(),
         stager: stager_handle,
         keys,
-        log_budget: std::sync::Mutex::new(LogBudget {
-            since: std::time::Instant::now(),
-            logged: 0,
-            suppressed: 0,
-        }),
+        log_budget: kick_shared::logbudget::LogBudget::new(LOGGED_REFUSALS, LOG_WINDOW),
     });
     {
         let (rx, listener, stop) = (receiver.clone(), listener.clone(), shutdown.clone());
