@@ -884,7 +884,8 @@ impl Stager {
                 inflight = None;
                 match self.replay(st, c).await {
                     Ok(true) => self.staged_again(st, &mut retry),
-                    Ok(false) => {}
+                    // Inserted beside the barriers: the barrier that confirms them goes now.
+                    Ok(false) => self.next_barrier(c, st, &mut inflight),
                     Err(e) => {
                         conn = None;
                         self.take_back(st, None);
