@@ -14,7 +14,9 @@
 //!   are reconciled once more and the gap is closed with what that found.
 //! - Each channel goes on a socket to the server that serves it (its region, learned by
 //!   `regions`); a channel whose region is not known yet goes on a socket to the general
-//!   endpoint. A channel that moved to another region moves to a socket there, and so does one
+//!   endpoint. A new channel waits for its region's cache read first (milliseconds;
+//!   [`CACHE_WAIT`] at most), so that a restarted collector's channels go straight to their
+//!   regions' sockets. A channel that moved to another region moves to a socket there, and so does one
 //!   whose region is learned while it waits on a general socket that has not negotiated yet (a
 //!   restarted collector reads every region from its cache within milliseconds: it never waits
 //!   to see where the general socket lands; the general socket so emptied does not connect until
@@ -47,6 +49,9 @@ pub const BLIND_AFTER: Duration = Duration::from_secs(60);
 pub const PARKED_FOR: Duration = Duration::from_secs(300);
 /// How long a channel waits for a place when the socket cap is reached.
 pub const CAPPED_FOR: Duration = Duration::from_secs(10);
+/// How long a new channel (Centrifugo) waits for its region's cache read before it goes on a
+/// general socket anyway (the database slow or down: it must not stay unsubscribed).
+pub const CACHE_WAIT: Duration = Duration::from_secs(2);
 
 struct Socket {
     shared: Arc<SocketShared>,
@@ -69,6 +74,8 @@ struct Placement {
     owner: HashMap<i64, usize>,
     /// Channels refused (not for a limit): parked until then.
     parked: HashMap<i64, Instant>,
+    /// New channels waiting for their region's cache read (until then, at most).
+    awaiting: HashMap<i64, Instant>,
     /// Channels each socket refused (they are not offered to it again).
     refused_by: HashMap<i64, BTreeSet<usize>>,
     events_tx: mpsc::UnboundedSender<SocketEvent>,
@@ -127,6 +134,7 @@ pub async fn run(
         sockets: Vec::new(),
         owner: HashMap::new(),
         parked: HashMap::new(),
+        awaiting: HashMap::new(),
         refused_by: HashMap::new(),
         events_tx,
         desired: BTreeSet::new(),
@@ -158,11 +166,14 @@ pub async fn run(
                     p.on_event(ev).await;
                 }
             }
-            r = regions.recv() => {
-                if let Some((ch, url)) = r {
+            r = regions.recv() => match r {
+                Some(RegionUpdate::Located(ch, url)) => {
                     p.on_region(ch, url);
+                    p.place_awaited(&[ch]);
                 }
-            }
+                Some(RegionUpdate::CacheRead(chs)) => p.place_awaited(&chs),
+                None => {}
+            },
             _ = tick.tick() => {
                 // Cheap when nothing changed (it compares what it last looked at).
                 p.re_place();
@@ -194,6 +205,7 @@ impl Placement {
     pub fn apply(&mut self, desired: &BTreeSet<i64>) {
         self.desired = desired.clone();
         self.parked.retain(|ch, _| desired.contains(ch));
+        self.awaiting.retain(|ch, _| desired.contains(ch));
         self.refused_by.retain(|ch, _| desired.contains(ch));
         let current: Vec<i64> = self.owner.keys().copied().collect();
         let mut touched: BTreeSet<usize> = BTreeSet::new();
@@ -207,10 +219,24 @@ impl Placement {
         let new: Vec<i64> = desired
             .iter()
             .copied()
-            .filter(|c| !self.owner.contains_key(c) && !self.parked.contains_key(c))
+            .filter(|c| {
+                !self.owner.contains_key(c)
+                    && !self.parked.contains_key(c)
+                    && !self.awaiting.contains_key(c)
+            })
             .collect();
         let added = new.len();
+        // With regions (Centrifugo), a channel whose region is not known yet waits for the
+        // cache read (milliseconds; `CACHE_WAIT` at most): placed on a general socket first, a
+        // restarted collector's channels of the general socket's region stayed there, half a
+        // socket each, beside the region's own sockets (15 sockets where 11 were needed).
+        let wait = self.ctx.cfg().kick.transport != Transport::Pusher;
+        let until = Instant::now() + CACHE_WAIT;
         for ch in new {
+            if wait && !self.regions.contains_key(&ch) {
+                self.awaiting.insert(ch, until);
+                continue;
+            }
             if let Some(s) = self.place(ch) {
                 touched.insert(s);
             }
@@ -227,6 +253,24 @@ impl Placement {
             );
         }
         self.publish_metrics();
+    }
+
+    /// Places those of `chs` that wait for their region's cache read (it came, or they waited
+    /// long enough).
+    fn place_awaited(&mut self, chs: &[i64]) {
+        let mut touched = BTreeSet::new();
+        for ch in chs {
+            if self.awaiting.remove(ch).is_some()
+                && self.desired.contains(ch)
+                && !self.owner.contains_key(ch)
+                && let Some(s) = self.place(*ch)
+            {
+                touched.insert(s);
+            }
+        }
+        for s in touched {
+            self.sockets[s].shared.changed.notify_one();
+        }
     }
 
     /// Puts `ch` on a socket with room that has not refused it, or on a new socket. Returns
@@ -662,6 +706,13 @@ impl Placement {
 
     fn tick(&mut self) {
         let now = Instant::now();
+        let waited: Vec<i64> = self
+            .awaiting
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(c, _)| *c)
+            .collect();
+        self.place_awaited(&waited);
         let due: Vec<i64> = self
             .parked
             .iter()

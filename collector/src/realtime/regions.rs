@@ -23,8 +23,16 @@ use tokio::sync::{mpsc, watch};
 
 use crate::ctx::Ctx;
 
-/// What the placement learns: channel → the Centrifugo URL serving it.
-pub type RegionUpdate = (i64, String);
+/// What the placement learns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegionUpdate {
+    /// The Centrifugo URL serving a channel.
+    Located(i64, String),
+    /// The cache was read for these channels: those it knew were sent (`Located`) before this.
+    /// The placement holds a new channel until its cache read (briefly): placed by region from
+    /// the start, it needs no general socket that would keep half the channels afterwards.
+    CacheRead(Vec<i64>),
+}
 
 /// Asks for the channel to be located again (a reconcile saw realtime miss a change on it).
 #[derive(Debug, Clone)]
@@ -95,9 +103,10 @@ pub async fn run(
                     for r in rows {
                         let (ch, url, at): (i64, String, DateTime<Utc>) =
                             (r.get("kick_channel_id"), r.get("url"), r.get("checked_at"));
-                        let _ = updates.send((ch, url.clone()));
+                        let _ = updates.send(RegionUpdate::Located(ch, url.clone()));
                         known.insert(ch, (url, at));
                     }
+                    let _ = updates.send(RegionUpdate::CacheRead(unread.clone()));
                     cache_read.extend(unread);
                 }
                 Err(e) => {
@@ -159,7 +168,7 @@ pub async fn run(
                         tracing::debug!(channel = ch, error = %e, "region not cached");
                     }
                     known.insert(ch, (url.clone(), Utc::now()));
-                    let _ = updates.send((ch, url));
+                    let _ = updates.send(RegionUpdate::Located(ch, url));
                 }
                 Ok(Endpoint::Pusher { .. }) => {
                     // Not a regional answer: remember that we asked.
