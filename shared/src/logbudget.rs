@@ -54,6 +54,22 @@ impl LogBudget {
         w.logged += 1;
         Some(before)
     }
+
+    /// The lines not logged in a window that is over, when there were any (the window starts
+    /// afresh): for a periodic check, so that a flood followed by silence is still summed up.
+    pub fn overdue(&self) -> Option<u64> {
+        let mut w = self.state.lock().unwrap();
+        if w.suppressed == 0 || w.since.elapsed() < self.window {
+            return None;
+        }
+        let n = w.suppressed;
+        *w = Window {
+            since: Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        };
+        Some(n)
+    }
 }
 
 #[cfg(test)]
@@ -86,5 +102,18 @@ mod tests {
             "the next window's first line reports the 7 not logged"
         );
         assert_eq!(b.admit(), Some(0));
+    }
+
+    #[test]
+    fn a_flood_followed_by_silence_is_summed_up_by_the_periodic_check() {
+        let b = LogBudget::new(2, Duration::from_millis(50));
+        for _ in 0..5 {
+            b.admit();
+        }
+        assert_eq!(b.overdue(), None, "the window is not over");
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(b.overdue(), Some(3));
+        assert_eq!(b.overdue(), None, "reported once");
+        assert_eq!(b.admit(), Some(0), "and not again by the next line");
     }
 }

@@ -619,6 +619,7 @@ impl Placement {
                     });
                 }
                 self.count_covered();
+                self.publish_metrics();
             }
             SocketEvent::Down {
                 socket,
@@ -628,8 +629,9 @@ impl Placement {
                 if !was_up {
                     return;
                 }
-                // The gauge says so now, not at the next check.
+                // The gauges say so now, not at the next check.
                 self.count_covered();
+                self.publish_metrics();
                 let chans: Vec<i64> = self.sockets[socket].shared.desired().into_iter().collect();
                 let gap = gaps::open(&self.ctx, socket, chans.len(), end.code, &end.reason).await;
                 self.sockets[socket].gap = gap;
@@ -731,6 +733,7 @@ impl Placement {
         self.publish_metrics();
         self.check_blind();
         self.check_refused();
+        socket::report_unlogged_rejections();
     }
 
     /// No socket up while there are channels to watch, for longer than [`BLIND_AFTER`]: a

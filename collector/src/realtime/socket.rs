@@ -698,6 +698,17 @@ impl Driver<'_> {
     }
 }
 
+/// Logs how many rejected frames a window that is over did not log (the placement's
+/// once-a-second check calls it): a flood followed by silence is summed up too.
+pub fn report_unlogged_rejections() {
+    if let Some(suppressed) = REJECTED_LOG.overdue() {
+        tracing::warn!(
+            suppressed,
+            "realtime frames rejected and not logged in the last 10 s (all are counted in kick_collector_malformed_frames_total)"
+        );
+    }
+}
+
 /// Rejected frames logged: at most 20 per 10 s per collector (a flood is counted only).
 static REJECTED_LOG: std::sync::LazyLock<kick_shared::logbudget::LogBudget> =
     std::sync::LazyLock::new(|| {
