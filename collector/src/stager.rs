@@ -197,6 +197,21 @@ struct State {
     spool_failures: u64,
 }
 
+impl State {
+    /// A batch inserted beside the barriers (visible, not yet on disk) joins the unconfirmed
+    /// ones under the next sequence number, which it returns.
+    fn inserted(&mut self, events: Vec<Staged>) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.unconfirmed.push_back(Unconfirmed {
+            seq,
+            since: Instant::now(),
+            events,
+        });
+        seq
+    }
+}
+
 /// A batch waiting for its durable barrier.
 #[derive(Debug)]
 struct Unconfirmed {
@@ -983,13 +998,7 @@ impl Stager {
                 match self.commit(st, c, &batch, false, later).await {
                     Ok(()) => {
                         if later {
-                            let seq = st.next_seq;
-                            st.next_seq += 1;
-                            st.unconfirmed.push_back(Unconfirmed {
-                                seq,
-                                since: Instant::now(),
-                                events: batch,
-                            });
+                            st.inserted(batch);
                             self.next_barrier(c, st, &mut inflight);
                         } else {
                             // Only a durable commit proves the database works: a server that
@@ -1302,16 +1311,9 @@ impl Stager {
             }
             self.commit(st, c, &rows, true, later).await?;
             if later {
-                let seq = st.next_seq;
-                st.next_seq += 1;
                 // The events are in the spool: a take-back replays them from there (their
                 // acknowledgements were answered when they were spooled).
-                st.unconfirmed.push_back(Unconfirmed {
-                    seq,
-                    since: Instant::now(),
-                    events: Vec::new(),
-                });
-                last = Some(seq);
+                last = Some(st.inserted(Vec::new()));
             }
             offset = next;
             // Events arriving meanwhile wait in memory; past half the buffer they join the spool

@@ -678,12 +678,7 @@ impl Driver<'_> {
         self.ctx.metrics.malformed.add(kind, 1);
         // Counted always (kick_collector_malformed_frames_total); logged within a budget.
         if let Some(suppressed) = REJECTED_LOG.admit() {
-            if suppressed > 0 {
-                tracing::warn!(
-                    suppressed,
-                    "realtime frames rejected and not logged in the last 10 s (all are counted in kick_collector_malformed_frames_total)"
-                );
-            }
+            log_unlogged(suppressed);
             let shown = String::from_utf8_lossy(&frame[..frame.len().min(120)]);
             tracing::warn!(socket = self.sock.id, transport = self.transport, reason, frame = %shown.escape_debug(), "realtime frame rejected");
         }
@@ -702,6 +697,13 @@ impl Driver<'_> {
 /// once-a-second check calls it): a flood followed by silence is summed up too.
 pub fn report_unlogged_rejections() {
     if let Some(suppressed) = REJECTED_LOG.overdue() {
+        log_unlogged(suppressed);
+    }
+}
+
+/// The one line that sums up the rejected frames a window did not log (none: no line).
+fn log_unlogged(suppressed: u64) {
+    if suppressed > 0 {
         tracing::warn!(
             suppressed,
             "realtime frames rejected and not logged in the last 10 s (all are counted in kick_collector_malformed_frames_total)"

@@ -612,6 +612,15 @@ async fn a_flood_of_real_flips_ends_with_the_last_one() {
     assert_eq!(writer.terminate(), Some(0));
 }
 
+/// Waits until kick-sim has forgotten a stopped collector's sockets (within 5 s).
+async fn sockets_gone(stack: &Stack) {
+    let t0 = Instant::now();
+    while stack.sim.sim.socket_count().0 > 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "old sockets stay");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A restarted collector that knows its channels' regions (cached in `channel_regions`) puts
 /// each channel on a socket to its own region at once, even while the general negotiation is
 /// slow, and `/healthz` counts as covered only channels subscribed where their events are
@@ -622,11 +631,7 @@ async fn a_flood_of_real_flips_ends_with_the_last_one() {
 async fn a_restarted_collector_subscribes_each_channel_in_its_own_region_at_once() {
     let (stack, mut writer, mut collector) = running("centrifugo", &[]).await;
     assert_eq!(collector.terminate(), Some(0));
-    let gone = Instant::now();
-    while stack.sim.sim.socket_count().0 > 0 {
-        assert!(gone.elapsed() < Duration::from_secs(5), "old sockets stay");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sockets_gone(&stack).await;
     // Kick's realtime endpoints (the general negotiation, guest tokens) answer only after
     // 1.5 s: every socket waits that long; one to the general endpoint lands in the first region.
     stack
@@ -686,11 +691,7 @@ async fn a_restarted_collector_subscribes_each_channel_in_its_own_region_at_once
     // race: still two full sockets per region, no general socket half filled beside them (the
     // channels of the region it landed in stayed there: 6 sockets for 40 channels).
     assert_eq!(collector.terminate(), Some(0));
-    let gone = Instant::now();
-    while stack.sim.sim.socket_count().0 > 0 {
-        assert!(gone.elapsed() < Duration::from_secs(5), "old sockets stay");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sockets_gone(&stack).await;
     stack
         .control("/control/rest", json!({"mode": "normal"}))
         .await;
