@@ -16,12 +16,9 @@
 //!   `regions`); a channel whose region is not known yet goes on a socket to the general
 //!   endpoint. A new channel waits for its region's cache read first (milliseconds;
 //!   [`CACHE_WAIT`] at most), so that a restarted collector's channels go straight to their
-//!   regions' sockets. A channel that moved to another region moves to a socket there, and so does one
-//!   whose region is learned while it waits on a general socket that has not negotiated yet (a
-//!   restarted collector reads every region from its cache within milliseconds: it never waits
-//!   to see where the general socket lands; the general socket so emptied does not connect until
-//!   it is given channels). A general socket that lands elsewhere gives up the channels it does
-//!   not reach as soon as it is up.
+//!   regions' sockets. A channel that moved to another region moves to a socket there; one
+//!   whose region is learned while its general socket negotiates moves once that socket is up
+//!   and does not reach it (a socket left without channels does not connect).
 //! - Coverage is reported in `channel_coverage` and counted in `kick_collector_channels_covered`
 //!   (`/healthz`: `covered_channels`): a channel on an up socket to its own region's server (or
 //!   any up socket with Pusher, which has no regions) is covered by realtime; the rest is polled
@@ -373,12 +370,14 @@ impl Placement {
         let Some(&s) = self.owner.get(&ch) else {
             return;
         };
-        // On a general socket that has not negotiated yet, the channel is not subscribed
-        // anywhere: it goes to its region's socket now rather than wait for where the general
-        // socket lands. (Waiting cost a restarted collector 1.5–3 s of events on the channels of
-        // the other region: they were subscribed there, where nothing is delivered, until the
-        // next re-placement.)
-        if self.serves(&self.sockets[s], ch) {
+        let sock = &self.sockets[s];
+        // A general socket that has not negotiated yet may well land where the channel is
+        // served: decided when it is up (`re_place` then), never a move for nothing. (A restarted
+        // collector's channels do not come here: they wait for their cached regions before they
+        // are placed.)
+        let undecided =
+            sock.server.is_none() && sock.shared.connected_url.lock().unwrap().is_none();
+        if undecided || self.serves(sock, ch) {
             return;
         }
         self.owner.remove(&ch);
