@@ -66,15 +66,18 @@ impl Receiver {
         let Some(suppressed_before) = self.log_budget.admit() else {
             return;
         };
-        if suppressed_before > 0 {
-            tracing::warn!(
-                suppressed = suppressed_before,
-                "webhook refusals not logged in the last window (all are counted in kick_webhooks_verification_failures_total)"
-            );
-        }
+        log_unlogged(suppressed_before);
         let id: String = id.chars().take(64).collect();
         let error: String = error.chars().take(200).collect();
         tracing::warn!(message_id = %id.escape_debug(), reason, error = %error.escape_debug(), "webhook refused");
+    }
+
+    /// Sums up the refusals a window that is over did not log, when no refusal followed to do
+    /// it (a flood followed by silence): called once a second.
+    pub fn report_unlogged_refusals(&self) {
+        if let Some(suppressed) = self.log_budget.overdue() {
+            log_unlogged(suppressed);
+        }
     }
 
     /// A refused delivery: counted by reason, logged at WARN with its message id.
@@ -317,7 +320,10 @@ pub async fn run_with_metrics(
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => liveness.beat("main"),
+                _ = tick.tick() => {
+                    liveness.beat("main");
+                    receiver.report_unlogged_refusals();
+                }
             }
         }
         Ok::<_, anyhow::Error>(())
@@ -337,6 +343,16 @@ pub async fn run_with_metrics(
     tracing::info!("webhook receiver stopped");
     drop(state);
     result
+}
+
+/// The one line that says how many refusals a window did not log.
+fn log_unlogged(suppressed: u64) {
+    if suppressed > 0 {
+        tracing::warn!(
+            suppressed,
+            "webhook refusals not logged in the last window (all are counted in kick_webhooks_verification_failures_total)"
+        );
+    }
 }
 
 /// Keeps the key from Kick loaded: fetched at start (retried with backoff while Kick is

@@ -458,6 +458,45 @@ async fn hostile_requests_get_their_status_and_stage_nothing() {
         .await
         .unwrap();
     assert_eq!(h["healthy"], true, "{h}");
+
+    // A flood of refusals logs its budget (20 lines a window of 10 s); when silence follows,
+    // the rest is still summed up in one line once the window is over.
+    for i in 0..60 {
+        let id = format!("01JFLOOD{i}");
+        assert_eq!(
+            post(
+                url,
+                Some(&id),
+                Some(&now),
+                None,
+                "livestream.status.updated",
+                "{}".into()
+            )
+            .await,
+            401
+        );
+    }
+    let flooded = Instant::now();
+    wait_for(
+        "the summary line of the refusals not logged",
+        Duration::from_secs(20),
+        || async {
+            stack
+                .log_tail(&rx.svc)
+                .contains("webhook refusals not logged")
+        },
+    )
+    .await;
+    let log = stack.log_tail(&rx.svc);
+    let logged = log.matches("01JFLOOD").count();
+    assert!(
+        logged < 30,
+        "{logged} of 60 refusals logged one by one:\n{log}"
+    );
+    eprintln!(
+        "summary line {:?} after the flood; {logged} refusals logged one by one",
+        flooded.elapsed()
+    );
 }
 
 /// Realtime sees session A end and session B start; then the webhook deliveries of A (its start
