@@ -10,8 +10,11 @@
 //! the listener) runs under a supervisor that restarts it when it ends or panics and reports it
 //! in `/healthz`, the metrics and the heartbeat. The process is ready as soon as its
 //! configuration is valid and its spool can take events; it then waits for the database (for the
-//! settings stored there and the schema check) without ever running on defaults.
+//! settings stored there and the schema check) without ever running on defaults. A collector
+//! that ran before does not wait idle: after [`bootcache::BOOT_WAIT`] it watches the channels of
+//! its boot cache with the settings cached there and spools what it sees (see `bootcache`).
 
+pub mod bootcache;
 pub mod cli;
 pub mod ctx;
 pub mod gaps;
@@ -216,17 +219,51 @@ pub async fn run_with_metrics(
     systemd::spawn_watchdog(liveness.clone(), shutdown.clone());
     tracing::info!(collector = %collector_id, slot = state.slot, state = %dir.display(), "collector starting");
 
+    let boot_cache_path = state.boot_cache_path();
     let result = async {
-        let Some(cfg) = kick_shared::startup::wait_for_database(
-            &cfg,
-            "kick-collector",
-            &health,
-            &shutdown,
-            &liveness,
-        )
-        .await?
-        else {
-            return Ok(());
+        let waiting = {
+            let (cfg, health, shutdown, liveness) = (
+                cfg.clone(),
+                health.clone(),
+                shutdown.clone(),
+                liveness.clone(),
+            );
+            async move {
+                kick_shared::startup::wait_for_database(
+                    &cfg,
+                    "kick-collector",
+                    &health,
+                    &shutdown,
+                    &liveness,
+                )
+                .await
+            }
+        };
+        tokio::pin!(waiting);
+        // The database's settings, or (it does not answer, and an earlier run left a boot
+        // cache) the cached ones: then the wait goes on beside the tasks.
+        let (cfg, cached) = match boot_cache(&boot_cache_path, &cfg) {
+            None => match waiting.as_mut().await? {
+                Some(c) => (c, None),
+                None => return Ok(()),
+            },
+            Some((cached_cfg, cache)) => {
+                match tokio::time::timeout(bootcache::BOOT_WAIT, waiting.as_mut()).await {
+                    Ok(r) => match r? {
+                        Some(c) => (c, None),
+                        None => return Ok(()),
+                    },
+                    Err(_) => {
+                        tracing::warn!(
+                            channels = cache.channels.len(),
+                            cache = %boot_cache_path.display(),
+                            "the database does not answer: watching the channels of the boot cache with its settings; what they deliver is spooled until the database answers"
+                        );
+                        systemd::notify("STATUS=the database does not answer; watching the boot cache's channels, spooling");
+                        (cached_cfg, Some(cache))
+                    }
+                }
+            }
         };
         // Fail on what no retry can fix: missing credentials (environment or config table).
         cfg.kick.credentials()?;
@@ -257,7 +294,15 @@ pub async fn run_with_metrics(
             regions: recheck_handle,
             region_rechecks,
         }));
-        let first = listen::watched_channels(&ctx).await.unwrap_or_default();
+        let first = match &cached {
+            // The shards of the cached channels are served, without a token, until the first
+            // lease round; their regions are known at once.
+            Some(cache) => {
+                leases.serve_unfenced(cache.shards());
+                cache.channels.iter().copied().collect()
+            }
+            None => listen::watched_channels(&ctx).await.unwrap_or_default(),
+        };
         tracing::info!(channels = first.len(), "watching");
         // The listener keeps the watched set; the placement gets the part of it in the shards
         // this collector holds (empty until the first lease round).
@@ -278,9 +323,15 @@ pub async fn run_with_metrics(
             leases::filter(ctx, watched_rx.clone(), desired_tx.clone())
         });
         let (region_tx, region_rx) = tokio::sync::mpsc::unbounded_channel();
+        if let Some(cache) = &cached {
+            for (ch, url) in &cache.regions {
+                let _ = region_tx.send(realtime::regions::RegionUpdate::Located(*ch, url.clone()));
+            }
+        }
         let region_rx = Arc::new(tokio::sync::Mutex::new(region_rx));
         let region_rechecks = ctx.region_rechecks.clone();
         let desired_for_regions = desired_rx.clone();
+        let desired_for_cache = desired_rx.clone();
         spawn(&sup, "regions", &ctx, move |ctx| {
             realtime::regions::run(
                 ctx,
@@ -289,9 +340,12 @@ pub async fn run_with_metrics(
                 region_rechecks.clone(),
             )
         });
-        spawn(&sup, "listener", &ctx, move |ctx| {
-            listen::run(ctx, watched_tx.clone(), config_tx.clone())
-        });
+        {
+            let config_tx = config_tx.clone();
+            spawn(&sup, "listener", &ctx, move |ctx| {
+                listen::run(ctx, watched_tx.clone(), config_tx.clone())
+            });
+        }
         spawn(&sup, "reconciler", &ctx, move |ctx| {
             reconcile::run(ctx, reconcile_queue.clone())
         });
@@ -301,12 +355,31 @@ pub async fn run_with_metrics(
         spawn(&sup, "heartbeat", &ctx, move |ctx| {
             heartbeat::run(ctx, started)
         });
-        systemd::notify("STATUS=running");
+        {
+            let (desired, path) = (desired_for_cache, boot_cache_path.clone());
+            spawn(&sup, "boot-cache", &ctx, move |ctx| {
+                bootcache::keep(ctx, desired.clone(), path.clone())
+            });
+        }
+        let mut from_cache = cached.is_some();
+        if !from_cache {
+            systemd::notify("STATUS=running");
+        }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => liveness.beat("main"),
+                // Started from the boot cache: the database's own settings once it answers.
+                r = waiting.as_mut(), if from_cache => {
+                    from_cache = false;
+                    let Some(cfg) = r? else { break };
+                    cfg.kick.credentials()?;
+                    ctx.api.set_config(cfg.kick.clone()).await;
+                    config_tx.send_replace(Arc::new(cfg));
+                    tracing::info!("the database answers: running on its settings, leases and watched channels");
+                    systemd::notify("STATUS=running");
+                }
             }
         }
         // A clean exit removes the heartbeat row (status then shows no stale collector),
@@ -333,6 +406,25 @@ pub async fn run_with_metrics(
     tracing::info!("collector stopped");
     drop(state);
     result
+}
+
+/// The boot cache's settings and itself, if an earlier run left one that can be used; a damaged
+/// one or settings that no longer validate are reported (the start then waits for the database).
+fn boot_cache(path: &std::path::Path, env: &Config) -> Option<(Config, bootcache::BootCache)> {
+    let cache = match bootcache::BootCache::load(path) {
+        Ok(c) => c?,
+        Err(e) => {
+            tracing::warn!(error = %e, "boot cache not used");
+            return None;
+        }
+    };
+    match cache.config(env) {
+        Ok(cfg) => Some((cfg, cache)),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), path = %path.display(), "the boot cache's settings are not valid; not used");
+            None
+        }
+    }
 }
 
 /// Spawns a supervised task that gets the shared context.

@@ -79,6 +79,11 @@ impl StateDir {
     pub fn spool_path(&self) -> PathBuf {
         self.dir.join(format!("spool-{}.jsonl", self.slot))
     }
+
+    /// The slot's boot cache (see `bootcache`).
+    pub fn boot_cache_path(&self) -> PathBuf {
+        self.dir.join(format!("boot-{}.json", self.slot))
+    }
 }
 
 /// An open spool file.

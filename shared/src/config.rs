@@ -800,10 +800,19 @@ pub async fn with_db_settings(
     current: &Config,
     client: &tokio_postgres::Client,
 ) -> anyhow::Result<Config> {
-    // Secrets in the `config` table decrypt with the key the environment names.
+    let rows = read_db_settings(client)
+        .await
+        .map_err(crate::db::DbError::from)?;
+    merge_db_settings(current, &rows)
+}
+
+/// The settings stored in the `config` table as `(key, value, encrypted)`, secrets still
+/// encrypted (a collector keeps a copy of them for a start without the database). Empty for an
+/// unmigrated database.
+pub async fn read_db_settings(
+    client: &tokio_postgres::Client,
+) -> Result<Vec<(String, String, bool)>, tokio_postgres::Error> {
     use tokio_postgres::error::SqlState;
-    let (src, service) = (&current.env, current.service);
-    let base = Config::from_source_for(src, service)?;
     // Asked first rather than tried: a refused `SELECT` would log an ERROR in the server's log
     // at every start and reload of every service.
     let full: bool = client
@@ -811,8 +820,7 @@ pub async fn with_db_settings(
             "SELECT coalesce(has_table_privilege(to_regclass('config'), 'SELECT'), false) AS full",
             &[],
         )
-        .await
-        .map_err(crate::db::DbError::from)?
+        .await?
         .get("full");
     let table = if full { "config" } else { "v_config_plain" };
     let rows = match client
@@ -820,16 +828,29 @@ pub async fn with_db_settings(
         .await
     {
         Ok(rows) => rows,
-        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(base),
-        Err(e) => return Err(crate::db::DbError::from(e).into()),
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
     };
-    let rows: Vec<(String, String, bool)> = rows
+    Ok(rows
         .iter()
         .map(|r| (r.get("key"), r.get("value"), r.get("encrypted")))
-        .collect();
+        .collect())
+}
+
+/// `current`'s environment over `rows` (as [`read_db_settings`] returns them) over the
+/// defaults. Secrets decrypt with the key the environment names.
+pub fn merge_db_settings(
+    current: &Config,
+    rows: &[(String, String, bool)],
+) -> anyhow::Result<Config> {
+    let (src, service) = (&current.env, current.service);
+    let base = Config::from_source_for(src, service)?;
+    if rows.is_empty() {
+        return Ok(base);
+    }
     let mut src = src.clone();
     let mut key: Option<crate::crypto::ConfigKey> = None;
-    let applied = src.merge_db(&rows, |k, v| {
+    let applied = src.merge_db(rows, |k, v| {
         if key.is_none() {
             key = Some(crate::crypto::ConfigKey::load(
                 base.config_key_file.as_deref(),

@@ -67,6 +67,9 @@ pub struct View {
     pub held: BTreeMap<i32, i64>,
     /// shard → (the old token, until when it is served).
     pub draining: BTreeMap<i32, (i64, Instant)>,
+    /// Shards served from the boot cache before the first lease round (the database did not
+    /// answer at start, see `bootcache`): their rows are staged without a token.
+    pub unfenced: BTreeSet<i32>,
 }
 
 impl View {
@@ -80,7 +83,9 @@ impl View {
 
     /// Whether this collector subscribes the channels of `shard`.
     pub fn serves(&self, shard: i32) -> bool {
-        self.held.contains_key(&shard) || self.draining.contains_key(&shard)
+        self.held.contains_key(&shard)
+            || self.draining.contains_key(&shard)
+            || self.unfenced.contains(&shard)
     }
 }
 
@@ -137,19 +142,25 @@ impl Leases {
 
     /// Stamps a status row with its shard's token. `false`: this collector does not serve the
     /// shard (the row must not be staged). Rows that are no status (channel ids, slugs,
-    /// rejected frames) are not fenced.
+    /// rejected frames) are not fenced, nor are those of shards served from the boot cache.
     pub fn stamp(&self, row: &mut Staged) -> bool {
         let Some(key) = row.shard_key else {
             return true;
         };
         let s = shard::of(key);
-        match self.view.borrow().token(s) {
+        let view = self.view.borrow();
+        match view.token(s) {
             Some(token) => {
                 row.lease = Some((s, token));
                 true
             }
-            None => false,
+            None => view.unfenced.contains(&s),
         }
+    }
+
+    /// Serves `shards` from the boot cache until the first lease round (see `bootcache`).
+    pub fn serve_unfenced(&self, shards: BTreeSet<i32>) {
+        self.update(|v| v.unfenced = shards);
     }
 
     fn update(&self, f: impl FnOnce(&mut View)) {
@@ -420,6 +431,8 @@ fn publish(ctx: &Ctx, leases: &Leases, r: Round) -> Vec<i32> {
     // (less a margin), so that the new owner subscribes before this one lets go.
     let now = Instant::now();
     leases.update(|v| {
+        // A round decided: what the boot cache served is now held (with a token) or not.
+        v.unfenced.clear();
         v.held = r.held;
         for (s, (t, left)) in r.handed {
             if !v.held.contains_key(&s) && !v.draining.contains_key(&s) {

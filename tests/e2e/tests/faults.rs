@@ -241,6 +241,108 @@ async fn postgres_down_at_boot_for_2_minutes() {
     assert_eq!(writer.terminate(), Some(0));
 }
 
+/// A collector that ran before and is started while PostgreSQL is down does not wait idle: it
+/// watches the channels of its boot cache (in their regions, with the settings cached there)
+/// and spools what they deliver, staged when the database answers. Before, it subscribed
+/// nothing until the database answered: sessions that began and ended meanwhile were missing
+/// from the history (the reconcile at the database's return sees only the state then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_started_while_postgres_is_down_watches_its_boot_cache() {
+    let mut r = running().await;
+    let t0 = Instant::now();
+    let cache = loop {
+        let found = walk_files(&r.stack.dir.join("state"))
+            .into_iter()
+            .find(|p| p.file_name().is_some_and(|n| n == "boot-0.json"));
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no boot cache written\n{}",
+            r.stack.log_tail(&r.collector)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(r.collector.terminate(), Some(0));
+    while r.stack.sim.sim.socket_count().0 > 0 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "old sockets stay");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    r.stack.cluster.stop();
+    let seq = r.stack.last_seq().await;
+    let mut collector = r.stack.spawn("kick-collector", &[]);
+    r.stack
+        .wait_subscribed(STREAMERS as i64, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", r.stack.log_tail(&collector)));
+    // Sessions that begin and end while the database is down, and one that goes on.
+    for i in 0..4 {
+        r.stack
+            .control(
+                &format!("/control/streamers/{}/live", r.stack.slug(i)),
+                json!({}),
+            )
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..3 {
+        r.stack
+            .control(
+                &format!("/control/streamers/{}/offline", r.stack.slug(i)),
+                json!({}),
+            )
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(collector.is_running(), "{}", r.stack.log_tail(&collector));
+    r.stack.cluster.start_again();
+    all_staged(&r.stack, seq, Duration::from_secs(60)).await;
+    r.stack
+        .converge(Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", r.stack.log_tail(&collector)));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    r.stack.check_history().await.unwrap();
+    for i in 0..3 {
+        let rows = r
+            .stack
+            .client()
+            .await
+            .query(
+                "SELECT e.new_status FROM status_events e JOIN streamers s ON s.id = e.streamer_id
+                 WHERE s.username = $1 ORDER BY e.id",
+                &[&r.stack.slug(i)],
+            )
+            .await
+            .unwrap();
+        let seen: Vec<String> = rows.iter().map(|r| r.get("new_status")).collect();
+        assert!(
+            seen.ends_with(&["online".to_string(), "offline".to_string()]),
+            "{}: the session seen while the database was down is in the history: {seen:?}",
+            r.stack.slug(i)
+        );
+    }
+    let log = r.stack.log_tail(&collector);
+    assert!(log.contains("boot cache"), "{log}");
+    eprintln!("boot cache {}", cache.display());
+    assert_eq!(collector.terminate(), Some(0));
+    assert_eq!(r.writer.terminate(), Some(0));
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_killed_during_an_outage_loses_nothing() {
     let mut r = running().await;
