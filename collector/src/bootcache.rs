@@ -68,6 +68,10 @@ pub enum CacheError {
     },
     #[error("{path} is a boot cache of version {found}, not {VERSION}")]
     Version { path: PathBuf, found: u32 },
+    #[error(
+        "{path} belongs to uid {uid} with mode {mode:o}: a boot cache must be this user's and writable by it alone"
+    )]
+    Foreign { path: PathBuf, uid: u32, mode: u32 },
 }
 
 impl BootCache {
@@ -77,11 +81,26 @@ impl BootCache {
             path: path.to_owned(),
             source,
         };
-        let bytes = match std::fs::metadata(path) {
-            Ok(m) => m.len(),
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(read(e)),
         };
+        {
+            // Written by this collector's user for it alone: one anybody else could have
+            // written is not taken for its settings and channels.
+            use std::os::unix::fs::MetadataExt;
+            // `/proc/self` belongs to the process's effective user.
+            let euid = std::fs::metadata("/proc/self").map_or(meta.uid(), |m| m.uid());
+            if meta.uid() != euid || meta.mode() & 0o022 != 0 {
+                return Err(CacheError::Foreign {
+                    path: path.to_owned(),
+                    uid: meta.uid(),
+                    mode: meta.mode() & 0o7777,
+                });
+            }
+        }
+        let bytes = meta.len();
         if bytes > MAX_BYTES {
             return Err(CacheError::TooLarge {
                 path: path.to_owned(),
@@ -89,7 +108,7 @@ impl BootCache {
             });
         }
         let text = std::fs::read(path).map_err(read)?;
-        let cache: BootCache =
+        let mut cache: BootCache =
             serde_json::from_slice(&text).map_err(|source| CacheError::Format {
                 path: path.to_owned(),
                 source,
@@ -100,7 +119,30 @@ impl BootCache {
                 found: cache.version,
             });
         }
+        cache.sanitise(path);
         Ok(Some(cache))
+    }
+
+    /// Drops what cannot be a Kick channel id or a realtime server (the file is ours, but a
+    /// hand edit or a torn disk must not send sockets anywhere), saying how much.
+    fn sanitise(&mut self, path: &Path) {
+        let (channels, regions) = (self.channels.len(), self.regions.len());
+        self.channels.retain(|c| kick_shared::kick::valid_id(*c));
+        self.channels.sort_unstable();
+        self.channels.dedup();
+        self.regions.retain(|(c, url)| {
+            kick_shared::kick::valid_id(*c)
+                && (url.starts_with("wss://") || url.starts_with("ws://"))
+                && url.len() <= 2048
+        });
+        let dropped = channels - self.channels.len() + regions - self.regions.len();
+        if dropped > 0 {
+            tracing::warn!(
+                path = %path.display(),
+                dropped,
+                "boot cache entries that are no channel id or realtime URL ignored"
+            );
+        }
     }
 
     /// Writes the cache to `path` atomically (a temporary file beside it, fsync'd, renamed, the
@@ -158,7 +200,7 @@ pub async fn keep(
         if !ctx.leases.is_member() {
             continue;
         }
-        let cache = match read(&ctx, &desired).await {
+        let mut cache = match read(&ctx, &desired).await {
             Ok(c) => c,
             Err(e) => {
                 // An outage: the cache on disk stays as it is (that is what it is for).
@@ -166,6 +208,20 @@ pub async fn keep(
                 continue;
             }
         };
+        // Settings the collector would refuse (a value written past `kick-admin config set`)
+        // are not cached: the last ones that were valid stay (a start on the cache would
+        // otherwise refuse the whole cache and watch nothing).
+        if let Err(e) = cache.config(&ctx.cfg()) {
+            let good = last.as_ref().map(|l| l.settings.clone()).or_else(|| {
+                BootCache::load(&path)
+                    .ok()
+                    .flatten()
+                    .filter(|old| old.config(&ctx.cfg()).is_ok())
+                    .map(|old| old.settings)
+            });
+            tracing::debug!(error = %format!("{e:#}"), kept_earlier = good.is_some(), "the config table's settings are not valid: not cached");
+            cache.settings = good.unwrap_or_default();
+        }
         if last.as_ref() == Some(&cache) {
             continue;
         }
@@ -225,7 +281,7 @@ mod tests {
         BootCache {
             version: VERSION,
             settings: vec![("KICK_POLL_INTERVAL".into(), "45s".into(), false)],
-            channels: vec![7, 64 + 7, 9],
+            channels: vec![7, 9, 64 + 7],
             regions: vec![(7, "wss://a".into())],
         }
     }
@@ -241,6 +297,31 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         assert!(!path.with_extension("json.tmp").exists());
         assert_eq!(sample().shards(), BTreeSet::from([7, 9]));
+    }
+
+    #[test]
+    fn a_cache_others_may_write_is_not_used_and_absurd_entries_are_dropped() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = scratch("foreign");
+        let mut odd = sample();
+        odd.channels.extend([0, -1, 7, i64::MAX]);
+        odd.regions.extend([
+            (9, "file:///etc/passwd".into()),
+            (-1, "wss://b".into()),
+            (9, "wss://b".into()),
+        ]);
+        odd.save(&path).unwrap();
+        let loaded = BootCache::load(&path).unwrap().unwrap();
+        assert_eq!(loaded.channels, vec![7, 9, 71]);
+        assert_eq!(
+            loaded.regions,
+            vec![(7, "wss://a".to_string()), (9, "wss://b".to_string())]
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(matches!(
+            BootCache::load(&path),
+            Err(CacheError::Foreign { mode: 0o666, .. })
+        ));
     }
 
     #[test]

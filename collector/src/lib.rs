@@ -221,24 +221,38 @@ pub async fn run_with_metrics(
 
     let boot_cache_path = state.boot_cache_path();
     let result = async {
-        let waiting = {
+        // The wait for the database; `after` delays a renewed wait (see below).
+        let wait_for_database = {
             let (cfg, health, shutdown, liveness) = (
                 cfg.clone(),
                 health.clone(),
                 shutdown.clone(),
                 liveness.clone(),
             );
-            async move {
-                kick_shared::startup::wait_for_database(
-                    &cfg,
-                    "kick-collector",
-                    &health,
-                    &shutdown,
-                    &liveness,
-                )
-                .await
+            move |after: Duration| {
+                let (cfg, health, shutdown, liveness) = (
+                    cfg.clone(),
+                    health.clone(),
+                    shutdown.clone(),
+                    liveness.clone(),
+                );
+                async move {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(None),
+                        _ = tokio::time::sleep(after) => {}
+                    }
+                    kick_shared::startup::wait_for_database(
+                        &cfg,
+                        "kick-collector",
+                        &health,
+                        &shutdown,
+                        &liveness,
+                    )
+                    .await
+                }
             }
         };
+        let waiting = wait_for_database(Duration::ZERO);
         tokio::pin!(waiting);
         // The database's settings, or (it does not answer, and an earlier run left a boot
         // cache) the cached ones: then the wait goes on beside the tasks.
@@ -248,18 +262,42 @@ pub async fn run_with_metrics(
                 None => return Ok(()),
             },
             Some((cached_cfg, cache)) => {
-                match tokio::time::timeout(bootcache::BOOT_WAIT, waiting.as_mut()).await {
-                    Ok(r) => match r? {
-                        Some(c) => (c, None),
-                        None => return Ok(()),
+                // Not answering: the first attempt failed (it reports a `database` problem),
+                // or it has not answered within BOOT_WAIT (a hung server).
+                let not_answering = async {
+                    let t0 = std::time::Instant::now();
+                    while !health.has("database") && t0.elapsed() < bootcache::BOOT_WAIT {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                };
+                let start = tokio::select! {
+                    r = waiting.as_mut() => match r {
+                        Ok(Some(c)) => Start::Database(Box::new(c)),
+                        Ok(None) => return Ok(()),
+                        // Another schema (see the main loop below): watched from the cache.
+                        Err(e) if is_schema_error(&e) => {
+                            health.set("schema", format!("{e:#}"));
+                            waiting.set(wait_for_database(Duration::from_secs(10)));
+                            Start::Cache(format!("{e:#}"))
+                        }
+                        Err(e) => return Err(e),
                     },
-                    Err(_) => {
+                    _ = not_answering => Start::Cache("the database does not answer at start".into()),
+                };
+                match start {
+                    Start::Database(c) => (*c, None),
+                    Start::Cache(why) => {
                         tracing::warn!(
                             channels = cache.channels.len(),
                             cache = %boot_cache_path.display(),
-                            "the database does not answer: watching the channels of the boot cache with its settings; what they deliver is spooled until the database answers"
+                            problem = %why,
+                            "watching the channels of the boot cache with its settings; what they deliver is spooled until the database answers"
                         );
-                        systemd::notify("STATUS=the database does not answer; watching the boot cache's channels, spooling");
+                        health.set(
+                            "database",
+                            format!("{why}: watching the boot cache's channels, spooling"),
+                        );
+                        systemd::notify("STATUS=no usable database; watching the boot cache's channels, spooling");
                         (cached_cfg, Some(cache))
                     }
                 }
@@ -323,11 +361,7 @@ pub async fn run_with_metrics(
             leases::filter(ctx, watched_rx.clone(), desired_tx.clone())
         });
         let (region_tx, region_rx) = tokio::sync::mpsc::unbounded_channel();
-        if let Some(cache) = &cached {
-            for (ch, url) in &cache.regions {
-                let _ = region_tx.send(realtime::regions::RegionUpdate::Located(*ch, url.clone()));
-            }
-        }
+        let region_seed = Arc::new(cached.as_ref().map(|c| c.regions.clone()).unwrap_or_default());
         let region_rx = Arc::new(tokio::sync::Mutex::new(region_rx));
         let region_rechecks = ctx.region_rechecks.clone();
         let desired_for_regions = desired_rx.clone();
@@ -338,6 +372,7 @@ pub async fn run_with_metrics(
                 desired_for_regions.clone(),
                 region_tx.clone(),
                 region_rechecks.clone(),
+                region_seed.clone(),
             )
         });
         {
@@ -372,8 +407,25 @@ pub async fn run_with_metrics(
                 _ = tick.tick() => liveness.beat("main"),
                 // Started from the boot cache: the database's own settings once it answers.
                 r = waiting.as_mut(), if from_cache => {
+                    let cfg = match r {
+                        Ok(Some(cfg)) => cfg,
+                        Ok(None) => break,
+                        // A database that answers with another schema (not migrated yet, or
+                        // restored from elsewhere) ends a normal start; running from the boot
+                        // cache, the sockets go on spooling while an operator migrates.
+                        Err(e) if is_schema_error(&e) => {
+                            let what = format!("{e:#}; watching the boot cache's channels, spooling until the schema matches");
+                            if !health.problems().iter().any(|p| p.what == what) {
+                                tracing::error!(error = %format!("{e:#}"), "the database answers with another schema: still running from the boot cache; checked again every 10 s");
+                            }
+                            health.set("schema", what);
+                            waiting.set(wait_for_database(Duration::from_secs(10)));
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
                     from_cache = false;
-                    let Some(cfg) = r? else { break };
+                    health.clear("schema");
                     cfg.kick.credentials()?;
                     ctx.api.set_config(cfg.kick.clone()).await;
                     config_tx.send_replace(Arc::new(cfg));
@@ -406,6 +458,19 @@ pub async fn run_with_metrics(
     tracing::info!("collector stopped");
     drop(state);
     result
+}
+
+/// How a start with a boot cache goes on.
+enum Start {
+    /// The database answered: its settings.
+    Database(Box<Config>),
+    /// From the boot cache, because of this.
+    Cache(String),
+}
+
+fn is_schema_error(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<kick_shared::db::DbError>()
+        .is_some_and(|d| matches!(d, kick_shared::db::DbError::Schema(_)))
 }
 
 /// The boot cache's settings and itself, if an earlier run left one that can be used; a damaged

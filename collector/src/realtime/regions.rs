@@ -55,12 +55,14 @@ pub fn rechecks() -> (RecheckHandle, Rechecks) {
 }
 
 /// Runs the resolver until shutdown (supervised). Idle when the transport is Pusher (one
-/// cluster, no regions).
+/// cluster, no regions). `seed`: regions known before the database answers (a start from the
+/// boot cache), placed at once and not looked up again before their refresh.
 pub async fn run(
     ctx: Arc<Ctx>,
     mut desired: watch::Receiver<Arc<BTreeSet<i64>>>,
     updates: mpsc::UnboundedSender<RegionUpdate>,
     rechecks: Rechecks,
+    seed: Arc<Vec<(i64, String)>>,
 ) -> anyhow::Result<()> {
     let mut rechecks = rechecks.lock().await;
     let rate = ctx.cfg().web_rate;
@@ -71,10 +73,16 @@ pub async fn run(
     );
     // What we know: channel → (url, checked at).
     let mut known: HashMap<i64, (String, DateTime<Utc>)> = HashMap::new();
+    for (ch, url) in seed.iter() {
+        let _ = updates.send(RegionUpdate::Located(*ch, url.clone()));
+        known.insert(*ch, (url.clone(), Utc::now()));
+    }
     // Channels whose cached region was already read (the channel set grows as shards are
     // gained: each new channel's cache row is read once, not looked up on the web again).
     let mut cache_read: HashSet<i64> = HashSet::new();
     let mut again = false;
+    // When the last read of the cache failed (it is read again every `CACHE_RETRY`).
+    let mut cache_failed: Option<std::time::Instant> = None;
     loop {
         if ctx.cfg().kick.transport == Transport::Pusher {
             tokio::select! {
@@ -108,13 +116,15 @@ pub async fn run(
                     }
                     let _ = updates.send(RegionUpdate::CacheRead(unread.clone()));
                     cache_read.extend(unread);
+                    cache_failed = None;
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "region cache not readable now; retried");
-                    tokio::select! {
-                        _ = ctx.shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
-                    }
+                    // Not a reason to leave channels where they may receive nothing (a collector
+                    // started from its boot cache has no database yet): they are looked up on
+                    // the web below, and the cache is read again at least every
+                    // `CACHE_RETRY` meanwhile.
+                    tracing::debug!(error = %e, "region cache not readable now; looking up on the web, cache retried");
+                    cache_failed = Some(std::time::Instant::now());
                 }
             }
             cache_read.retain(|c| chans.contains(c));
@@ -136,6 +146,10 @@ pub async fn run(
         for ch in due {
             if ctx.shutdown.is_cancelled() {
                 return Ok(());
+            }
+            if cache_failed.is_some_and(|at| at.elapsed() >= CACHE_RETRY) {
+                again = true;
+                break;
             }
             pace.acquire().await;
             let cfg = ctx.cfg();
@@ -196,16 +210,20 @@ pub async fn run(
         if std::mem::take(&mut again) {
             continue;
         }
+        let retry = cache_failed.map_or(Duration::from_secs(60), |_| CACHE_RETRY);
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return Ok(()),
             r = desired.changed() => if r.is_err() { return Ok(()) },
             c = rechecks.recv() => if let Some(c) = c {
                 stale(&mut known, c);
             },
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = tokio::time::sleep(retry) => {}
         }
     }
 }
+
+/// How often the region cache is read again while the database does not answer.
+const CACHE_RETRY: Duration = Duration::from_secs(5);
 
 /// Makes `ch` due for a lookup now, keeping where it was served: the answer is compared with
 /// that (a move is logged, and only a move moves anything). Forgetting it instead hid every move

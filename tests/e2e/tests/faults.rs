@@ -269,6 +269,16 @@ async fn a_collector_started_while_postgres_is_down_watches_its_boot_cache() {
         assert!(t0.elapsed() < Duration::from_secs(60), "old sockets stay");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Half the cached regions forgotten (a cache written before every region was known):
+    // those channels are looked up on Kick's web endpoint, not left where nothing arrives.
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    let regions = doc["regions"].as_array_mut().unwrap();
+    let known = regions.len();
+    assert!(known >= STREAMERS - 10, "{known} regions cached");
+    let kept: Vec<serde_json::Value> = regions.iter().step_by(2).cloned().collect();
+    *regions = kept;
+    std::fs::write(&cache, serde_json::to_vec(&doc).unwrap()).unwrap();
     r.stack.cluster.stop();
     let seq = r.stack.last_seq().await;
     let mut collector = r.stack.spawn("kick-collector", &[]);
@@ -323,9 +333,10 @@ async fn a_collector_started_while_postgres_is_down_watches_its_boot_cache() {
             r.stack.slug(i)
         );
     }
-    let log = r.stack.log_tail(&collector);
-    assert!(log.contains("boot cache"), "{log}");
-    eprintln!("boot cache {}", cache.display());
+    eprintln!(
+        "boot cache {} ({known} regions, half kept)",
+        cache.display()
+    );
     assert_eq!(collector.terminate(), Some(0));
     assert_eq!(r.writer.terminate(), Some(0));
 }
