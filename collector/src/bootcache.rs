@@ -7,8 +7,9 @@
 //! answers, whenever it changed, at most every [`EVERY`]: to a temporary file, fsync'd, renamed
 //! over the old one, so a crash leaves the old cache or the new one, never half of one.
 //!
-//! At start the collector waits [`BOOT_WAIT`] for the database. If it does not answer and a cache
-//! exists, the collector does not wait idle: it takes the cached settings (never the defaults:
+//! At start the collector tries the database. If the first attempt fails (or gets no answer
+//! within [`BOOT_WAIT`], or finds another schema) and a cache exists, the collector does not wait
+//! idle: it takes the cached settings (never the defaults:
 //! without a cache it waits, as before), subscribes the cached channels in their regions, and
 //! the stager spools what they deliver. Those rows carry no lease token (no lease round has run:
 //! the collector cannot know whether it still holds its shards, and they must not be refused for

@@ -11,8 +11,9 @@
 //! in `/healthz`, the metrics and the heartbeat. The process is ready as soon as its
 //! configuration is valid and its spool can take events; it then waits for the database (for the
 //! settings stored there and the schema check) without ever running on defaults. A collector
-//! that ran before does not wait idle: after [`bootcache::BOOT_WAIT`] it watches the channels of
-//! its boot cache with the settings cached there and spools what it sees (see `bootcache`).
+//! that ran before does not wait idle: once the first attempt fails (or after
+//! [`bootcache::BOOT_WAIT`] without an answer) it watches the channels of its boot cache with the
+//! settings cached there and spools what it sees (see `bootcache`).
 
 pub mod bootcache;
 pub mod cli;
