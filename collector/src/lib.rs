@@ -276,7 +276,7 @@ pub async fn run_with_metrics(
                         Ok(Some(c)) => Start::Database(Box::new(c)),
                         Ok(None) => return Ok(()),
                         // Another schema (see the main loop below): watched from the cache.
-                        Err(e) if is_schema_error(&e) => {
+                        Err(e) if kick_shared::startup::is_schema_mismatch(&e) => {
                             health.set("schema", format!("{e:#}"));
                             waiting.set(wait_for_database(Duration::from_secs(10)));
                             Start::Cache(format!("{e:#}"))
@@ -414,7 +414,7 @@ pub async fn run_with_metrics(
                         // A database that answers with another schema (not migrated yet, or
                         // restored from elsewhere) ends a normal start; running from the boot
                         // cache, the sockets go on spooling while an operator migrates.
-                        Err(e) if is_schema_error(&e) => {
+                        Err(e) if kick_shared::startup::is_schema_mismatch(&e) => {
                             let what = format!("{e:#}; watching the boot cache's channels, spooling until the schema matches");
                             if !health.problems().iter().any(|p| p.what == what) {
                                 tracing::error!(error = %format!("{e:#}"), "the database answers with another schema: still running from the boot cache; checked again every 10 s");
@@ -467,11 +467,6 @@ enum Start {
     Database(Box<Config>),
     /// From the boot cache, because of this.
     Cache(String),
-}
-
-fn is_schema_error(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<kick_shared::db::DbError>()
-        .is_some_and(|d| matches!(d, kick_shared::db::DbError::Schema(_)))
 }
 
 /// The boot cache's settings and itself, if an earlier run left one that can be used; a damaged

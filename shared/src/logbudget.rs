@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 pub struct LogBudget {
     per_window: u32,
     window: Duration,
+    /// The WARN line that says how many lines a window did not log.
+    summary: &'static str,
     state: Mutex<Window>,
 }
 
@@ -22,10 +24,13 @@ struct Window {
 }
 
 impl LogBudget {
-    pub fn new(per_window: u32, window: Duration) -> Self {
+    /// At most `per_window` lines per `window`; `summary` is the WARN line (with a `suppressed`
+    /// count) written for the lines a window did not log.
+    pub fn new(per_window: u32, window: Duration, summary: &'static str) -> Self {
         LogBudget {
             per_window,
             window,
+            summary,
             state: Mutex::new(Window {
                 since: Instant::now(),
                 logged: 0,
@@ -55,6 +60,32 @@ impl LogBudget {
         Some(before)
     }
 
+    /// [`Self::admit`] for a caller about to log one line: `true` if it may, after the summary
+    /// of the last window's unlogged lines was written (when there were any).
+    pub fn admit_logging(&self) -> bool {
+        match self.admit() {
+            Some(suppressed) => {
+                self.summarize(suppressed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Writes the summary of a window that is over and left lines unlogged, when no line
+    /// followed to do it (a flood followed by silence): for a periodic check.
+    pub fn report_overdue(&self) {
+        if let Some(suppressed) = self.overdue() {
+            self.summarize(suppressed);
+        }
+    }
+
+    fn summarize(&self, suppressed: u64) {
+        if suppressed > 0 {
+            tracing::warn!(suppressed, "{}", self.summary);
+        }
+    }
+
     /// The lines not logged in a window that is over, when there were any (the window starts
     /// afresh): for a periodic check, so that a flood followed by silence is still summed up.
     pub fn overdue(&self) -> Option<u64> {
@@ -78,7 +109,7 @@ mod tests {
 
     #[test]
     fn a_flood_logs_the_budget_then_says_how_many_it_did_not() {
-        let b = LogBudget::new(3, Duration::from_millis(50));
+        let b = LogBudget::new(3, Duration::from_millis(50), "test");
         let first: Vec<Option<u64>> = (0..10).map(|_| b.admit()).collect();
         assert_eq!(
             first,
@@ -106,7 +137,7 @@ mod tests {
 
     #[test]
     fn a_flood_followed_by_silence_is_summed_up_by_the_periodic_check() {
-        let b = LogBudget::new(2, Duration::from_millis(50));
+        let b = LogBudget::new(2, Duration::from_millis(50), "test");
         for _ in 0..5 {
             b.admit();
         }

@@ -12,6 +12,12 @@ use crate::db;
 use crate::health::Health;
 use crate::systemd::Liveness;
 
+/// Whether [`wait_for_database`] ended because the database's schema is not this build's.
+pub fn is_schema_mismatch(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<db::DbError>()
+        .is_some_and(|d| matches!(d, db::DbError::Schema(_)))
+}
+
 /// Waits until the database answers, then returns the configuration with the settings stored
 /// in it, after checking the schema (a mismatch is a configuration error: exit 78). `None` at
 /// shutdown. Meanwhile the spool takes events and health says what is wrong.
@@ -46,12 +52,7 @@ pub async fn wait_for_database(
                 health.clear("database");
                 return Ok(Some(c));
             }
-            Err(e)
-                if e.downcast_ref::<db::DbError>()
-                    .is_some_and(|d| matches!(d, db::DbError::Schema(_))) =>
-            {
-                return Err(e);
-            }
+            Err(e) if is_schema_mismatch(&e) => return Err(e),
             Err(e) if e.downcast_ref::<db::DbError>().is_some() => {
                 let retryable = e
                     .downcast_ref::<db::DbError>()

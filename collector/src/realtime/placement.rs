@@ -181,6 +181,15 @@ pub async fn run(
     }
 }
 
+/// The channels of a wait (channel → until when) whose time is up.
+fn expired(waits: &HashMap<i64, Instant>, now: Instant) -> Vec<i64> {
+    waits
+        .iter()
+        .filter(|(_, until)| **until <= now)
+        .map(|(ch, _)| *ch)
+        .collect()
+}
+
 /// Whether a socket meant for `socket_server` (`None`: a general socket), connected to
 /// `connected`, reaches `server` (`None`: the general servers): a socket meant for that server,
 /// or a general one whose negotiation led there.
@@ -255,12 +264,22 @@ impl Placement {
     /// Places those of `chs` that wait for their region's cache read (it came, or they waited
     /// long enough).
     fn place_awaited(&mut self, chs: &[i64]) {
+        let released: Vec<i64> = chs
+            .iter()
+            .copied()
+            .filter(|ch| self.awaiting.remove(ch).is_some())
+            .collect();
+        self.place_released(&released);
+    }
+
+    /// Places channels just released from a wait (for their region, or parked after a refusal)
+    /// that are still wanted and on no socket.
+    fn place_released(&mut self, chs: &[i64]) {
         let mut touched = BTreeSet::new();
-        for ch in chs {
-            if self.awaiting.remove(ch).is_some()
-                && self.desired.contains(ch)
-                && !self.owner.contains_key(ch)
-                && let Some(s) = self.place(*ch)
+        for &ch in chs {
+            if self.desired.contains(&ch)
+                && !self.owner.contains_key(&ch)
+                && let Some(s) = self.place(ch)
             {
                 touched.insert(s);
             }
@@ -707,32 +726,17 @@ impl Placement {
 
     fn tick(&mut self) {
         let now = Instant::now();
-        let waited: Vec<i64> = self
-            .awaiting
-            .iter()
-            .filter(|(_, t)| **t <= now)
-            .map(|(c, _)| *c)
-            .collect();
+        let waited = expired(&self.awaiting, now);
         self.place_awaited(&waited);
-        let due: Vec<i64> = self
-            .parked
-            .iter()
-            .filter(|(_, t)| **t <= now)
-            .map(|(c, _)| *c)
-            .collect();
-        for ch in due {
-            self.parked.remove(&ch);
-            if self.desired.contains(&ch)
-                && !self.owner.contains_key(&ch)
-                && let Some(s) = self.place(ch)
-            {
-                self.sockets[s].shared.changed.notify_one();
-            }
+        let due = expired(&self.parked, now);
+        for ch in &due {
+            self.parked.remove(ch);
         }
+        self.place_released(&due);
         self.publish_metrics();
         self.check_blind();
         self.check_refused();
-        socket::report_unlogged_rejections();
+        socket::REJECTED_LOG.report_overdue();
     }
 
     /// No socket up while there are channels to watch, for longer than [`BLIND_AFTER`]: a

@@ -677,8 +677,7 @@ impl Driver<'_> {
         };
         self.ctx.metrics.malformed.add(kind, 1);
         // Counted always (kick_collector_malformed_frames_total); logged within a budget.
-        if let Some(suppressed) = REJECTED_LOG.admit() {
-            log_unlogged(suppressed);
+        if REJECTED_LOG.admit_logging() {
             let shown = String::from_utf8_lossy(&frame[..frame.len().min(120)]);
             tracing::warn!(socket = self.sock.id, transport = self.transport, reason, frame = %shown.escape_debug(), "realtime frame rejected");
         }
@@ -693,28 +692,15 @@ impl Driver<'_> {
     }
 }
 
-/// Logs how many rejected frames a window that is over did not log (the placement's
-/// once-a-second check calls it): a flood followed by silence is summed up too.
-pub fn report_unlogged_rejections() {
-    if let Some(suppressed) = REJECTED_LOG.overdue() {
-        log_unlogged(suppressed);
-    }
-}
-
-/// The one line that sums up the rejected frames a window did not log (none: no line).
-fn log_unlogged(suppressed: u64) {
-    if suppressed > 0 {
-        tracing::warn!(
-            suppressed,
-            "realtime frames rejected and not logged in the last 10 s (all are counted in kick_collector_malformed_frames_total)"
-        );
-    }
-}
-
-/// Rejected frames logged: at most 20 per 10 s per collector (a flood is counted only).
-static REJECTED_LOG: std::sync::LazyLock<kick_shared::logbudget::LogBudget> =
+/// Rejected frames logged: at most 20 per 10 s per collector (a flood is counted only); the
+/// placement's once-a-second check writes the summary of a flood followed by silence.
+pub(crate) static REJECTED_LOG: std::sync::LazyLock<kick_shared::logbudget::LogBudget> =
     std::sync::LazyLock::new(|| {
-        kick_shared::logbudget::LogBudget::new(20, Duration::from_secs(10))
+        kick_shared::logbudget::LogBudget::new(
+            20,
+            Duration::from_secs(10),
+            "realtime frames rejected and not logged in the last 10 s (all are counted in kick_collector_malformed_frames_total)",
+        )
     });
 
 /// Rejected frames kept as rows: at most this rate per collector (a flood is counted only).

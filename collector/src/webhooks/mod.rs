@@ -63,21 +63,12 @@ pub struct Receiver {
 impl Receiver {
     /// Logs a refusal at WARN with its message id (cut to 64 characters), within the budget.
     pub fn log_refusal(&self, id: &str, reason: &str, error: &str) {
-        let Some(suppressed_before) = self.log_budget.admit() else {
+        if !self.log_budget.admit_logging() {
             return;
-        };
-        log_unlogged(suppressed_before);
+        }
         let id: String = id.chars().take(64).collect();
         let error: String = error.chars().take(200).collect();
         tracing::warn!(message_id = %id.escape_debug(), reason, error = %error.escape_debug(), "webhook refused");
-    }
-
-    /// Sums up the refusals a window that is over did not log, when no refusal followed to do
-    /// it (a flood followed by silence): called once a second.
-    pub fn report_unlogged_refusals(&self) {
-        if let Some(suppressed) = self.log_budget.overdue() {
-            log_unlogged(suppressed);
-        }
     }
 
     /// A refused delivery: counted by reason, logged at WARN with its message id.
@@ -265,7 +256,11 @@ pub async fn run_with_metrics(
         path: cfg.webhook_path.clone(),
         stager: stager_handle,
         keys,
-        log_budget: kick_shared::logbudget::LogBudget::new(LOGGED_REFUSALS, LOG_WINDOW),
+        log_budget: kick_shared::logbudget::LogBudget::new(
+            LOGGED_REFUSALS,
+            LOG_WINDOW,
+            "webhook refusals not logged in the last window (all are counted in kick_webhooks_verification_failures_total)",
+        ),
     });
     {
         let (rx, listener, stop) = (receiver.clone(), listener.clone(), shutdown.clone());
@@ -322,7 +317,8 @@ pub async fn run_with_metrics(
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {
                     liveness.beat("main");
-                    receiver.report_unlogged_refusals();
+                    // A flood of refusals followed by silence is summed up too.
+                    receiver.log_budget.report_overdue();
                 }
             }
         }
@@ -343,16 +339,6 @@ pub async fn run_with_metrics(
     tracing::info!("webhook receiver stopped");
     drop(state);
     result
-}
-
-/// The one line that says how many refusals a window did not log.
-fn log_unlogged(suppressed: u64) {
-    if suppressed > 0 {
-        tracing::warn!(
-            suppressed,
-            "webhook refusals not logged in the last window (all are counted in kick_webhooks_verification_failures_total)"
-        );
-    }
 }
 
 /// Keeps the key from Kick loaded: fetched at start (retried with backoff while Kick is

@@ -352,6 +352,19 @@ impl Stack {
         }
     }
 
+    /// Waits until kick-sim has forgotten a stopped collector's sockets, at most `within`;
+    /// whether it has.
+    pub async fn sockets_gone(&self, within: Duration) -> bool {
+        let t0 = Instant::now();
+        while self.sim.sim.socket_count().0 > 0 {
+            if t0.elapsed() >= within {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// Waits until every collector socket is subscribed (from the heartbeat row).
     pub async fn wait_subscribed(
         &self,

@@ -209,12 +209,7 @@ async fn postgres_down_at_boot_for_2_minutes() {
     assert!(notify_w.saw("READY=1"), "writer sent READY");
     // Streamers go live while the database is down.
     for i in 0..5 {
-        stack
-            .control(
-                &format!("/control/streamers/{}/live", stack.slug(i)),
-                json!({}),
-            )
-            .await;
+        set_status(&stack, i, "live").await;
     }
     while booted.elapsed() < Duration::from_secs(120) {
         assert!(collector.is_running(), "{}", stack.log_tail(&collector));
@@ -265,10 +260,10 @@ async fn a_collector_started_while_postgres_is_down_watches_its_boot_cache() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(r.collector.terminate(), Some(0));
-    while r.stack.sim.sim.socket_count().0 > 0 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "old sockets stay");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        r.stack.sockets_gone(Duration::from_secs(30)).await,
+        "old sockets stay"
+    );
     // Half the cached regions forgotten (a cache written before every region was known):
     // those channels are looked up on Kick's web endpoint, not left where nothing arrives.
     let mut doc: serde_json::Value =
@@ -288,21 +283,11 @@ async fn a_collector_started_while_postgres_is_down_watches_its_boot_cache() {
         .unwrap_or_else(|e| panic!("{e}\n{}", r.stack.log_tail(&collector)));
     // Sessions that begin and end while the database is down, and one that goes on.
     for i in 0..4 {
-        r.stack
-            .control(
-                &format!("/control/streamers/{}/live", r.stack.slug(i)),
-                json!({}),
-            )
-            .await;
+        set_status(&r.stack, i, "live").await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     for i in 0..3 {
-        r.stack
-            .control(
-                &format!("/control/streamers/{}/offline", r.stack.slug(i)),
-                json!({}),
-            )
-            .await;
+        set_status(&r.stack, i, "offline").await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(collector.is_running(), "{}", r.stack.log_tail(&collector));
@@ -341,6 +326,16 @@ async fn a_collector_started_while_postgres_is_down_watches_its_boot_cache() {
     assert_eq!(r.writer.terminate(), Some(0));
 }
 
+/// Kick says streamer `i` went `to` (`live` or `offline`).
+async fn set_status(stack: &Stack, i: usize, to: &str) {
+    stack
+        .control(
+            &format!("/control/streamers/{}/{to}", stack.slug(i)),
+            json!({}),
+        )
+        .await;
+}
+
 fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -361,12 +356,7 @@ async fn collector_killed_during_an_outage_loses_nothing() {
     r.stack.cluster.pause();
     // Kick keeps publishing; the collector spools.
     for i in 0..10 {
-        r.stack
-            .control(
-                &format!("/control/streamers/{}/live", r.stack.slug(i)),
-                json!({}),
-            )
-            .await;
+        set_status(&r.stack, i, "live").await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -877,12 +867,7 @@ async fn a_collector_restarted_during_a_late_flush_still_shows_statuses() {
 async fn flips_arrive_within_a_second(r: &Running, locked: Instant, n: usize) {
     for i in 0..n {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        r.stack
-            .control(
-                &format!("/control/streamers/{}/live", r.stack.slug(i)),
-                json!({}),
-            )
-            .await;
+        set_status(&r.stack, i, "live").await;
         let took = r
             .stack
             .converge(Duration::from_secs(1))

@@ -498,14 +498,6 @@ async fn api_quiet(stack: &Stack) {
     }
 }
 
-/// Waits until no socket is connected to kick-sim (the previous phase's client is gone).
-async fn sockets_gone(stack: &Stack) {
-    let t0 = Instant::now();
-    while stack.sim.sim.socket_count().0 > 0 && t0.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn compare(
     streamers: usize,
     rates: &[u64],
@@ -578,7 +570,7 @@ async fn compare(
                         stack.cluster.log(),
                     );
                 }
-                sockets_gone(&stack).await;
+                stack.sockets_gone(Duration::from_secs(30)).await;
                 let mut r = stack.spawn_with_args("kick-bench", &[], &["reference"], &[]);
                 stack
                     .wait_subscribed(streamers as i64, Duration::from_secs(120))
@@ -588,7 +580,7 @@ async fn compare(
                 let rf = measure_pipeline(&stack, *rate, seconds, offset).await;
                 offset += (*rate * seconds) as usize;
                 r.kill9();
-                sockets_gone(&stack).await;
+                stack.sockets_gone(Duration::from_secs(30)).await;
                 let ((kn, k), (rn, f)) = (percentiles(km), percentiles(rf));
                 println!(
                     "| compare | {transport}, {rate} events/s × {seconds} s, {streamers} streamers | {:.1} / {:.1} / {:.1} / {:.1} ms (n={kn}) | {:.1} / {:.1} / {:.1} / {:.1} ms (n={rn}) | {:.2} |",
