@@ -193,6 +193,8 @@ const GRANTS: &str = "
     GRANT SELECT, INSERT ON shard_moves TO kick_collector;
     GRANT USAGE ON SEQUENCE shard_lease_token, shard_moves_id_seq TO kick_collector;
     GRANT SELECT (shard, token, prev_token, handoff_until) ON shard_leases TO kick_webhooks;
+    REVOKE ALL ON FUNCTION stage_applying FROM PUBLIC, kick_writer, kick_webhooks;
+    GRANT EXECUTE ON FUNCTION stage_applying TO kick_collector;
 ";
 
 /// Every privilege on the database, its public schema and the objects in it, as one string: equal
@@ -207,7 +209,9 @@ const PRIVILEGES_SNAPSHOT: &str = "
                            ORDER BY c.relname, a.attname)
            FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
            JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = 'public' AND a.attacl IS NOT NULL))";
+          WHERE n.nspname = 'public' AND a.attacl IS NOT NULL),
+        (SELECT string_agg(p.proname || '=' || coalesce(p.proacl::text, ''), ',' ORDER BY p.proname)
+           FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'))";
 
 /// One thing `db init` or `db roles` did, or found already done.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -15,6 +15,7 @@
 //! [`bootcache::BOOT_WAIT`] without an answer) it watches the channels of its boot cache with the
 //! settings cached there and spools what it sees (see `bootcache`).
 
+pub mod apply;
 pub mod bootcache;
 pub mod cli;
 pub mod ctx;
@@ -172,6 +173,9 @@ pub async fn run_with_metrics(
         health.clone(),
         metrics.task_restarts.clone(),
     );
+    // Offlines are left to the writer until the settings in force are known (the config table
+    // may set a grace the environment does not).
+    let apply = apply::ApplySettings::new(false);
     let (stager_handle, stager) = stager::new(
         stager::Settings {
             db: cfg.database.clone(),
@@ -180,6 +184,7 @@ pub async fn run_with_metrics(
             batch_size: cfg.batch_size,
             capacity: BUFFER,
             leases: Some(leases.clone()),
+            apply: Some(apply.clone()),
         },
         spool,
         metrics.clone(),
@@ -391,6 +396,9 @@ pub async fn run_with_metrics(
         spawn(&sup, "heartbeat", &ctx, move |ctx| {
             heartbeat::run(ctx, started)
         });
+        spawn(&sup, "apply-settings", &ctx, move |ctx| {
+            follow_grace(ctx, apply.clone())
+        });
         {
             let (desired, path) = (desired_for_cache, boot_cache_path.clone());
             spawn(&sup, "boot-cache", &ctx, move |ctx| {
@@ -489,6 +497,19 @@ fn boot_cache(path: &std::path::Path, env: &Config) -> Option<(Config, bootcache
 }
 
 /// Spawns a supervised task that gets the shared context.
+/// Keeps the stager's [`apply::ApplySettings`] on the offline grace in force: with a grace, the
+/// collector applies no offline (the writer holds it back).
+async fn follow_grace(ctx: Arc<Ctx>, apply: apply::ApplySettings) -> anyhow::Result<()> {
+    let mut config = ctx.config_changes();
+    loop {
+        apply.set_offline_grace_zero(config.borrow_and_update().offline_grace.is_zero());
+        tokio::select! {
+            changed = config.changed() => if changed.is_err() { return Ok(()) },
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
 fn spawn<F, Fut>(sup: &Supervisor, name: &str, ctx: &Arc<Ctx>, mut f: F)
 where
     F: FnMut(Arc<Ctx>) -> Fut + Send + 'static,

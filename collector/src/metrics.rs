@@ -22,6 +22,8 @@ pub struct CollectorMetrics {
     pub malformed: LabeledCounter,
     pub reconnects: LabeledCounter,
     pub staged: Counter,
+    /// Staged rows the collector applied itself (see `apply`).
+    pub applied: Counter,
     pub rejected: Counter,
     pub spooled: Gauge,
     pub oldest_buffered_seconds: Gauge,
@@ -66,6 +68,7 @@ impl Default for CollectorMetrics {
             malformed: LabeledCounter::default(),
             reconnects: LabeledCounter::default(),
             staged: Counter::default(),
+            applied: Counter::default(),
             rejected: Counter::default(),
             spooled: Gauge::default(),
             oldest_buffered_seconds: Gauge::default(),
@@ -151,6 +154,11 @@ impl Render for CollectorMetrics {
                 "kick_collector_rows_staged_total",
                 "Rows inserted into raw_events.",
                 self.staged.get(),
+            )
+            .counter(
+                "kick_collector_rows_applied_total",
+                "Staged rows whose status the collector applied in the staging statement (the plain cases; the rest are the writer's).",
+                self.applied.get(),
             )
             .counter(
                 "kick_collector_rows_deduplicated_total",

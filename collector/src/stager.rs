@@ -47,6 +47,7 @@ use tokio::sync::{Mutex, mpsc};
 use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
+use crate::apply::{Applier, ApplySettings, INSERT_APPLYING, PRIVILEGES};
 use crate::leases::Leases;
 use crate::metrics::CollectorMetrics;
 use crate::rows::{self, Durability, Staged};
@@ -161,6 +162,8 @@ pub struct Stager {
     program: &'static str,
     collector_id: String,
     batch_size: usize,
+    /// See [`Settings::apply`].
+    apply: Option<ApplySettings>,
     metrics: Arc<CollectorMetrics>,
     health: Arc<Health>,
     pub status: Arc<StagerStatus>,
@@ -257,6 +260,9 @@ pub struct Settings {
     pub capacity: usize,
     /// The collector's shard leases (fencing); `None` for the webhook receiver.
     pub leases: Option<Arc<Leases>>,
+    /// Apply the plain cases in the staging statement (see [`crate::apply`]); `None` for the
+    /// webhook receiver (its rows are never plain cases, and its role may not write statuses).
+    pub apply: Option<ApplySettings>,
 }
 
 /// Creates the stager.
@@ -273,6 +279,7 @@ pub fn new(
         batch_size,
         capacity,
         leases,
+        apply,
     } = settings;
     let (tx, rx) = mpsc::channel(capacity);
     let handle = StagerHandle {
@@ -286,6 +293,7 @@ pub fn new(
         program,
         collector_id,
         batch_size: batch_size.max(1),
+        apply,
         metrics,
         health,
         status: Arc::new(StagerStatus::default()),
@@ -335,6 +343,7 @@ const INSERT: &str = "WITH v AS (
     RETURNING 1),
   n AS (SELECT count(*) AS inserted FROM ins)
   SELECT inserted, (SELECT count(*) FROM v) - (SELECT count(*) FROM ok) AS fenced,
+         0::bigint AS applied,
          CASE WHEN inserted > 0 AND $14 THEN pg_notify('raw_events', '') END AS rung
   FROM n";
 
@@ -408,6 +417,18 @@ fn choice<T: Copy>(var: &str, value: Option<&str>, choices: &[(&str, T)]) -> T {
 pub enum StagingCommit {
     Durable,
     Early,
+}
+
+impl Applier {
+    fn from_env() -> Applier {
+        env_choice(
+            "KICK_STAGING_APPLY",
+            &[
+                ("collector", Applier::Collector),
+                ("writer", Applier::Writer),
+            ],
+        )
+    }
 }
 
 impl StagingCommit {
@@ -545,6 +566,8 @@ impl Side {
 struct Conn {
     client: tokio_postgres::Client,
     insert: tokio_postgres::Statement,
+    /// [`INSERT_APPLYING`], when this stager applies and its role may.
+    applying: Option<tokio_postgres::Statement>,
     barrier: tokio_postgres::Statement,
     doorbell: Doorbell,
     commit: StagingCommit,
@@ -571,7 +594,7 @@ async fn session(
     Ok(client)
 }
 
-async fn connect(db: &DbConfig, program: &'static str) -> Result<Conn, db::DbError> {
+async fn connect(db: &DbConfig, program: &'static str, apply: bool) -> Result<Conn, db::DbError> {
     let commit = StagingCommit::from_env();
     let sync = match commit {
         StagingCommit::Durable => "on",
@@ -579,6 +602,23 @@ async fn connect(db: &DbConfig, program: &'static str) -> Result<Conn, db::DbErr
     };
     let client = session(db, program, sync).await?;
     let insert = client.prepare(INSERT).await?;
+    let applying = if apply && Applier::from_env() == Applier::Collector {
+        if client
+            .query_one(PRIVILEGES, &[])
+            .await?
+            .get::<_, bool>("ok")
+        {
+            Some(client.prepare(INSERT_APPLYING).await?)
+        } else {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!("the collector's database role may not write statuses (run `kick-admin db roles`): every event is left to the writer");
+            });
+            None
+        }
+    } else {
+        None
+    };
     let barrier = client.prepare(BARRIER).await?;
     let side = match (commit, BarrierAt::from_env()) {
         (StagingCommit::Early, BarrierAt::Separate) => {
@@ -599,6 +639,7 @@ async fn connect(db: &DbConfig, program: &'static str) -> Result<Conn, db::DbErr
     Ok(Conn {
         client,
         insert,
+        applying,
         barrier,
         // Early visibility rings in the insert: the point is that the writer starts at once.
         doorbell: match commit {
@@ -628,6 +669,7 @@ async fn insert(
     collector_id: &str,
     skew_ms: i64,
     inline: bool,
+    apply: Apply,
 ) -> Result<Counts, tokio_postgres::Error> {
     let source: Vec<&str> = rows.iter().map(|e| e.source.as_str()).collect();
     let topic: Vec<Option<&str>> = rows.iter().map(|e| e.topic.as_deref()).collect();
@@ -650,7 +692,7 @@ async fn insert(
     let shard: Vec<Option<i32>> = rows.iter().map(|e| e.lease.map(|l| l.0)).collect();
     let token: Vec<Option<i64>> = rows.iter().map(|e| e.lease.map(|l| l.1)).collect();
     let in_commit = conn.doorbell == Doorbell::InCommit;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 16] = [
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 17] = [
         &source,
         &topic,
         &name,
@@ -667,8 +709,12 @@ async fn insert(
         &in_commit,
         &shard,
         &token,
+        &apply.offlines,
     ];
-    let insert = conn.client.query_one(&conn.insert, &params);
+    let insert = match (&conn.applying, apply.plain) {
+        (Some(applying), true) => conn.client.query_one(applying, &params),
+        _ => conn.client.query_one(&conn.insert, &params[..16]),
+    };
     let row = match conn.commit {
         StagingCommit::Early if !inline => insert.await?,
         StagingCommit::Durable => insert.await?,
@@ -677,6 +723,7 @@ async fn insert(
     };
     let n: i64 = row.get("inserted");
     let fenced: i64 = row.get("fenced");
+    let applied: i64 = row.get("applied");
     if conn.commit == StagingCommit::Durable && (n + fenced) < rows.len() as i64 {
         // Some rows were there already: maybe from an attempt whose answer was lost, committed
         // but not yet flushed. This insert wrote nothing for them, so its commit flushed
@@ -692,7 +739,24 @@ async fn insert(
     Ok(Counts {
         inserted: n as u64,
         fenced: fenced as u64,
+        applied: applied as u64,
     })
+}
+
+/// Whether a batch's plain cases are applied while staging (see [`crate::apply`]).
+#[derive(Debug, Clone, Copy)]
+struct Apply {
+    /// Apply the plain cases (when the connection can).
+    plain: bool,
+    /// Offlines too (the offline grace is zero).
+    offlines: bool,
+}
+
+impl Apply {
+    const NOTHING: Apply = Apply {
+        plain: false,
+        offlines: false,
+    };
 }
 
 /// What one insert statement did.
@@ -702,6 +766,8 @@ struct Counts {
     inserted: u64,
     /// Rows refused because their lease token was no longer their shard's.
     fenced: u64,
+    /// Rows applied while staging (see [`crate::apply`]).
+    applied: u64,
 }
 
 /// Whether a running count of refusals going from `before` to `after` (> 0) deserves a log line:
@@ -733,6 +799,7 @@ struct Inserted {
     inserted: u64,
     rejected: u64,
     fenced: u64,
+    applied: u64,
 }
 
 /// Inserts `rows`, isolating rows the database refuses for their data. A connection-level
@@ -743,16 +810,27 @@ async fn insert_isolating(
     collector_id: &str,
     skew_ms: i64,
     inline: bool,
+    apply: Apply,
 ) -> Result<Inserted, tokio_postgres::Error> {
     let mut out = Inserted::default();
     // Ranges still to insert; a refused range is split in two.
     let mut todo: Vec<&[Staged]> = vec![rows];
+    // Refused once for its data, a batch is staged without applying: the writes of the
+    // applied rows must not cost the staging of any row (the writer then decides them, and
+    // isolates what it cannot apply).
+    let mut apply = apply;
     while let Some(part) = todo.pop() {
         let refs: Vec<&Staged> = part.iter().collect();
-        match insert(conn, &refs, collector_id, skew_ms, inline).await {
+        match insert(conn, &refs, collector_id, skew_ms, inline, apply).await {
             Ok(n) => {
                 out.inserted += n.inserted;
                 out.fenced += n.fenced;
+                out.applied += n.applied;
+            }
+            Err(e) if is_data_error(&e) && apply.plain => {
+                tracing::warn!(error = %db::cause_line(&e), "a batch could not be applied while staging: staged for the writer");
+                apply = Apply::NOTHING;
+                todo.push(part);
             }
             Err(e) if is_data_error(&e) && part.len() > 1 => {
                 let (a, b) = part.split_at(part.len() / 2);
@@ -768,7 +846,7 @@ async fn insert_isolating(
                 );
                 tracing::error!(dedupe_key = %part[0].dedupe_key, reason = %reason, "staged row refused by the database: kept as rejected");
                 let r = rejected(&part[0], &reason);
-                match insert(conn, &[&r], collector_id, skew_ms, inline).await {
+                match insert(conn, &[&r], collector_id, skew_ms, inline, Apply::NOTHING).await {
                     Ok(_) => out.rejected += 1,
                     Err(e2) if is_data_error(&e2) => {
                         // Even the base64 form was refused: nothing more can be done with it.
@@ -1018,8 +1096,11 @@ impl Stager {
                 // outage yet: one fresh connection is tried at once before events go to
                 // the spool. The batch is back in `pending` (a replay dedupes).
                 if std::mem::take(&mut quick_retry)
-                    && let Ok(Ok(c)) =
-                        tokio::time::timeout(QUICK_RECONNECT, connect(&self.db, self.program)).await
+                    && let Ok(Ok(c)) = tokio::time::timeout(
+                        QUICK_RECONNECT,
+                        connect(&self.db, self.program, self.apply.is_some()),
+                    )
+                    .await
                 {
                     tracing::info!(error = %e, "staging: connection lost; reconnected at once");
                     conn = Some(c);
@@ -1197,7 +1278,11 @@ impl Stager {
         later: bool,
     ) -> Result<(), String> {
         let skew = self.status.skew_ms.load(Ordering::Relaxed);
-        let fut = insert_isolating(c, batch, &self.collector_id, skew, !later);
+        let apply = self.apply.as_ref().map_or(Apply::NOTHING, |a| Apply {
+            plain: true,
+            offlines: a.offlines(),
+        });
+        let fut = insert_isolating(c, batch, &self.collector_id, skew, !later, apply);
         tokio::pin!(fut);
         let stall = tokio::time::sleep(STALL);
         tokio::pin!(stall);
@@ -1254,6 +1339,7 @@ impl Stager {
                     self.confirm_all(st);
                 }
                 self.metrics.staged.add(done.inserted);
+                self.metrics.applied.add(done.applied);
                 self.metrics.rejected.add(done.rejected);
                 if done.fenced > 0 {
                     let before = self.metrics.fenced.get();
@@ -1347,9 +1433,11 @@ impl Stager {
         st: &mut State,
         shutdown: &CancellationToken,
     ) -> Result<Conn, String> {
-        let (db, program) = (self.db.clone(), self.program);
+        let (db, program, apply) = (self.db.clone(), self.program, self.apply.is_some());
         let probe = tokio::time::timeout(PROBE_TIMEOUT, async move {
-            let c = connect(&db, program).await.map_err(|e| e.to_string())?;
+            let c = connect(&db, program, apply)
+                .await
+                .map_err(|e| e.to_string())?;
             c.client
                 .simple_query("SELECT 1")
                 .await

@@ -659,6 +659,16 @@ async fn centrifugo_token_is_refreshed_before_it_expires() {
 async fn channel_id_learned_from_the_api_leads_to_a_subscription() {
     let r = rig(3, "pusher", 10, true).await;
     r.all_up().await;
+    // The start-up reconcile's rows name streamer2's channel id: applied after the id is
+    // cleared below, the writer would learn it again (as it should), and nothing would
+    // unsubscribe. (This made the test fail now and then.)
+    eventually("start-up rows applied", Duration::from_secs(10), || async {
+        r.count("SELECT count(*) FROM raw_events WHERE processed_at IS NULL")
+            .await
+            == 0
+            && r.count("SELECT count(*) FROM raw_events").await > 0
+    })
+    .await;
     // streamer2 is known only by user id (no realtime channel id yet) and goes live.
     let c = r.db.client().await;
     c.execute(

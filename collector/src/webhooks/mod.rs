@@ -194,6 +194,7 @@ pub async fn run_with_metrics(
             batch_size: cfg.batch_size,
             capacity: BUFFER,
             leases: None,
+            apply: None,
         },
         spool,
         metrics.stager.clone(),

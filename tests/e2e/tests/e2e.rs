@@ -31,11 +31,19 @@ const SETTINGS: &[(&str, &str)] = &[
 ];
 
 async fn running(transport: &str) -> (Stack, Service, Service) {
+    running_with(transport, &[]).await
+}
+
+/// [`running`] with settings of the collector's own.
+async fn running_with(
+    transport: &str,
+    collector_env: &[(&str, &str)],
+) -> (Stack, Service, Service) {
     let mut settings = SETTINGS.to_vec();
     settings.push(("KICK_REALTIME_TRANSPORT", transport));
     let stack = Stack::start(opts(), &settings).await;
     let writer = stack.spawn("kick-writer", &[]);
-    let collector = stack.spawn("kick-collector", &[]);
+    let collector = stack.spawn("kick-collector", collector_env);
     stack
         .settle(
             STREAMERS as i64,
@@ -89,6 +97,32 @@ async fn kill_9_the_collector() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_the_writer() {
     let (stack, mut writer, mut collector) = running("pusher").await;
+    writer.kill9();
+    // The collector applies the plain cases itself (a live of a new session, the end of the
+    // current one): statuses keep changing while the writer is dead.
+    let c = stack.client().await;
+    let history = async || -> i64 {
+        c.query_one("SELECT count(*) FROM status_events", &[])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let before = history().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = history().await - before;
+    assert!(
+        during > 20,
+        "{during} transitions in 2 s of flapping at 40/s with the writer dead"
+    );
+    let mut writer = stack.spawn("kick-writer", &[]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle(&stack, &mut [&mut writer, &mut collector]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_the_writer_that_applies_everything() {
+    let (stack, mut writer, mut collector) =
+        running_with("pusher", &[("KICK_STAGING_APPLY", "writer")]).await;
     writer.kill9();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (pending, _) = kick_shared::db::pending_events(&stack.client().await)
@@ -171,6 +205,26 @@ async fn services_run_under_least_privilege_roles() {
     let (mut writer, mut collector) = stack.spawn_least_privileged(STREAMERS as i64).await;
     stack.control("/control/flap", json!({"rate": 40})).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // The collector's role applies the plain cases through `stage_applying` (it may not update
+    // `streamers` itself): with the writer dead, statuses keep changing.
+    writer.kill9();
+    let c = stack.client().await;
+    let history = async || -> i64 {
+        c.query_one("SELECT count(*) FROM status_events", &[])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let before = history().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = history().await - before;
+    let log = std::fs::read_to_string(&collector.log).unwrap_or_default();
+    assert!(
+        during > 20 && !log.contains("may not write statuses"),
+        "{during} transitions in 2 s with the writer dead\n{}",
+        stack.log_tail(&collector)
+    );
+    let mut writer = stack.spawn("kick-writer", &[("DATABASE_USER", "kick_writer")]);
     stack
         .control("/control/sockets/drop", json!({"code": 3001}))
         .await;
