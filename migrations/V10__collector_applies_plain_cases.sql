@@ -30,12 +30,20 @@ BEGIN
             SELECT 1 FROM shard_leases sl
             WHERE sl.shard = v.g
               AND (sl.token = v.f OR (sl.prev_token = v.f AND sl.handoff_until > clock_timestamp())))),
+      -- Rows of the batch per channel id, and the users rows of the batch name: a streamer
+      -- with another row in the batch is the writer's (it applies them in order). Counted
+      -- once, not per row (a batch may hold 10,000 rows).
+      per_channel AS MATERIALIZED (
+        SELECT ok.c, count(*) AS rows FROM ok WHERE ok.c IS NOT NULL GROUP BY ok.c),
+      users AS MATERIALIZED (
+        SELECT DISTINCT ok.u FROM ok WHERE ok.u IS NOT NULL),
       fast AS MATERIALIZED (
         SELECT ok.k, st.id AS sid, st.username, st.status AS prev, st.livestream_id AS cur,
                st.live_started_at AS prev_started, ok.n = 'StreamerIsLive' AS live, ok.l, ok.rcv,
                CASE WHEN ok.e <= ok.rcv + interval '5 minutes' AND ok.e >= ok.rcv - interval '30 days'
                     THEN ok.e ELSE ok.rcv END AS occ
         FROM ok
+        JOIN per_channel pc ON pc.c = ok.c AND pc.rows = 1
         CROSS JOIN LATERAL (
             SELECT s.id, s.username, s.kick_user_id, s.status, s.livestream_id, s.last_observed_at,
                    s.live_started_at, s.pending_offline_at
@@ -43,9 +51,9 @@ BEGIN
             FOR UPDATE SKIP LOCKED) st
         WHERE ok.s = 'realtime' AND ok.x IS NULL AND ok.c IS NOT NULL AND ok.l IS NOT NULL
           AND ok.n IN ('StreamerIsLive', 'StopStreamBroadcast') AND isfinite(ok.rcv)
-          AND (ok.u IS NULL OR ok.u = st.kick_user_id)
+          AND ok.u IS NULL
           AND st.pending_offline_at IS NULL
-          AND (SELECT count(*) FROM ok o2 WHERE o2.c = ok.c OR o2.u = st.kick_user_id) = 1
+          AND NOT EXISTS (SELECT 1 FROM users WHERE users.u = st.kick_user_id)
           AND NOT EXISTS (
               SELECT 1 FROM raw_events re
               WHERE re.processed_at IS NULL

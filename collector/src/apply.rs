@@ -11,10 +11,10 @@
 //!
 //! **What is a plain case.** All of these hold, or the row is left to the writer:
 //! - a realtime row (`StreamerIsLive` / `StopStreamBroadcast`) with a channel id and a livestream
-//!   id, not a rejected row, its `received_at` finite;
-//! - exactly one streamer has that channel id (and, if the row names a user, it is that
-//!   streamer's), and its row could be locked at once (`FOR UPDATE SKIP LOCKED`: a writer
-//!   holding it means the writer decides);
+//!   id and no user id (realtime rows name only the channel), not a rejected row, its
+//!   `received_at` finite;
+//! - a streamer has that channel id, and its row could be locked at once (`FOR UPDATE SKIP
+//!   LOCKED`: a writer holding it means the writer decides);
 //! - the streamer has no offline waiting out the grace period, no pending staged row (of any
 //!   source, claimed by a writer or not), and no other row in this batch: per streamer, rows
 //!   apply in order, and a pending one is older;

@@ -405,4 +405,17 @@ async fn what_the_writer_must_order_is_left_to_it() {
     other.user = Some(4);
     assert_eq!(stage_applying(&c, &[other], true).await, (1, 0));
     assert_eq!(status(&c, f).await, ("offline".into(), Some(10)));
+
+    // Another row of the batch naming the streamer by its user id (an API row): both the
+    // writer's.
+    let g = streamer(&c, 6).await;
+    let mut by_user = live(999, 80, "g-user");
+    by_user.user = Some(6);
+    assert_eq!(
+        stage_applying(&c, &[live(6, 80, "g"), by_user], true).await,
+        (2, 0)
+    );
+    assert_eq!(status(&c, g).await, ("offline".into(), Some(10)));
+    drain(&mut c, std::time::Duration::ZERO).await;
+    assert_eq!(status(&c, g).await, ("online".into(), Some(80)));
 }

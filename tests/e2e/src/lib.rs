@@ -188,6 +188,7 @@ impl Stack {
             "KICK_STAGING_COMMIT",
             "KICK_STAGING_BARRIER",
             "KICK_STAGING_BARRIER_DELAY_MS",
+            "KICK_STAGING_APPLY",
         ] {
             if let Ok(v) = std::env::var(var) {
                 env.push((var.into(), v));
