@@ -20,21 +20,24 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
 DECLARE
     left_pending bigint;
 BEGIN
+    -- Called by the stager in a transaction of its own. A caller that keeps the transaction
+    -- open (leaked credentials) would keep the streamers' row locks: it is ended after 5 s.
+    PERFORM set_config('idle_in_transaction_session_timeout', '5s', true);
     WITH v AS MATERIALIZED (
         SELECT v.*, least(coalesce(v.r, clock_timestamp()), clock_timestamp()) AS rcv
         FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $11, $12, $13, $15, $16)
              AS v(s, t, n, c, u, l, e, p, k, o, r, x, g, f)),
+      -- Rows of the batch per channel id and per dedupe key (a window: sorted once, not
+      -- compared pairwise).
       ok AS MATERIALIZED (
-        SELECT * FROM v
+        SELECT v.*, count(*) OVER (PARTITION BY v.c) AS nc, count(*) OVER (PARTITION BY v.k) AS nk
+        FROM v
         WHERE v.g IS NULL OR EXISTS (
             SELECT 1 FROM shard_leases sl
             WHERE sl.shard = v.g
               AND (sl.token = v.f OR (sl.prev_token = v.f AND sl.handoff_until > clock_timestamp())))),
-      -- Rows of the batch per channel id, and the users rows of the batch name: a streamer
-      -- with another row in the batch is the writer's (it applies them in order). Counted
-      -- once, not per row (a batch may hold 10,000 rows).
-      per_channel AS MATERIALIZED (
-        SELECT ok.c, count(*) AS rows FROM ok WHERE ok.c IS NOT NULL GROUP BY ok.c),
+      -- The users rows of the batch name: a streamer with another row in the batch (by its
+      -- channel or its user) is the writer's, which applies them in order.
       users AS MATERIALIZED (
         SELECT DISTINCT ok.u FROM ok WHERE ok.u IS NOT NULL),
       fast AS MATERIALIZED (
@@ -43,7 +46,6 @@ BEGIN
                CASE WHEN ok.e <= ok.rcv + interval '5 minutes' AND ok.e >= ok.rcv - interval '30 days'
                     THEN ok.e ELSE ok.rcv END AS occ
         FROM ok
-        JOIN per_channel pc ON pc.c = ok.c AND pc.rows = 1
         CROSS JOIN LATERAL (
             SELECT s.id, s.username, s.kick_user_id, s.status, s.livestream_id, s.last_observed_at,
                    s.live_started_at, s.pending_offline_at
@@ -51,9 +53,14 @@ BEGIN
             FOR UPDATE SKIP LOCKED) st
         WHERE ok.s = 'realtime' AND ok.x IS NULL AND ok.c IS NOT NULL AND ok.l IS NOT NULL
           AND ok.n IN ('StreamerIsLive', 'StopStreamBroadcast') AND isfinite(ok.rcv)
-          AND ok.u IS NULL
+          AND ok.u IS NULL AND ok.nc = 1 AND ok.nk = 1
+          -- A large batch (a backlog) is the writer's: it claims in bulk, and the checks
+          -- here cost per row.
+          AND (SELECT count(*) FROM ok) <= 1000
+          -- A key staged already is a duplicate: no lock for it.
+          AND NOT EXISTS (SELECT 1 FROM raw_events rk WHERE rk.dedupe_key = ok.k)
           AND st.pending_offline_at IS NULL
-          AND NOT EXISTS (SELECT 1 FROM users WHERE users.u = st.kick_user_id)
+          AND st.kick_user_id NOT IN (SELECT users.u FROM users)
           AND NOT EXISTS (
               SELECT 1 FROM raw_events re
               WHERE re.processed_at IS NULL

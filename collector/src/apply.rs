@@ -18,6 +18,8 @@
 //! - the streamer has no offline waiting out the grace period, no pending staged row (of any
 //!   source, claimed by a writer or not), and no other row in this batch: per streamer, rows
 //!   apply in order, and a pending one is older;
+//! - its dedupe key is new and appears once in the batch (a duplicate writes nothing, and takes
+//!   no lock), and the batch holds at most [`APPLY_MAX_ROWS`] rows (a backlog is the writer's);
 //! - the transition (`kick_writer::transition::decide`) would answer `applied`, in one of the
 //!   four forms it takes for realtime rows:
 //!   - a live of a newer session than the state's (`by_session`, `Greater`: online, whatever
@@ -47,14 +49,20 @@
 //! statement, so the lock order the writers keep among themselves cannot deadlock. A batch the
 //! database refuses for its data is staged again without applying before poison isolation
 //! looks for the row to blame (see `stager`). A role without `EXECUTE` on it (`kick-admin db
-//! roles` grants it), or `KICK_STAGING_APPLY=writer`, stages everything pending with the plain
-//! insert.
+//! roles` grants it; a database not yet migrated lacks it) stages everything pending with the
+//! plain insert and asks again every 30 s; `KICK_STAGING_APPLY=writer` does so for good. A
+//! caller that keeps the function's transaction open (it takes the streamers' row locks) is
+//! ended after 5 s idle (`idle_in_transaction_session_timeout`, set for that transaction).
 //!
 //! **The grace.** The collector reads `KICK_OFFLINE_GRACE` like the writer (the config table or
 //! the shared environment file); with a grace the collector applies no offline at all.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// A batch with more rows than this is staged pending (a backlog: the writer claims in bulk,
+/// while the checks here cost per row). `stage_applying` holds the same limit.
+pub const APPLY_MAX_ROWS: usize = 1000;
 
 /// Who applies the plain cases, from `KICK_STAGING_APPLY`: `collector` (the default) or `writer`
 /// (everything staged pending, as before V10).

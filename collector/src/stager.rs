@@ -47,7 +47,7 @@ use tokio::sync::{Mutex, mpsc};
 use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{Applier, ApplySettings, INSERT_APPLYING, PRIVILEGES};
+use crate::apply::{APPLY_MAX_ROWS, Applier, ApplySettings, INSERT_APPLYING, PRIVILEGES};
 use crate::leases::Leases;
 use crate::metrics::CollectorMetrics;
 use crate::rows::{self, Durability, Staged};
@@ -568,6 +568,8 @@ struct Conn {
     insert: tokio_postgres::Statement,
     /// [`INSERT_APPLYING`], when this stager applies and its role may.
     applying: Option<tokio_postgres::Statement>,
+    /// When to ask again whether the role may apply (it may not yet; see [`APPLY_RECHECK`]).
+    recheck_applying: Option<Instant>,
     barrier: tokio_postgres::Statement,
     doorbell: Doorbell,
     commit: StagingCommit,
@@ -602,22 +604,13 @@ async fn connect(db: &DbConfig, program: &'static str, apply: bool) -> Result<Co
     };
     let client = session(db, program, sync).await?;
     let insert = client.prepare(INSERT).await?;
-    let applying = if apply && Applier::from_env() == Applier::Collector {
-        if client
-            .query_one(PRIVILEGES, &[])
-            .await?
-            .get::<_, bool>("ok")
-        {
-            Some(client.prepare(INSERT_APPLYING).await?)
-        } else {
-            static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| {
-                tracing::warn!("the collector's database role may not write statuses (run `kick-admin db roles`): every event is left to the writer");
-            });
-            None
+    let (applying, recheck_applying) = if apply && Applier::from_env() == Applier::Collector {
+        match applying_statement(&client).await? {
+            Some(s) => (Some(s), None),
+            None => (None, Some(Instant::now() + APPLY_RECHECK)),
         }
     } else {
-        None
+        (None, None)
     };
     let barrier = client.prepare(BARRIER).await?;
     let side = match (commit, BarrierAt::from_env()) {
@@ -640,6 +633,7 @@ async fn connect(db: &DbConfig, program: &'static str, apply: bool) -> Result<Co
         client,
         insert,
         applying,
+        recheck_applying,
         barrier,
         // Early visibility rings in the insert: the point is that the writer starts at once.
         doorbell: match commit {
@@ -649,6 +643,32 @@ async fn connect(db: &DbConfig, program: &'static str, apply: bool) -> Result<Co
         commit,
         side,
     })
+}
+
+/// A collector whose role may not execute `stage_applying` asks again this often: a database
+/// migrated, or roles granted, while it runs (an upgrade) must not leave it staging everything
+/// for the writer until its next restart.
+const APPLY_RECHECK: Duration = Duration::from_secs(30);
+
+/// [`INSERT_APPLYING`] prepared, if this session's role may execute it (see [`crate::apply`]).
+async fn applying_statement(
+    client: &tokio_postgres::Client,
+) -> Result<Option<tokio_postgres::Statement>, tokio_postgres::Error> {
+    if client
+        .query_one(PRIVILEGES, &[])
+        .await?
+        .get::<_, bool>("ok")
+    {
+        return Ok(Some(client.prepare(INSERT_APPLYING).await?));
+    }
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        tracing::warn!(
+            "the collector's database role may not execute stage_applying (the database not migrated to V10 yet, or the roles not granted: `kick-admin db migrate`, `kick-admin db roles`): every event is left to the writer; asked again every {} s",
+            APPLY_RECHECK.as_secs()
+        );
+    });
+    Ok(None)
 }
 
 /// Whether the database refused the rows for their content (so retrying them unchanged can
@@ -712,7 +732,9 @@ async fn insert(
         &apply.offlines,
     ];
     let insert = match (&conn.applying, apply.plain) {
-        (Some(applying), true) => conn.client.query_one(applying, &params),
+        (Some(applying), true) if rows.len() <= APPLY_MAX_ROWS => {
+            conn.client.query_one(applying, &params)
+        }
         _ => conn.client.query_one(&conn.insert, &params[..16]),
     };
     let row = match conn.commit {
@@ -1278,6 +1300,19 @@ impl Stager {
         later: bool,
     ) -> Result<(), String> {
         let skew = self.status.skew_ms.load(Ordering::Relaxed);
+        if c.recheck_applying.is_some_and(|t| t <= Instant::now()) {
+            c.recheck_applying = None;
+            match applying_statement(&c.client).await {
+                Ok(Some(s)) => {
+                    tracing::info!(
+                        "the collector's role may execute stage_applying now: it applies the plain cases again"
+                    );
+                    c.applying = Some(s);
+                }
+                // (A failure here is met again by the insert that follows, which handles it.)
+                Ok(None) | Err(_) => c.recheck_applying = Some(Instant::now() + APPLY_RECHECK),
+            }
+        }
         let apply = self.apply.as_ref().map_or(Apply::NOTHING, |a| Apply {
             plain: true,
             offlines: a.offlines(),
