@@ -739,3 +739,58 @@ async fn every_change_in_the_config_table_is_applied_not_only_the_first() {
         "unset: back to the default"
     );
 }
+
+/// A collector whose role may not execute `stage_applying` stages everything for the writer,
+/// and starts applying within `APPLY_RECHECK` (30 s) of being granted it: the documented
+/// upgrade (services restarted, then the database migrated and the roles granted) must not leave
+/// it staging for the writer until a second restart. Found by a red-team run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_granted_stage_applying_while_running_starts_applying() {
+    let sim = kick_sim::start("127.0.0.1:0".parse().unwrap(), sim_opts(3))
+        .await
+        .unwrap();
+    let db = kick_testkit::fresh_db().await;
+    db.client()
+        .await
+        // (The test's role is a superuser, whom a REVOKE does not stop: the function is missing
+        // instead, as in a database not yet migrated.)
+        .batch_execute("ALTER FUNCTION stage_applying RENAME TO stage_applying_later")
+        .await
+        .unwrap();
+    let r = rig_in(db, sim, "pusher", 10, true).await;
+    r.all_up().await;
+    eventually("start-up rows applied", Duration::from_secs(10), || async {
+        r.count("SELECT count(*) FROM raw_events WHERE processed_at IS NULL")
+            .await
+            == 0
+            && r.count("SELECT count(*) FROM raw_events").await > 0
+    })
+    .await;
+    r.flip("streamer1", true).await;
+    eventually(
+        "live applied by the writer",
+        Duration::from_secs(5),
+        || async { r.status("streamer1").await == "online" },
+    )
+    .await;
+    assert_eq!(r.metrics.applied.get(), 0, "applied without the function");
+    r.db.client()
+        .await
+        .batch_execute("ALTER FUNCTION stage_applying_later RENAME TO stage_applying")
+        .await
+        .unwrap();
+    // Flip until the collector applies one itself.
+    let granted = Instant::now();
+    let mut live = false;
+    while r.metrics.applied.get() == 0 {
+        assert!(
+            granted.elapsed() < Duration::from_secs(40),
+            "the collector never applied after the grant"
+        );
+        r.flip("streamer2", live).await;
+        live = !live;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("applying {:?} after the grant", granted.elapsed());
+    r.stop().await;
+}

@@ -44,6 +44,9 @@ const GAUGES_EVERY: Duration = Duration::from_secs(5);
 /// How often due offlines are looked for: not after every drain, where the lookup (three round
 /// trips) would delay a doorbell rung meanwhile (at 1,000 events/s, every one).
 const DUE_EVERY: Duration = Duration::from_millis(250);
+/// With no grace, offlines are still looked for this often: those left waiting when the grace
+/// was set to zero while they waited (a red-team run found them waiting until a restart).
+const DUE_EVERY_WITHOUT_GRACE: Duration = Duration::from_secs(5);
 
 /// Everything the writer needs, derived from [`Config`].
 #[derive(Debug, Clone)]
@@ -331,8 +334,12 @@ impl Writer {
                 )
                 .await?;
             self.health.clear("apply");
-            if !self.cfg.apply.rules.offline_grace.is_zero() && self.last_due.elapsed() >= DUE_EVERY
-            {
+            let due_every = if self.cfg.apply.rules.offline_grace.is_zero() {
+                DUE_EVERY_WITHOUT_GRACE
+            } else {
+                DUE_EVERY
+            };
+            if self.last_due.elapsed() >= due_every {
                 self.last_due = Instant::now();
                 let n = self
                     .liveness

@@ -946,6 +946,16 @@ async fn settings_changed_in_the_database_apply_without_a_restart() {
         "the grace read from the database applies"
     );
     assert_eq!(status_of(&c, "fay").await.0, "online");
+    // The grace removed while the offline waits: it is confirmed (it waited for a restart).
+    c.batch_execute("DELETE FROM config WHERE key = 'KICK_OFFLINE_GRACE'")
+        .await
+        .unwrap();
+    until(
+        "confirmed without a grace",
+        Duration::from_secs(8),
+        || async { status_of(&c, "fay").await.0 == "offline" },
+    )
+    .await;
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
