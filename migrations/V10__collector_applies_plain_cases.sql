@@ -26,7 +26,7 @@ BEGIN
     WITH v AS MATERIALIZED (
         SELECT v.*, least(coalesce(v.r, clock_timestamp()), clock_timestamp()) AS rcv
         FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $11, $12, $13, $15, $16)
-             AS v(s, t, n, c, u, l, e, p, k, o, r, x, g, f)),
+             WITH ORDINALITY AS v(s, t, n, c, u, l, e, p, k, o, r, x, g, f, i)),
       -- Rows of the batch per channel id and per dedupe key (a window: sorted once, not
       -- compared pairwise).
       ok AS MATERIALIZED (
@@ -84,6 +84,9 @@ BEGIN
                CASE WHEN ok.x IS NOT NULL OR fast.k IS NOT NULL THEN clock_timestamp() END,
                CASE WHEN fast.k IS NOT NULL THEN 'applied' ELSE ok.x END, ok.g, ok.f
         FROM ok LEFT JOIN fast ON fast.k = ok.k
+        -- In the batch's order: the ids are the staging order the writer applies by (the
+        -- windows above sort by channel and key).
+        ORDER BY ok.i
         ON CONFLICT (dedupe_key) DO NOTHING
         RETURNING raw_events.id, raw_events.dedupe_key, raw_events.processed_at IS NULL AS pending),
       a AS MATERIALIZED (

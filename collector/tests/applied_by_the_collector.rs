@@ -364,6 +364,37 @@ async fn what_the_writer_must_order_is_left_to_it() {
     );
     drain(&mut c, std::time::Duration::ZERO).await;
     assert_eq!(status(&c, b).await, ("offline".into(), Some(40)));
+    // Staged in the batch's order, whatever the checks sort by: ten streamers' live and
+    // offline, interleaved, end offline (a red-team run of the whole pipeline found lives
+    // staged after their offlines).
+    let mut batch = Vec::new();
+    let mut ids = Vec::new();
+    for u in 100..110 {
+        ids.push(streamer(&c, u).await);
+        batch.push(live(u, 70, &format!("z-live-{u}")));
+    }
+    for u in (100..110).rev() {
+        let mut stop = live(u, 70, &format!("a-stop-{u}"));
+        stop.name = STOP;
+        batch.push(stop);
+    }
+    assert_eq!(stage_applying(&c, &batch, true).await, (20, 0));
+    drain(&mut c, std::time::Duration::ZERO).await;
+    for id in ids {
+        assert_eq!(status(&c, id).await, ("offline".into(), Some(70)));
+        // Reversed, the offline would come first (enriching) and the live be stale: no history.
+        let history: Vec<String> = c
+            .query(
+                "SELECT new_status FROM status_events WHERE streamer_id = $1 ORDER BY id",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(history, ["online", "offline"], "streamer {id}");
+    }
 
     // A streamer a writer holds: not waited for, left to the writer.
     let d = streamer(&c, 3).await;
