@@ -160,6 +160,16 @@ impl Rig {
             .unwrap()
             .get(0)
     }
+    /// The start-up reconcile has staged its rows and the writer has applied them.
+    async fn start_up_rows_applied(&self) {
+        eventually("start-up rows applied", Duration::from_secs(10), || async {
+            self.count("SELECT count(*) FROM raw_events WHERE processed_at IS NULL")
+                .await
+                == 0
+                && self.count("SELECT count(*) FROM raw_events").await > 0
+        })
+        .await;
+    }
     async fn status(&self, slug: &str) -> String {
         self.db
             .client()
@@ -662,13 +672,7 @@ async fn channel_id_learned_from_the_api_leads_to_a_subscription() {
     // The start-up reconcile's rows name streamer2's channel id: applied after the id is
     // cleared below, the writer would learn it again (as it should), and nothing would
     // unsubscribe. (This made the test fail now and then.)
-    eventually("start-up rows applied", Duration::from_secs(10), || async {
-        r.count("SELECT count(*) FROM raw_events WHERE processed_at IS NULL")
-            .await
-            == 0
-            && r.count("SELECT count(*) FROM raw_events").await > 0
-    })
-    .await;
+    r.start_up_rows_applied().await;
     // streamer2 is known only by user id (no realtime channel id yet) and goes live.
     let c = r.db.client().await;
     c.execute(
@@ -759,13 +763,7 @@ async fn a_collector_granted_stage_applying_while_running_starts_applying() {
         .unwrap();
     let r = rig_in(db, sim, "pusher", 10, true).await;
     r.all_up().await;
-    eventually("start-up rows applied", Duration::from_secs(10), || async {
-        r.count("SELECT count(*) FROM raw_events WHERE processed_at IS NULL")
-            .await
-            == 0
-            && r.count("SELECT count(*) FROM raw_events").await > 0
-    })
-    .await;
+    r.start_up_rows_applied().await;
     r.flip("streamer1", true).await;
     eventually(
         "live applied by the writer",

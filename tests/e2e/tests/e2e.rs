@@ -57,6 +57,20 @@ async fn running_with(
     (stack, writer, collector)
 }
 
+/// History rows written during `span` (the flapping goes on meanwhile).
+async fn transitions_within(stack: &Stack, span: Duration) -> i64 {
+    let c = stack.client().await;
+    let history = async || -> i64 {
+        c.query_one("SELECT count(*) FROM status_events", &[])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let before = history().await;
+    tokio::time::sleep(span).await;
+    history().await - before
+}
+
 /// Stops the flapping and checks the final state.
 async fn settle(stack: &Stack, services: &mut [&mut Service]) {
     stack.control("/control/flap/stop", json!({})).await;
@@ -100,16 +114,7 @@ async fn kill_9_the_writer() {
     writer.kill9();
     // The collector applies the plain cases itself (a live of a new session, the end of the
     // current one): statuses keep changing while the writer is dead.
-    let c = stack.client().await;
-    let history = async || -> i64 {
-        c.query_one("SELECT count(*) FROM status_events", &[])
-            .await
-            .unwrap()
-            .get(0)
-    };
-    let before = history().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let during = history().await - before;
+    let during = transitions_within(&stack, Duration::from_secs(2)).await;
     assert!(
         during > 20,
         "{during} transitions in 2 s of flapping at 40/s with the writer dead"
@@ -208,16 +213,7 @@ async fn services_run_under_least_privilege_roles() {
     // The collector's role applies the plain cases through `stage_applying` (it may not update
     // `streamers` itself): with the writer dead, statuses keep changing.
     writer.kill9();
-    let c = stack.client().await;
-    let history = async || -> i64 {
-        c.query_one("SELECT count(*) FROM status_events", &[])
-            .await
-            .unwrap()
-            .get(0)
-    };
-    let before = history().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let during = history().await - before;
+    let during = transitions_within(&stack, Duration::from_secs(2)).await;
     let log = std::fs::read_to_string(&collector.log).unwrap_or_default();
     assert!(
         during > 20 && !log.contains("may not write statuses"),
